@@ -1,0 +1,28 @@
+//! RAFAEL's configuration: the TOML schema, the route genome, and validation that reports every
+//! error with its key path.
+//!
+//! This crate is pure data. It reads a string and returns either a validated [`Config`] or a
+//! [`ConfigErrors`] list; it never touches the network or the file system (the binary reads the
+//! file, the proxy loads certificates), so the same code serves `rafael config check`, reloads
+//! and the control plane.
+
+mod error;
+mod genome;
+mod load;
+mod schema;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use genome::{
+    BreakerGenes, ConcurrencyGenes, Genome, RateLimitGenes, RateLimitKey, RetryCondition,
+    RetryGenes,
+};
+pub use load::parse;
+pub use schema::{
+    AdminConfig, ApprovalMode, ChaosConfig, Config, EvolutionConfig, FaultConfig, FaultStage,
+    Guardrail, HostMatch, ListenerConfig, ListenerProtocol, ObjectiveWeights, Objectives,
+    RouteConfig, RouteMatch, RuntimeConfig, ServerTls, StoreConfig, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
+};
+pub use units::{ByteRate, ByteSize, HumanDuration};

@@ -1,0 +1,134 @@
+//! Parsing a config file into a [`Config`], collecting every error rather than stopping at the
+//! first.
+//!
+//! serde stops at the first error it meets, so the file is first read as a TOML table and then
+//! each section (and each element of each array section) is decoded on its own. Unknown keys
+//! are found by `serde_ignored` rather than `deny_unknown_fields`, so all of them are reported,
+//! while a wrong value type stops its own element only. Semantic validation runs once every element decoded.
+
+use serde::de::DeserializeOwned;
+
+use crate::{Config, ConfigErrors, validate};
+
+/// Parses and validates a config file's text.
+///
+/// On failure the error lists every problem found, each with its key path.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut errors = ConfigErrors::default();
+        let location = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            })
+            .unwrap_or_default();
+        errors.push(location, format!("TOML syntax error: {}", e.message()));
+        errors
+    })?;
+
+    let mut errors = ConfigErrors::default();
+    let mut config = Config::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "admin" => decode_into(&mut config.admin, value, &key, &mut errors),
+            "store" => decode_into(&mut config.store, value, &key, &mut errors),
+            "runtime" => decode_into(&mut config.runtime, value, &key, &mut errors),
+            "chaos" => decode_into(&mut config.chaos, value, &key, &mut errors),
+            "evolution" => decode_into(&mut config.evolution, value, &key, &mut errors),
+            "listeners" => config.listeners = decode_array(value, &key, &mut errors),
+            "upstreams" => config.upstreams = decode_array(value, &key, &mut errors),
+            "routes" => config.routes = decode_array(value, &key, &mut errors),
+            "faults" => config.faults = decode_array(value, &key, &mut errors),
+            _ => errors.push(
+                key,
+                "unknown section; expected one of admin, store, runtime, listeners, upstreams, \
+                 routes, chaos, faults, evolution",
+            ),
+        }
+    }
+    if errors.is_empty() {
+        validate::config(&config, &mut errors);
+    }
+    errors.into_result(config)
+}
+
+fn decode_into<T: DeserializeOwned>(
+    slot: &mut T,
+    value: toml::Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+) {
+    if let Some(decoded) = decode(value, path, errors) {
+        *slot = decoded;
+    }
+}
+
+fn decode_array<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Vec<T> {
+    let toml::Value::Array(items) = value else {
+        errors.push(
+            path,
+            format!(
+                "expected an array of tables ([[{path}]]), got a {}",
+                value.type_str()
+            ),
+        );
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| decode(item, &format!("{path}[{i}]"), errors))
+        .collect()
+}
+
+/// Decodes one value, reporting every unknown key and the first type error under `path`.
+fn decode<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut record = |ignored: serde_ignored::Path<'_>| {
+        unknown.push(join(path, &ignored_path(&ignored)));
+    };
+    let deserializer = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
+    for key in unknown.drain(..) {
+        errors.push(key, "unknown key");
+    }
+    match result {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let inner = if inner == "." { String::new() } else { inner };
+            errors.push(join(path, &inner), error.into_inner().message());
+            None
+        }
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty()) {
+        (_, true) => base.to_owned(),
+        (true, false) => rest.to_owned(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}

@@ -1,0 +1,332 @@
+//! Semantic checks on a decoded config: references, uniqueness, addresses and bounds.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    Config, ConfigErrors, FaultConfig, ListenerConfig, RouteConfig, UpstreamConfig,
+    genome::{check_duration, check_range, http_token},
+};
+
+/// Records every semantic problem in `config`.
+pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
+    if config.listeners.is_empty() {
+        errors.push("listeners", "at least one [[listeners]] is required");
+    }
+    check_duration(
+        errors,
+        "runtime.drain_timeout",
+        config.runtime.drain_timeout,
+        0,
+        3_600_000,
+    );
+    if let Some(threads) = config.runtime.worker_threads {
+        check_range(errors, "runtime.worker_threads", threads, 1, 1024);
+    }
+
+    let listeners = unique_names(
+        config.listeners.iter().map(|l| l.name.as_str()),
+        "listeners",
+        errors,
+    );
+    let upstreams = unique_names(
+        config.upstreams.iter().map(|u| u.name.as_str()),
+        "upstreams",
+        errors,
+    );
+    let routes = unique_names(
+        config.routes.iter().map(|r| r.name.as_str()),
+        "routes",
+        errors,
+    );
+
+    let mut binds = HashMap::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        listener_checks(listener, &path, errors);
+        if let Some(previous) = binds.insert(listener.bind, i) {
+            errors.push(
+                format!("{path}.bind"),
+                format!(
+                    "{} is already bound by listeners[{previous}]",
+                    listener.bind
+                ),
+            );
+        }
+        if listener.bind == config.admin.bind {
+            errors.push(format!("{path}.bind"), "is the admin listener's address");
+        }
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        upstream_checks(upstream, &format!("upstreams[{i}]"), errors);
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        route_checks(
+            route,
+            &format!("routes[{i}]"),
+            &listeners,
+            &upstreams,
+            errors,
+        );
+    }
+    check_range(
+        errors,
+        "chaos.max_active_faults",
+        config.chaos.max_active_faults,
+        0,
+        1_000_000,
+    );
+    for (i, fault) in config.faults.iter().enumerate() {
+        fault_checks(fault, &format!("faults[{i}]"), &routes, config, errors);
+    }
+    if config.evolution.interval.get().as_secs() < 1 {
+        errors.push("evolution.interval", "must be at least 1s");
+    }
+    for (gene, guardrail) in &config.evolution.guardrails {
+        if let (Some(min), Some(max)) = (guardrail.min, guardrail.max) {
+            if min > max {
+                errors.push(
+                    format!("evolution.guardrails.\"{gene}\""),
+                    format!("min ({min}) is above max ({max})"),
+                );
+            }
+        }
+    }
+}
+
+fn unique_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    section: &str,
+    errors: &mut ConfigErrors,
+) -> HashSet<&'a str> {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        let path = format!("{section}[{i}].name");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            errors.push(
+                &path,
+                format!("must be non-empty letters, digits, '-', '_' or '.', got {name:?}"),
+            );
+        }
+        if !seen.insert(name) {
+            errors.push(path, format!("duplicate name {name:?}"));
+        }
+    }
+    seen
+}
+
+fn listener_checks(listener: &ListenerConfig, path: &str, errors: &mut ConfigErrors) {
+    check_duration(
+        errors,
+        &format!("{path}.header_read_timeout"),
+        listener.header_read_timeout,
+        1,
+        600_000,
+    );
+    check_duration(
+        errors,
+        &format!("{path}.idle_timeout"),
+        listener.idle_timeout,
+        1,
+        86_400_000,
+    );
+    let max = listener.max_header_bytes.bytes();
+    if !(1024..=1024 * 1024).contains(&max) {
+        errors.push(
+            format!("{path}.max_header_bytes"),
+            format!("must be 1KiB..=1MiB, got {max} bytes"),
+        );
+    }
+}
+
+fn upstream_checks(upstream: &UpstreamConfig, path: &str, errors: &mut ConfigErrors) {
+    if upstream.endpoints.is_empty() {
+        errors.push(
+            format!("{path}.endpoints"),
+            "at least one endpoint is required",
+        );
+    }
+    for (i, endpoint) in upstream.endpoints.iter().enumerate() {
+        if let Err(message) = check_authority(endpoint) {
+            errors.push(format!("{path}.endpoints[{i}]"), message);
+        }
+    }
+    check_duration(
+        errors,
+        &format!("{path}.connect_timeout"),
+        upstream.connect_timeout,
+        1,
+        600_000,
+    );
+    check_duration(
+        errors,
+        &format!("{path}.pool_idle_timeout"),
+        upstream.pool_idle_timeout,
+        1,
+        86_400_000,
+    );
+    check_range(
+        errors,
+        &format!("{path}.pool_max_idle_per_endpoint"),
+        upstream.pool_max_idle_per_endpoint,
+        0,
+        100_000,
+    );
+    if let Some(tls) = &upstream.tls {
+        if let Some(name) = &tls.server_name {
+            if name.is_empty() {
+                errors.push(format!("{path}.tls.server_name"), "must not be empty");
+            }
+        }
+    }
+}
+
+/// An endpoint is `host:port` with a port; the host is an IP, `[v6]` or a DNS name.
+fn check_authority(endpoint: &str) -> Result<(), String> {
+    let expected = "expected host:port, such as \"127.0.0.1:8080\" or \"app.internal:80\"";
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{endpoint:?} has no port; {expected}"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{endpoint:?} has an invalid port; {expected}"))?;
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if host_ok {
+        Ok(())
+    } else {
+        Err(format!("{endpoint:?} has an invalid host; {expected}"))
+    }
+}
+
+fn route_checks(
+    route: &RouteConfig,
+    path: &str,
+    listeners: &HashSet<&str>,
+    upstreams: &HashSet<&str>,
+    errors: &mut ConfigErrors,
+) {
+    if !listeners.contains(route.listener.as_str()) {
+        errors.push(
+            format!("{path}.listener"),
+            format!("no listener is named {:?}", route.listener),
+        );
+    }
+    if !upstreams.contains(route.upstream.as_str()) {
+        errors.push(
+            format!("{path}.upstream"),
+            format!("no upstream is named {:?}", route.upstream),
+        );
+    }
+    if let Some(prefix) = &route.match_.path_prefix {
+        if !prefix.starts_with('/') {
+            errors.push(
+                format!("{path}.match.path_prefix"),
+                format!("must start with '/', got {prefix:?}"),
+            );
+        }
+    }
+    if let Some(methods) = &route.match_.methods {
+        if methods.is_empty() {
+            errors.push(
+                format!("{path}.match.methods"),
+                "must list at least one method (leave it out to match all)",
+            );
+        }
+        for (i, method) in methods.iter().enumerate() {
+            if !http_token(method) || method.bytes().any(|b| b.is_ascii_lowercase()) {
+                errors.push(
+                    format!("{path}.match.methods[{i}]"),
+                    format!("must be an upper-case HTTP method such as \"GET\", got {method:?}"),
+                );
+            }
+        }
+    }
+    for (name, value) in &route.match_.headers {
+        if !http_token(name) {
+            errors.push(
+                format!("{path}.match.headers.{name}"),
+                "is not a valid header name",
+            );
+        }
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            errors.push(
+                format!("{path}.match.headers.{name}"),
+                "value must not contain control characters",
+            );
+        }
+    }
+    route.policy.validate(&format!("{path}.policy"), errors);
+}
+
+fn fault_checks(
+    fault: &FaultConfig,
+    path: &str,
+    routes: &HashSet<&str>,
+    config: &Config,
+    errors: &mut ConfigErrors,
+) {
+    if !routes.contains(fault.route.as_str()) {
+        errors.push(
+            format!("{path}.route"),
+            format!("no route is named {:?}", fault.route),
+        );
+    }
+    if !(0.0..=100.0).contains(&fault.percent) {
+        errors.push(
+            format!("{path}.percent"),
+            format!("must be 0..=100, got {}", fault.percent),
+        );
+    }
+    let kinds = [
+        fault.delay.is_some(),
+        fault.abort.is_some(),
+        fault.reset,
+        fault.throttle.is_some(),
+        fault.truncate.is_some(),
+    ];
+    if !kinds.iter().any(|k| *k) {
+        errors.push(
+            path,
+            "names no fault; set one of delay, abort, reset, throttle, truncate",
+        );
+    }
+    if let Some(code) = fault.abort {
+        if !(200..=599).contains(&code) {
+            errors.push(
+                format!("{path}.abort"),
+                format!("must be a status code 200..=599, got {code}"),
+            );
+        }
+    }
+    if let Some(header) = &fault.only_with_header {
+        if !http_token(header) {
+            errors.push(
+                format!("{path}.only_with_header"),
+                format!("is not a valid header name: {header:?}"),
+            );
+        }
+        if config
+            .chaos
+            .header_secret
+            .as_deref()
+            .unwrap_or("")
+            .is_empty()
+        {
+            errors.push(
+                format!("{path}.only_with_header"),
+                "needs chaos.header_secret to be set",
+            );
+        }
+    }
+}
