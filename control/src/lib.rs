@@ -1,1 +1,11 @@
-//! placeholder
+//! RAFAEL's control plane and the composition root of the `rafael` binary.
+//!
+//! Issue by issue this crate grows the simulator, evolution, guardian, store and chaos forge;
+//! today it wires the data plane to its config file, reloads, signals and the admin listener.
+
+pub mod admin;
+pub mod app;
+pub mod demo;
+pub mod reload;
+
+pub use app::{App, AppOptions};

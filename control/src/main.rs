@@ -1,1 +1,231 @@
-fn main() {}
+//! The `rafael` binary: parse the command line, set up logging and the runtime, run.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use rafael_config::{Config, ConfigErrors, HumanDuration};
+use rafael_control::{App, AppOptions, app::shutdown_signal, demo};
+use rafael_proxy::{Snapshot, server::DrainOutcome};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// RAFAEL: an adaptive resilience sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "rafael", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar: data plane and embedded control plane.
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run rafael in front of a built-in flaky demo service, with bounded built-in traffic.
+    Demo {
+        /// Address of the demo's proxy listener.
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        listen: SocketAddr,
+        /// Address of the demo's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Built-in traffic, requests per second (0 for none).
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// How long the built-in traffic runs.
+        #[arg(long, default_value = "10m")]
+        traffic_duration: HumanDuration,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: exit 0, or exit 2 listing every error with its key path.
+    Check {
+        /// Config file (TOML).
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(&file),
+        Command::Run { config } => {
+            let parsed = match load(&config) {
+                Ok(parsed) => parsed,
+                Err(code) => return code,
+            };
+            let threads = parsed.runtime.worker_threads;
+            block_on(
+                threads,
+                run(
+                    parsed,
+                    AppOptions {
+                        config_path: Some(config),
+                    },
+                ),
+            )
+        }
+        Command::Demo {
+            listen,
+            admin,
+            rate,
+            traffic_duration,
+        } => block_on(None, run_demo(listen, admin, rate, traffic_duration.get())),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RAFAEL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn block_on(
+    worker_threads: Option<u32>,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("rafael-worker");
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads as usize);
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads and validates a config file, printing every error with its key path.
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("error: cannot read {}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    let report = |errors: &ConfigErrors| {
+        eprintln!("{}: {} error(s)", path.display(), errors.len());
+        for e in errors.iter() {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    };
+    let config = rafael_config::parse(&text).map_err(|errors| report(&errors))?;
+    // Building the snapshot loads TLS material and compiles routes: catch those errors here too.
+    Snapshot::build(config.clone(), 0, None).map_err(|errors| report(&errors))?;
+    Ok(config)
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    // Building upstream clients wants a runtime context even though nothing runs.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let _guard = runtime.as_ref().ok().map(|r| r.enter());
+    match load(path) {
+        Ok(config) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                    path.display(),
+                    config.listeners.len(),
+                    config.upstreams.len(),
+                    config.routes.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(config: Config, options: AppOptions) -> anyhow::Result<()> {
+    let app = App::start(config, options).await?;
+    shutdown_signal().await;
+    match app.shutdown().await {
+        DrainOutcome::Complete | DrainOutcome::DeadlineReached => Ok(()),
+    }
+}
+
+async fn run_demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    rate: u32,
+    traffic: Duration,
+) -> anyhow::Result<()> {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind the demo service")?;
+    let upstream_address = upstream.local_addr()?;
+    demo::spawn_service(upstream);
+    let text = demo::DEMO_CONFIG
+        .replace("{upstream}", &upstream_address.to_string())
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string());
+    let config = rafael_config::parse(&text)
+        .map_err(|errors| anyhow::anyhow!("the shipped demo config is invalid:\n{errors}"))?;
+    let app = App::start(config, AppOptions::default())
+        .await
+        .context("pass --listen and --admin to use other ports")?;
+    let proxy = app
+        .listener_address("inbound")
+        .context("the demo config has no inbound listener")?;
+    let admin = app.admin_address();
+    #[allow(clippy::print_stdout)]
+    {
+        println!();
+        println!("  rafael demo is running (Ctrl-C to stop)");
+        println!("  demo service   http://{upstream_address}/  (a dependency having a bad day)");
+        println!("  proxy          http://{proxy}/orders/1");
+        println!("  admin          http://{admin}/healthz");
+        println!("  metrics        http://{admin}/metrics");
+        println!();
+    }
+    if rate > 0 {
+        info!(rate, duration = ?traffic, "starting demo traffic");
+        tokio::spawn(demo::run_traffic(proxy, rate, traffic));
+    }
+    shutdown_signal().await;
+    app.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The running sidecar: data plane, admin listener, reloader, and an orderly shutdown.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rafael_config::Config;
+use rafael_proxy::{
+    Server, SnapshotHandle, bind_listeners, metrics::LATENCY_BUCKETS, server::DrainOutcome,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{admin, reload::Reloader};
+
+/// How to start an [`App`].
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// The file the config came from; enables SIGHUP and file-change reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running rafael.
+#[derive(Debug)]
+pub struct App {
+    snapshot: SnapshotHandle,
+    server: Server,
+    admin_address: SocketAddr,
+    admin_task: JoinHandle<()>,
+    reloader: Option<JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+    drain_timeout: Duration,
+}
+
+// === impl App ===
+
+impl App {
+    /// Builds the snapshot, binds every listener and the admin listener, and starts serving.
+    /// Errors here are start-up failures (a port in use, unreadable TLS files).
+    pub async fn start(config: Config, options: AppOptions) -> anyhow::Result<Self> {
+        let metrics = metrics_handle();
+        let drain_timeout = config.runtime.drain_timeout.get();
+        let watch = config.runtime.watch_config;
+        let admin_bind = config.admin.bind;
+        warn_unapplied_policies(&config);
+
+        let listeners = bind_listeners(&config).await?;
+        let admin_socket = TcpListener::bind(admin_bind)
+            .await
+            .with_context(|| format!("admin.bind: cannot bind {admin_bind}"))?;
+        let admin_address = admin_socket.local_addr()?;
+        let snapshot = SnapshotHandle::new(config)
+            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let state = admin::AdminState {
+            metrics,
+            ready: ready.clone(),
+            snapshot: snapshot.clone(),
+        };
+        let admin_task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {
+                warn!(%error, "admin listener stopped");
+            }
+        });
+        info!(address = %admin_address, "admin listening");
+
+        let server = Server::start(snapshot.clone(), listeners)?;
+        let reloader = options
+            .config_path
+            .map(|path| Reloader::new(path, snapshot.clone()).spawn(watch));
+        ready.store(true, Ordering::Release);
+        Ok(Self {
+            snapshot,
+            server,
+            admin_address,
+            admin_task,
+            reloader,
+            ready,
+            drain_timeout,
+        })
+    }
+
+    /// Address of the traffic listener named `name`.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.server.address(name)
+    }
+
+    /// Addresses of every traffic listener.
+    pub fn listener_addresses(&self) -> &[(Arc<str>, SocketAddr)] {
+        self.server.addresses()
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
+    }
+
+    /// The live snapshot handle.
+    pub fn snapshot(&self) -> &SnapshotHandle {
+        &self.snapshot
+    }
+
+    /// Stops accepting, drains in-flight requests up to `[runtime].drain_timeout`, and stops the
+    /// admin listener last so probes see the drain.
+    pub async fn shutdown(self) -> DrainOutcome {
+        self.ready.store(false, Ordering::Release);
+        if let Some(reloader) = &self.reloader {
+            reloader.abort();
+        }
+        info!(deadline = ?self.drain_timeout, "draining");
+        let outcome = self.server.drain(self.drain_timeout).await;
+        match outcome {
+            DrainOutcome::Complete => info!("drained"),
+            DrainOutcome::DeadlineReached => {
+                warn!("drain deadline reached with requests still in flight")
+            }
+        }
+        self.admin_task.abort();
+        outcome
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = int.recv() => info!("SIGINT received"),
+                }
+            }
+            _ => {
+                warn!("cannot install signal handlers; waiting for Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
+            match installed {
+                Ok(handle) => {
+                    rafael_proxy::metrics::describe();
+                    crate::reload::describe_metrics();
+                    let upkeep = handle.clone();
+                    // Histograms buffer samples until upkeep folds them in; do it off the
+                    // request path, on a dedicated thread that needs no runtime.
+                    std::thread::Builder::new()
+                        .name("rafael-metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        })
+                        .ok();
+                    Some(handle)
+                }
+                Err(error) => {
+                    warn!(%error, "cannot install the metrics recorder; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Genes other than `timeout` are parsed and validated, but their engines arrive with the
+/// policy issue; say so rather than let an operator believe a retry policy is active.
+fn warn_unapplied_policies(config: &Config) {
+    for (i, route) in config.routes.iter().enumerate() {
+        let policy = &route.policy;
+        let unapplied: Vec<&str> = [
+            ("retry", policy.retry.is_some()),
+            ("circuit_breaker", policy.circuit_breaker.is_some()),
+            ("rate_limit", policy.rate_limit.is_some()),
+            ("concurrency", policy.concurrency.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !unapplied.is_empty() {
+            warn!(
+                route = %route.name,
+                "routes[{i}].policy: {} validated but not yet enforced by this build",
+                unapplied.join(", ")
+            );
+        }
+    }
+    if !config.faults.is_empty() {
+        warn!("[[faults]] validated but fault injection is not yet enforced by this build");
+    }
+}

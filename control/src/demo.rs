@@ -1,0 +1,222 @@
+//! `rafael demo`: a built-in flaky service, rafael in front of it, and bounded traffic.
+//!
+//! The demo service behaves like a dependency having a bad day, on a 90-second cycle: healthy,
+//! then slow, then failing a large share of requests, then recovering. The traffic generator
+//! sends a modest, fixed rate for a bounded time and prints what a client saw.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+/// The shipped demo config, with `{upstream}`, `{listen}` and `{admin}` placeholders.
+pub const DEMO_CONFIG: &str = include_str!("../demo/demo.toml");
+
+/// One phase of the demo service's cycle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Phase {
+    /// Name printed in logs.
+    pub name: &'static str,
+    /// Latency range in milliseconds.
+    pub latency_ms: (u64, u64),
+    /// Share of requests answered 503.
+    pub error_rate: f64,
+}
+
+const CYCLE: [(u64, Phase); 4] = [
+    (
+        40,
+        Phase {
+            name: "healthy",
+            latency_ms: (2, 15),
+            error_rate: 0.005,
+        },
+    ),
+    (
+        20,
+        Phase {
+            name: "slow",
+            latency_ms: (80, 400),
+            error_rate: 0.05,
+        },
+    ),
+    (
+        10,
+        Phase {
+            name: "failing",
+            latency_ms: (5, 30),
+            error_rate: 0.4,
+        },
+    ),
+    (
+        20,
+        Phase {
+            name: "recovering",
+            latency_ms: (15, 60),
+            error_rate: 0.01,
+        },
+    ),
+];
+
+/// The phase the demo service is in `elapsed` after it started.
+pub fn phase_at(elapsed: Duration) -> Phase {
+    let period: u64 = CYCLE.iter().map(|(secs, _)| secs).sum();
+    let mut t = elapsed.as_secs() % period;
+    for (secs, phase) in CYCLE {
+        if t < secs {
+            return phase;
+        }
+        t -= secs;
+    }
+    CYCLE[0].1
+}
+
+/// Starts the demo service on `listener`; runs until the runtime stops.
+pub fn spawn_service(listener: TcpListener) {
+    let started = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service_fn(move |request: Request<Incoming>| answer(started, request));
+            tokio::spawn(async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+                if let Err(error) = served {
+                    debug!(%error, "demo service connection ended");
+                }
+            });
+        }
+    });
+}
+
+async fn answer(
+    started: Instant,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let phase = phase_at(started.elapsed());
+    let (low, high) = phase.latency_ms;
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(low..=high))).await;
+    let (status, body) = if fastrand::f64() < phase.error_rate {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"error":"demo service is {}"}}"#, phase.name),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            format!(
+                r#"{{"path":"{}","phase":"{}"}}"#,
+                request.uri().path().escape_default(),
+                phase.name
+            ),
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// What the traffic generator saw.
+#[derive(Debug, Default)]
+pub struct TrafficStats {
+    /// Responses with 2xx.
+    pub ok: AtomicU64,
+    /// Responses with 4xx or 5xx.
+    pub failed: AtomicU64,
+    /// Requests that got no response at all.
+    pub errors: AtomicU64,
+}
+
+/// Sends `rate` requests per second to `target` for at most `duration`, printing a summary every
+/// ten seconds. Bounded in rate, in duration and in concurrency (at most `rate` in flight).
+pub async fn run_traffic(target: SocketAddr, rate: u32, duration: Duration) -> Arc<TrafficStats> {
+    let stats = Arc::new(TrafficStats::default());
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(rate.max(1) as usize));
+    let deadline = Instant::now() + duration;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    let mut report = Instant::now() + Duration::from_secs(10);
+    let mut sent: u64 = 0;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
+        sent += 1;
+        let path = if sent % 5 == 0 {
+            "/inventory".to_owned()
+        } else {
+            format!("/orders/{}", sent % 100)
+        };
+        let uri = format!("http://{target}{path}");
+        let client = client.clone();
+        let seen = stats.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(request) = Request::get(uri).body(Empty::new()) else {
+                return;
+            };
+            match client.request(request).await {
+                Ok(response) => {
+                    let success = response.status().is_success();
+                    let _ = response.into_body().collect().await;
+                    let counter = if success { &seen.ok } else { &seen.failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    seen.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        if Instant::now() >= report {
+            report += Duration::from_secs(10);
+            info!(
+                ok = stats.ok.load(Ordering::Relaxed),
+                failed = stats.failed.load(Ordering::Relaxed),
+                no_response = stats.errors.load(Ordering::Relaxed),
+                "demo traffic so far"
+            );
+        }
+    }
+    info!("demo traffic finished; rafael keeps running until Ctrl-C");
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cycle_has_a_bad_day() {
+        assert_eq!(phase_at(Duration::from_secs(0)).name, "healthy");
+        assert_eq!(phase_at(Duration::from_secs(45)).name, "slow");
+        assert_eq!(phase_at(Duration::from_secs(65)).name, "failing");
+        assert_eq!(phase_at(Duration::from_secs(75)).name, "recovering");
+        assert_eq!(phase_at(Duration::from_secs(90)).name, "healthy");
+        assert!(phase_at(Duration::from_secs(65)).error_rate > 0.3);
+    }
+}

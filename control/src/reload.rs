@@ -1,0 +1,178 @@
+//! Config reloads: on SIGHUP, and when the config file changes on disk.
+//!
+//! An invalid new file is rejected with every error logged and counted in
+//! `rafael_config_reloads_total{result="error"}`; the running snapshot stays in place.
+
+use std::{path::PathBuf, time::Duration};
+
+use metrics::{counter, describe_counter};
+use notify::{RecursiveMode, Watcher};
+use rafael_proxy::{SnapshotHandle, metrics::CONFIG_RELOADS_TOTAL};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{error, info, warn};
+
+/// Reloads one config file into one snapshot handle.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    snapshot: SnapshotHandle,
+    last_text: Option<String>,
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The config file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is invalid; the running config stays.
+    #[error("{0}")]
+    Invalid(rafael_config::ConfigErrors),
+}
+
+/// Registers HELP text for the reload counter.
+pub fn describe_metrics() {
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success or error)."
+    );
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    /// A reloader of `path` into `snapshot`.
+    pub fn new(path: PathBuf, snapshot: SnapshotHandle) -> Self {
+        let last_text = std::fs::read_to_string(&path).ok();
+        Self {
+            path,
+            snapshot,
+            last_text,
+        }
+    }
+
+    /// Reads, validates and applies the file now. Returns the new snapshot version, or `None`
+    /// when the file is byte-for-byte what is already running.
+    pub fn reload(&mut self) -> Result<Option<u64>, ReloadError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        let config = rafael_config::parse(&text).map_err(ReloadError::Invalid)?;
+        let version = self.snapshot.reload(config).map_err(ReloadError::Invalid)?;
+        self.last_text = Some(text);
+        Ok(Some(version))
+    }
+
+    /// Reloads on SIGHUP (always) and on file changes (when `watch`), until aborted.
+    pub fn spawn(mut self, watch: bool) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+            // Keep the watcher alive as long as the task.
+            let _watcher = if watch {
+                self.watch(changed_tx.clone())
+            } else {
+                None
+            };
+            let mut hangup = hangup_signal();
+            loop {
+                let hup = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let forced = tokio::select! {
+                    _ = hup => { info!("SIGHUP received"); true }
+                    Some(()) = changed.recv() => {
+                        // Editors write in several steps; let them finish.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        while changed.try_recv().is_ok() {}
+                        false
+                    }
+                };
+                if forced {
+                    // SIGHUP reloads even an unchanged file (TLS material may have rotated).
+                    self.last_text = None;
+                }
+                self.apply();
+            }
+        })
+    }
+
+    fn apply(&mut self) {
+        match self.reload() {
+            Ok(Some(version)) => {
+                counter!(CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
+                info!(version, path = %self.path.display(), "config reloaded");
+            }
+            Ok(None) => {}
+            Err(ReloadError::Invalid(errors)) => {
+                counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                for e in errors.iter() {
+                    error!(path = %self.path.display(), "config reload rejected: {e}");
+                }
+                warn!("keeping the running config");
+            }
+            Err(e) => {
+                counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                error!("config reload failed: {e}; keeping the running config");
+            }
+        }
+    }
+
+    fn watch(&self, changed: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        // Watch the directory: editors and Kubernetes ConfigMaps replace the file rather than
+        // write into it, which a watch on the file itself would miss.
+        let file = self.path.file_name()?.to_owned();
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                let ours = event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(file.as_os_str()) || p.ends_with("..data"));
+                if ours && !event.kind.is_access() {
+                    let _ = changed.try_send(());
+                }
+            }
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(mut watcher) => match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(watcher),
+                Err(e) => {
+                    warn!(dir = %dir.display(), "cannot watch the config directory ({e}); SIGHUP still reloads");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!("cannot watch the config file ({e}); SIGHUP still reloads");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .map_err(|e| warn!("cannot install the SIGHUP handler ({e}); file changes still reload"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<std::future::Pending<Option<()>>> {
+    None
+}

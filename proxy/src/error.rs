@@ -1,0 +1,137 @@
+//! Typed errors of the request path, and the one rescue that turns them into responses.
+//!
+//! Each error knows which side failed, so the response and the metrics say whether the client,
+//! the upstream or rafael itself was at fault.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::{Body, metrics::AttemptOutcome};
+
+/// Why rafael answered a request itself instead of relaying the upstream's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the request.
+    #[error("no route matches {method} {path}")]
+    NoRoute {
+        /// Request method.
+        method: http::Method,
+        /// Request path.
+        path: String,
+    },
+    /// The request head exceeded the listener's `max_header_bytes`.
+    #[error("request header is {size} bytes, above the limit of {limit}")]
+    HeadersTooLarge {
+        /// Size of the head as received.
+        size: usize,
+        /// The listener's limit.
+        limit: usize,
+    },
+    /// The request is not one a proxy can forward.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No connection could be made to the chosen endpoint.
+    #[error("upstream {upstream} endpoint {endpoint} is unreachable: {reason}")]
+    Connect {
+        /// Upstream name.
+        upstream: String,
+        /// Endpoint address.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Connecting to the endpoint took longer than its `connect_timeout`.
+    #[error(
+        "upstream {upstream} endpoint {endpoint} did not accept a connection within {timeout:?}"
+    )]
+    ConnectTimeout {
+        /// Upstream name.
+        upstream: String,
+        /// Endpoint address.
+        endpoint: String,
+        /// The configured connect timeout.
+        timeout: Duration,
+    },
+    /// The connection failed or was reset after the request was sent.
+    #[error("upstream {upstream} endpoint {endpoint} failed: {reason}")]
+    Upstream {
+        /// Upstream name.
+        upstream: String,
+        /// Endpoint address.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The route's whole-request timeout elapsed.
+    #[error("no response from upstream within the route timeout of {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    error: &'a str,
+    detail: String,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout { .. } | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable machine-readable code, used as the JSON `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::BadRequest(_) => "bad_request",
+            Self::Connect { .. } => "upstream_unreachable",
+            Self::ConnectTimeout { .. } => "upstream_connect_timeout",
+            Self::Upstream { .. } => "upstream_error",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+
+    /// The attempt outcome this error records, for errors that end an upstream attempt.
+    pub fn attempt_outcome(&self) -> Option<AttemptOutcome> {
+        match self {
+            Self::Connect { .. } => Some(AttemptOutcome::ConnectError),
+            Self::ConnectTimeout { .. } | Self::Timeout(_) => Some(AttemptOutcome::Timeout),
+            Self::Upstream { .. } => Some(AttemptOutcome::Reset),
+            Self::NoRoute { .. } | Self::HeadersTooLarge { .. } | Self::BadRequest(_) => None,
+        }
+    }
+
+    /// The rescue: a JSON error response `{"error": code, "detail": message}`.
+    pub fn into_response(self) -> Response<Body> {
+        error_response(self.status(), self.code(), self.to_string())
+    }
+}
+
+/// A JSON error response in the admin API's and the proxy's shared shape.
+pub fn error_response(status: StatusCode, code: &str, detail: String) -> Response<Body> {
+    let document = ErrorDocument {
+        error: code,
+        detail,
+    };
+    // Serializing a struct of two strings cannot fail; fall back to a fixed document anyway.
+    let json = serde_json::to_vec(&document)
+        .unwrap_or_else(|_| br#"{"error":"internal","detail":null}"#.to_vec());
+    let mut response = Response::new(Body::full(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,264 @@
+//! Header rewriting at the proxy boundary (RFC 9110 §7.6): hop-by-hop headers stay on their hop,
+//! forwarding headers record the hop, and every exchange carries an `x-request-id`.
+//!
+//! The common case (no `Connection` header, no hop-by-hop headers) costs a few hash lookups and
+//! no allocation: values that depend only on the connection are built once per connection.
+
+use std::net::IpAddr;
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Version,
+    header::{self, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, VIA},
+};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What a connection contributes to the forwarding headers, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The client's address, as an `x-forwarded-for` element.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`.
+    pub proto: HeaderValue,
+}
+
+// === impl Forwarded ===
+
+impl Forwarded {
+    /// The forwarding facts of a connection from `peer`.
+    pub fn new(peer: IpAddr, tls: bool) -> Self {
+        let client_ip = HeaderValue::try_from(peer.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        Self { client_ip, proto }
+    }
+}
+
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(UPGRADE)
+        && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, `Upgrade` survives and `Connection` is reduced to
+/// `upgrade`, so the next hop sees the protocol switch.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(first) = headers.get(CONNECTION) {
+        // Only the rare request naming extra hop-by-hop headers pays for parsing the list.
+        let simple = |v: &HeaderValue| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive")
+                || v.eq_ignore_ascii_case(b"close")
+                || v.eq_ignore_ascii_case(b"upgrade")
+        };
+        if !(simple(first) && headers.get_all(CONNECTION).iter().count() == 1) {
+            let named: Vec<HeaderName> = headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                if !(upgrade && name == UPGRADE) {
+                    headers.remove(&name);
+                }
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    if let Some(te) = headers.get(TE) {
+        let wants_trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if wants_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(TE);
+        }
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// The `Via` element for a message received over `version`.
+pub fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_2 => "2 rafael",
+        Version::HTTP_10 => "1.0 rafael",
+        _ => "1.1 rafael",
+    })
+}
+
+/// Rewrites a request's headers for the upstream hop and returns its request id.
+///
+/// `X-Forwarded-For` gets the client appended; `X-Forwarded-Proto` and `X-Forwarded-Host` are
+/// set when absent (a value from a proxy in front of us is kept, as a sidecar behind an edge
+/// proxy should); `Via` records this hop; an `x-request-id` is kept or generated.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    version: Version,
+    authority: Option<&http::uri::Authority>,
+    forwarded: &Forwarded,
+    upgrade: bool,
+) -> HeaderValue {
+    remove_hop_by_hop(headers, upgrade);
+
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(forwarded.client_ip.clone());
+        }
+        header::Entry::Occupied(mut entry) => {
+            let mut joined = Vec::with_capacity(64);
+            for value in entry.iter() {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(forwarded.client_ip.as_bytes());
+            if let Ok(value) = HeaderValue::from_bytes(&joined) {
+                entry.insert(value);
+            }
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, forwarded.proto.clone());
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        let host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        if let Some(host) = host {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+    }
+    headers.append(VIA, via(version));
+
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(&X_REQUEST_ID, id.clone());
+            id
+        }
+    }
+}
+
+/// Rewrites a response's headers for the downstream hop.
+pub fn prepare_response(
+    headers: &mut HeaderMap,
+    version: Version,
+    upgrade: bool,
+    request_id: HeaderValue,
+) {
+    remove_hop_by_hop(headers, upgrade);
+    headers.append(VIA, via(version));
+    headers.insert(&X_REQUEST_ID, request_id);
+}
+
+/// A fresh random request id (a UUID v4).
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-kept"], "yes");
+    }
+
+    #[test]
+    fn te_trailers_survives_and_upgrade_is_kept_for_upgrades() {
+        let mut map = headers(&[
+            ("te", "trailers, deflate"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["te"], "trailers");
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_preserve() {
+        let forwarded = Forwarded::new("10.1.2.3".parse().unwrap(), false);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("host", "api.example"),
+            ("x-request-id", "abc"),
+        ]);
+        let id = prepare_request(&mut map, Version::HTTP_11, None, &forwarded, false);
+        assert_eq!(id, "abc");
+        assert_eq!(map["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-forwarded-host"], "api.example");
+        assert_eq!(map["via"], "1.1 rafael");
+    }
+
+    #[test]
+    fn request_ids_are_generated_when_missing() {
+        let forwarded = Forwarded::new("::1".parse().unwrap(), true);
+        let mut map = HeaderMap::new();
+        let a = prepare_request(&mut map, Version::HTTP_2, None, &forwarded, false);
+        let b = new_request_id();
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, b);
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["via"], "2 rafael");
+    }
+}

@@ -1,0 +1,165 @@
+//! The data plane's Prometheus metrics (DESIGN §6): names, descriptions, and per-route handles
+//! resolved once per snapshot so the request path never hashes a label set.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    histogram,
+};
+
+/// `rafael_requests_total{route,code}`.
+pub const REQUESTS_TOTAL: &str = "rafael_requests_total";
+/// `rafael_request_duration_seconds{route}`.
+pub const REQUEST_DURATION: &str = "rafael_request_duration_seconds";
+/// `rafael_upstream_attempts_total{route,outcome}`.
+pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "rafael_upstream_attempts_total";
+/// `rafael_connections_active{listener}`.
+pub const CONNECTIONS_ACTIVE: &str = "rafael_connections_active";
+/// `rafael_connections_total{listener}`.
+pub const CONNECTIONS_TOTAL: &str = "rafael_connections_total";
+/// `rafael_connection_errors_total{listener,reason}`.
+pub const CONNECTION_ERRORS_TOTAL: &str = "rafael_connection_errors_total";
+/// `rafael_downstream_rejected_total{listener,reason}`.
+pub const DOWNSTREAM_REJECTED_TOTAL: &str = "rafael_downstream_rejected_total";
+/// `rafael_config_reloads_total{result}`.
+pub const CONFIG_RELOADS_TOTAL: &str = "rafael_config_reloads_total";
+/// `rafael_policy_version`.
+pub const POLICY_VERSION: &str = "rafael_policy_version";
+
+/// The `route` label of requests no route took.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Attempt outcomes, the `outcome` label of `rafael_upstream_attempts_total`.
+pub const ATTEMPT_OUTCOMES: [&str; 5] =
+    ["success", "http_5xx", "connect_error", "timeout", "reset"];
+
+/// Histogram buckets for every `*_seconds` metric: 0.5 ms to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Registers HELP text for every data plane metric.
+pub fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route and final status code (synthesized ones included)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request received to response head sent, by route."
+    );
+    describe_counter!(
+        UPSTREAM_ATTEMPTS_TOTAL,
+        "Attempts sent to upstream endpoints, by route and outcome."
+    );
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Downstream connections open now, by listener."
+    );
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Downstream connections accepted, by listener."
+    );
+    describe_counter!(
+        CONNECTION_ERRORS_TOTAL,
+        "Downstream connections that ended in an error, by listener and reason."
+    );
+    describe_counter!(
+        DOWNSTREAM_REJECTED_TOTAL,
+        "Requests rejected before routing, by listener and reason."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads, by result (success or error)."
+    );
+    describe_gauge!(
+        POLICY_VERSION,
+        "Version of the live snapshot; it grows with every reload or policy swap."
+    );
+}
+
+/// Metric handles of one route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    duration: Histogram,
+    attempts: [Counter; 5],
+    by_code: Box<[OnceLock<Counter>]>,
+}
+
+/// Index of an attempt outcome in [`ATTEMPT_OUTCOMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A response that is not a 5xx.
+    Success = 0,
+    /// A 5xx response.
+    Http5xx = 1,
+    /// No connection could be made.
+    ConnectError = 2,
+    /// A deadline passed.
+    Timeout = 3,
+    /// The connection failed after the request was sent.
+    Reset = 4,
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    /// Handles for `route`.
+    pub fn new(route: &str) -> Self {
+        let route: Arc<str> = Arc::from(route);
+        let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
+            counter!(UPSTREAM_ATTEMPTS_TOTAL, "route" => route.to_string(), "outcome" => outcome)
+        });
+        Self {
+            duration: histogram!(REQUEST_DURATION, "route" => route.to_string()),
+            attempts,
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            route,
+        }
+    }
+
+    /// Handles for requests no route took: they never reach an upstream, so no attempt counters.
+    pub fn unmatched() -> Self {
+        let route: Arc<str> = Arc::from(UNMATCHED_ROUTE);
+        Self {
+            duration: histogram!(REQUEST_DURATION, "route" => UNMATCHED_ROUTE),
+            attempts: std::array::from_fn(|_| Counter::noop()),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            route,
+        }
+    }
+
+    /// Counts a final response and its latency.
+    pub fn record_response(&self, status: http::StatusCode, seconds: f64) {
+        self.duration.record(seconds);
+        let code = status.as_u16();
+        // `StatusCode` guarantees 100..=999; codes above 599 are counted without a cache.
+        match self.by_code.get(usize::from(code).wrapping_sub(100)) {
+            Some(slot) => slot.get_or_init(|| self.code_counter(code)).increment(1),
+            None => self.code_counter(code).increment(1),
+        }
+    }
+
+    /// Counts an upstream attempt.
+    pub fn record_attempt(&self, outcome: AttemptOutcome) {
+        self.attempts[outcome as usize].increment(1);
+    }
+
+    fn code_counter(&self, code: u16) -> Counter {
+        counter!(REQUESTS_TOTAL, "route" => self.route.to_string(), "code" => code.to_string())
+    }
+}
+
+impl AttemptOutcome {
+    /// The outcome of an attempt that got a response with `status`.
+    pub fn of_status(status: http::StatusCode) -> Self {
+        if status.is_server_error() {
+            Self::Http5xx
+        } else {
+            Self::Success
+        }
+    }
+}

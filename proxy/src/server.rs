@@ -1,0 +1,388 @@
+//! Listeners and downstream connections: accept, TLS handshake, the HTTP/1.1 + HTTP/2 server,
+//! idle detection, and draining on shutdown.
+//!
+//! Each connection task holds a clone of a drain sender; shutdown tells every connection to
+//! finish what it is doing (HTTP/1.1: the current exchange; HTTP/2: GOAWAY) and waits until all
+//! senders are gone or the drain deadline passes.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::{Request, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use metrics::{counter, gauge};
+use rafael_config::{Config, ListenerConfig, ListenerProtocol};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    SnapshotHandle,
+    headers::Forwarded,
+    metrics::{CONNECTION_ERRORS_TOTAL, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL},
+    service,
+};
+
+/// A bound listener socket, ready to serve.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// Index of the listener in the config.
+    pub index: usize,
+    /// Listener name.
+    pub name: Arc<str>,
+    /// The socket.
+    pub socket: TcpListener,
+}
+
+/// Running listeners and their connections.
+#[derive(Debug)]
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    drained: mpsc::Receiver<()>,
+    accept_loops: Vec<JoinHandle<()>>,
+    addresses: Vec<(Arc<str>, SocketAddr)>,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every connection finished.
+    Complete,
+    /// The deadline passed with connections still open.
+    DeadlineReached,
+}
+
+/// Per-connection state shared by its requests.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) handle: SnapshotHandle,
+    pub(crate) listener: usize,
+    pub(crate) listener_name: Arc<str>,
+    pub(crate) forwarded: Forwarded,
+    pub(crate) activity: Arc<Activity>,
+    /// Held by upgraded tunnels so draining waits for them too.
+    pub(crate) drain: mpsc::Sender<()>,
+}
+
+/// Request counters of one connection, for idle detection.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    started: AtomicU64,
+    active: AtomicUsize,
+}
+
+/// A request in progress on a connection; the connection is not idle until it drops.
+#[derive(Debug)]
+pub struct RequestActive(Arc<Activity>);
+
+// === impl Server ===
+
+/// Binds every listener in `config`. Binding before serving lets tests use port 0 and lets the
+/// binary report readiness only once sockets exist.
+pub async fn bind_listeners(config: &Config) -> io::Result<Vec<BoundListener>> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let socket = TcpListener::bind(listener.bind).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "listeners[{index}] ({}): cannot bind {}: {e}",
+                    listener.name, listener.bind
+                ),
+            )
+        })?;
+        bound.push(BoundListener {
+            index,
+            name: Arc::from(listener.name.as_str()),
+            socket,
+        });
+    }
+    Ok(bound)
+}
+
+impl Server {
+    /// Starts accepting on `listeners`, routing through `handle`.
+    pub fn start(handle: SnapshotHandle, listeners: Vec<BoundListener>) -> io::Result<Self> {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (drain_tx, drained) = mpsc::channel(1);
+        let mut addresses = Vec::with_capacity(listeners.len());
+        let mut accept_loops = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            let address = listener.socket.local_addr()?;
+            info!(listener = %listener.name, %address, "listening");
+            addresses.push((listener.name.clone(), address));
+            accept_loops.push(tokio::spawn(accept_loop(
+                handle.clone(),
+                listener,
+                shutdown_rx.clone(),
+                drain_tx.clone(),
+            )));
+        }
+        Ok(Self {
+            shutdown,
+            drained,
+            accept_loops,
+            addresses,
+        })
+    }
+
+    /// The bound address of each listener, by name.
+    pub fn addresses(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.addresses
+    }
+
+    /// Address of the listener named `name`.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to `deadline` for them.
+    pub async fn drain(mut self, deadline: Duration) -> DrainOutcome {
+        for accept in &self.accept_loops {
+            accept.abort();
+        }
+        for accept in self.accept_loops.drain(..) {
+            // An aborted task reports cancellation; nothing else can come out of it.
+            let _ = accept.await;
+        }
+        let _ = self.shutdown.send(true);
+        // Every sender lives in a connection or tunnel task; `recv` returns `None` once the last
+        // of them has finished.
+        match tokio::time::timeout(deadline, self.drained.recv()).await {
+            Ok(_) => DrainOutcome::Complete,
+            Err(_) => DrainOutcome::DeadlineReached,
+        }
+    }
+}
+
+async fn accept_loop(
+    handle: SnapshotHandle,
+    listener: BoundListener,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    let active = gauge!(CONNECTIONS_ACTIVE, "listener" => listener.name.to_string());
+    let accepted = counter!(CONNECTIONS_TOTAL, "listener" => listener.name.to_string());
+    loop {
+        let (stream, peer) = match listener.socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(listener = %listener.name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        accepted.increment(1);
+        let _ = stream.set_nodelay(true);
+        let connection = ConnectionTask {
+            handle: handle.clone(),
+            listener: listener.index,
+            listener_name: listener.name.clone(),
+            peer,
+            shutdown: shutdown.clone(),
+            drain: drain.clone(),
+            active: active.clone(),
+        };
+        tokio::spawn(connection.run(stream));
+    }
+}
+
+struct ConnectionTask {
+    handle: SnapshotHandle,
+    listener: usize,
+    listener_name: Arc<str>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+    active: metrics::Gauge,
+}
+
+impl ConnectionTask {
+    async fn run(self, stream: TcpStream) {
+        self.active.increment(1.0);
+        let snapshot = self.handle.load();
+        let Some(state) = snapshot.listener(self.listener) else {
+            self.active.decrement(1.0);
+            return;
+        };
+        let builder = state.http.clone();
+        let config = state.config.clone();
+        let result = match state.tls.clone() {
+            None => {
+                self.serve(TokioIo::new(stream), &builder, &config, false)
+                    .await
+            }
+            Some(acceptor) => {
+                // A client that never finishes its handshake is a slowloris too.
+                match tokio::time::timeout(
+                    config.header_read_timeout.get(),
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => self.serve(TokioIo::new(tls), &builder, &config, true).await,
+                    Ok(Err(error)) => Err(ConnectionError::Tls(error)),
+                    Err(_) => Err(ConnectionError::HandshakeTimeout),
+                }
+            }
+        };
+        if let Err(error) = result {
+            debug!(listener = %self.listener_name, peer = %self.peer, %error, "connection ended with an error");
+            counter!(CONNECTION_ERRORS_TOTAL, "listener" => self.listener_name.to_string(), "reason" => error.reason())
+                .increment(1);
+        }
+        self.active.decrement(1.0);
+    }
+
+    async fn serve<I>(
+        &self,
+        io: TokioIo<I>,
+        builder: &auto::Builder<TokioExecutor>,
+        config: &ListenerConfig,
+        tls: bool,
+    ) -> Result<(), ConnectionError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let connection = Arc::new(Connection {
+            handle: self.handle.clone(),
+            listener: self.listener,
+            listener_name: self.listener_name.clone(),
+            forwarded: Forwarded::new(self.peer.ip(), tls),
+            activity: activity.clone(),
+            drain: self.drain.clone(),
+        });
+        let service = service_fn(move |request: Request<Incoming>| {
+            service::proxy(connection.clone(), request)
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+
+        let idle_timeout = config.idle_timeout.get();
+        // Check four times per idle period, so an idle connection closes within 1.25x of it.
+        let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+        let mut next_check = Instant::now() + tick;
+        let mut idle_since = Instant::now();
+        let mut last_started = 0;
+        let mut shutdown = self.shutdown.clone();
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => return result.map_err(ConnectionError::Http),
+                _ = tokio::time::sleep_until(next_check), if !closing => {
+                    let now = Instant::now();
+                    let started = activity.started.load(Ordering::Relaxed);
+                    if started != last_started || activity.active.load(Ordering::Relaxed) > 0 {
+                        last_started = started;
+                        idle_since = now;
+                    } else if now.duration_since(idle_since) >= idle_timeout {
+                        debug!(peer = %self.peer, "closing idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    next_check = now + tick;
+                }
+                changed = shutdown.changed(), if !closing => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The server settings of a listener's connections.
+pub fn http_builder(listener: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder = match listener.protocol {
+        ListenerProtocol::Auto => builder,
+        ListenerProtocol::Http1 => builder.http1_only(),
+        ListenerProtocol::Http2 => builder.http2_only(),
+    };
+    let max_header = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    // hyper's own limits sit above ours, as a backstop: rafael checks `max_header_bytes` itself
+    // so that an oversized head gets a JSON 431 and a metric, not a bare one.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listener.header_read_timeout.get())
+        .max_buf_size(max_header.saturating_mul(2).max(16 * 1024))
+        .max_headers(1024)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header.saturating_mul(2)).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Why a downstream connection ended badly.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("tls handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("tls handshake timed out")]
+    HandshakeTimeout,
+    #[error("{0}")]
+    Http(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ConnectionError {
+    /// The `reason` label of `rafael_connection_errors_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Tls(_) => "tls_handshake",
+            Self::HandshakeTimeout => "tls_handshake_timeout",
+            Self::Http(error) => match error.downcast_ref::<hyper::Error>() {
+                Some(e) if e.is_parse_too_large() => "headers_too_large",
+                Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
+                Some(e) if e.is_timeout() => "header_read_timeout",
+                Some(e) if e.is_incomplete_message() => "incomplete_request",
+                Some(_) => "http",
+                None if error.to_string().contains("preface") => "malformed_request",
+                None => "io",
+            },
+        }
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    /// Marks a request started; the connection is busy until the guard drops.
+    pub(crate) fn begin(self: &Arc<Self>) -> RequestActive {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        RequestActive(self.clone())
+    }
+}
+
+impl Drop for RequestActive {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

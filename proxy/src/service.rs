@@ -1,0 +1,216 @@
+//! The request path of issue 2: check the head, route, rewrite headers, pick an endpoint,
+//! forward, and relay the response (or rescue an error into a JSON response).
+//!
+//! The policy layers of DESIGN §2 wrap the forwarding step in later issues; the snapshot is
+//! loaded here, once per request, and everything after uses that one version.
+
+use std::{convert::Infallible, sync::Arc, time::Instant};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use metrics::counter;
+use tracing::{debug, warn};
+
+use crate::{
+    Body, ProxyError,
+    headers::{self, X_REQUEST_ID},
+    metrics::{AttemptOutcome, DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
+    server::Connection,
+};
+
+/// Serves one downstream request. Never fails: every error becomes a response.
+pub(crate) async fn proxy(
+    connection: Arc<Connection>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let active = connection.activity.begin();
+    let snapshot = connection.handle.load();
+    let version = request.version();
+    let Some(listener) = snapshot.listener(connection.listener) else {
+        return Ok(ProxyError::BadRequest("listener is gone").into_response());
+    };
+
+    if let Err(error) = check_head(&request, &listener.config) {
+        counter!(DOWNSTREAM_REJECTED_TOTAL, "listener" => connection.listener_name.to_string(), "reason" => error.code())
+            .increment(1);
+        return Ok(finish(
+            snapshot.unmatched_metrics(),
+            error.into_response(),
+            version,
+            headers::new_request_id(),
+            started,
+        ));
+    }
+
+    let Some(route) = listener
+        .route(request.method(), request.uri(), request.headers())
+        .cloned()
+    else {
+        let error = ProxyError::NoRoute {
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+        };
+        let id = request_id_of(&request);
+        return Ok(finish(
+            snapshot.unmatched_metrics(),
+            error.into_response(),
+            version,
+            id,
+            started,
+        ));
+    };
+
+    let upgrade = headers::is_upgrade_request(version, request.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let request_id = headers::prepare_request(
+        &mut parts.headers,
+        version,
+        parts.uri.authority(),
+        &connection.forwarded,
+        upgrade,
+    );
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream needs it as `Host`.
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+
+    let upstream = route.upstream();
+    let endpoint = upstream.pick().clone();
+    let in_flight = endpoint.begin();
+    let forwarded = Request::from_parts(parts, Body::Streaming(body));
+    let sent = upstream.send(&endpoint, forwarded);
+    let result = match route.policy().timeout {
+        Some(timeout) => tokio::time::timeout(timeout.get(), sent)
+            .await
+            .unwrap_or_else(|_| Err(ProxyError::Timeout(timeout.get()))),
+        None => sent.await,
+    };
+
+    let metrics = route.metrics();
+    let response = match result {
+        Ok(response) => {
+            metrics.record_attempt(AttemptOutcome::of_status(response.status()));
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match (switching, downstream_upgrade) {
+                (true, Some(downstream)) => {
+                    let mut response = response;
+                    tunnel(&connection, downstream, hyper::upgrade::on(&mut response));
+                    let (mut parts, _) = response.into_parts();
+                    headers::prepare_response(
+                        &mut parts.headers,
+                        version,
+                        true,
+                        request_id.clone(),
+                    );
+                    Response::from_parts(parts, Body::Empty)
+                }
+                _ => {
+                    let (mut parts, body) = response.into_parts();
+                    headers::prepare_response(
+                        &mut parts.headers,
+                        version,
+                        false,
+                        request_id.clone(),
+                    );
+                    Response::from_parts(
+                        parts,
+                        Body::Upstream {
+                            body,
+                            in_flight: Some((in_flight, active)),
+                        },
+                    )
+                }
+            }
+        }
+        Err(error) => {
+            if let Some(outcome) = error.attempt_outcome() {
+                metrics.record_attempt(outcome);
+            }
+            debug!(route = route.name(), %error, "answering with an error");
+            error.into_response()
+        }
+    };
+    Ok(finish(metrics, response, version, request_id, started))
+}
+
+/// Stamps the headers every response carries and records it.
+fn finish(
+    metrics: &RouteMetrics,
+    mut response: Response<Body>,
+    version: Version,
+    request_id: HeaderValue,
+    started: Instant,
+) -> Response<Body> {
+    if matches!(response.body(), Body::Full(_)) {
+        // Synthesized responses get the same `Via` and id that relayed ones got in prepare_response.
+        response
+            .headers_mut()
+            .append(header::VIA, headers::via(version));
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    }
+    metrics.record_response(response.status(), started.elapsed().as_secs_f64());
+    response
+}
+
+fn request_id_of<B>(request: &Request<B>) -> HeaderValue {
+    request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(headers::new_request_id)
+}
+
+/// Rejects heads a reverse proxy should not forward: oversized ones and `CONNECT`.
+fn check_head<B>(
+    request: &Request<B>,
+    listener: &rafael_config::ListenerConfig,
+) -> Result<(), ProxyError> {
+    let limit = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    // Request line plus each field line as sent on the wire ("name: value\r\n").
+    let mut size = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > limit {
+        return Err(ProxyError::HeadersTooLarge { size, limit });
+    }
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported by a reverse proxy",
+        ));
+    }
+    Ok(())
+}
+
+/// Splices an upgraded downstream connection to the upgraded upstream one, both ways.
+fn tunnel(
+    connection: &Connection,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let drain = connection.drain.clone();
+    tokio::spawn(async move {
+        let _drain = drain;
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "protocol upgrade failed");
+                return;
+            }
+        };
+        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+            debug!(%error, "upgraded connection ended");
+        }
+    });
+}

@@ -1,0 +1,217 @@
+//! Opening connections to upstream endpoints: TCP with `TCP_NODELAY`, optional TLS with SNI and
+//! ALPN, all under the upstream's `connect_timeout`.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Uri;
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection},
+    rt::TokioIo,
+};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// Why a connection to an endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect and TLS handshake did not finish in time.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The TCP connection failed.
+    #[error("tcp connect failed: {0}")]
+    Tcp(#[source] io::Error),
+    /// The TLS handshake failed.
+    #[error("tls handshake failed: {0}")]
+    Tls(#[source] io::Error),
+    /// The URI names no endpoint or an invalid TLS server name.
+    #[error("invalid endpoint: {0}")]
+    Invalid(String),
+}
+
+/// Connects to the endpoint named by a request URI's authority.
+#[derive(Clone)]
+pub struct Connector {
+    tls: Option<TlsOrigination>,
+    connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct TlsOrigination {
+    connector: TlsConnector,
+    /// Fixed SNI name; `None` means the endpoint's host.
+    server_name: Option<ServerName<'static>>,
+}
+
+/// A connection to an endpoint, plain or TLS.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Clear-text TCP.
+    Plain(TokioIo<TcpStream>),
+    /// TLS over TCP.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// A connector with optional TLS (`tls`, with a fixed `server_name` or the endpoint's host).
+    pub fn new(
+        connect_timeout: Duration,
+        tls: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
+    ) -> Result<Self, String> {
+        let tls = match tls {
+            None => None,
+            Some((config, name)) => Some(TlsOrigination {
+                connector: TlsConnector::from(config),
+                server_name: name
+                    .map(|n| {
+                        ServerName::try_from(n.clone())
+                            .map_err(|e| format!("invalid TLS server name {n:?}: {e}"))
+                    })
+                    .transpose()?,
+            }),
+        };
+        Ok(Self {
+            tls,
+            connect_timeout,
+        })
+    }
+
+    async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ConnectError::Invalid(format!("{uri} has no authority")))?;
+        let tcp = TcpStream::connect(authority.as_str())
+            .await
+            .map_err(ConnectError::Tcp)?;
+        // Small request/response exchanges must not wait for Nagle's algorithm.
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        let Some(tls) = self.tls else {
+            return Ok(UpstreamIo::Plain(TokioIo::new(tcp)));
+        };
+        let name = match tls.server_name {
+            Some(name) => name,
+            None => ServerName::try_from(authority.host().trim_matches(['[', ']']).to_owned())
+                .map_err(|e| ConnectError::Invalid(e.to_string()))?,
+        };
+        let stream = tls
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(ConnectError::Tls)?;
+        Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = UpstreamIo;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, this.connect(uri))
+                .await
+                .map_err(|_| ConnectError::Timeout(timeout))?
+        })
+    }
+}
+
+// === impl UpstreamIo ===
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain(_) => Connected::new(),
+            Self::Tls(stream) => {
+                let (_, session) = stream.inner().get_ref();
+                if session.alpn_protocol() == Some(b"h2") {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(io) => io.is_write_vectored(),
+            Self::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+}
