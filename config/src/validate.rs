@@ -43,6 +43,10 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
     for (i, listener) in config.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         listener_checks(listener, &path, errors);
+        // Port 0 asks the OS for a fresh port, so two such listeners never collide.
+        if listener.bind.port() == 0 {
+            continue;
+        }
         if let Some(previous) = binds.insert(listener.bind, i) {
             errors.push(
                 format!("{path}.bind"),

@@ -284,27 +284,36 @@ impl ConnectionTask {
         let mut idle_since = Instant::now();
         let mut last_started = 0;
         let mut shutdown = self.shutdown.clone();
-        let mut closing = false;
+        let mut draining = false;
+        // Set once an idle close began: an HTTP/2 client that never answers the GOAWAY ping
+        // would keep a gracefully closing connection open forever, so it gets one more period.
+        let mut idle_close_deadline: Option<Instant> = None;
         loop {
             tokio::select! {
                 result = conn.as_mut() => return result.map_err(ConnectionError::Http),
-                _ = tokio::time::sleep_until(next_check), if !closing => {
+                _ = tokio::time::sleep_until(next_check) => {
                     let now = Instant::now();
+                    if idle_close_deadline.is_some_and(|deadline| now >= deadline) {
+                        debug!(peer = %self.peer, "dropping idle connection that ignored a graceful close");
+                        return Ok(());
+                    }
+                    next_check = now + tick;
                     let started = activity.started.load(Ordering::Relaxed);
                     if started != last_started || activity.active.load(Ordering::Relaxed) > 0 {
                         last_started = started;
                         idle_since = now;
-                    } else if now.duration_since(idle_since) >= idle_timeout {
+                    } else if idle_close_deadline.is_none() && now.duration_since(idle_since) >= idle_timeout {
                         debug!(peer = %self.peer, "closing idle connection");
                         conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        idle_close_deadline = Some(now + idle_timeout.min(Duration::from_secs(10)));
                     }
-                    next_check = now + tick;
                 }
-                changed = shutdown.changed(), if !closing => {
+                changed = shutdown.changed(), if !draining => {
                     if changed.is_err() || *shutdown.borrow() {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        draining = true;
+                        if idle_close_deadline.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                        }
                     }
                 }
             }
