@@ -1,0 +1,577 @@
+//! The `rafael` binary end to end: `config check`, `run` with signals and reloads, `/metrics`
+//! checked by promtool, and bounded memory while streaming 1 GiB each way.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+const RAFAEL: &str = env!("CARGO_BIN_EXE_rafael");
+
+/// A `rafael run` child process, with the addresses it logged.
+struct Rafael {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    _logs: thread::JoinHandle<()>,
+}
+
+impl Rafael {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(RAFAEL)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .env("RAFAEL_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let logs = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("RAFAEL_TEST_LOGS").is_some() {
+                    eprintln!("rafael: {line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let (mut proxy, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while proxy.is_none() || admin.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("rafael logs its addresses at start-up");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let address = json["fields"]["address"]
+                .as_str()
+                .map(|a| a.parse().unwrap());
+            match json["fields"]["message"].as_str() {
+                Some("listening") => proxy = address,
+                Some("admin listening") => admin = address,
+                _ => {}
+            }
+        }
+        Self {
+            child,
+            proxy: proxy.unwrap(),
+            admin: admin.unwrap(),
+            _logs: logs,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rafael did not exit within {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").2
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Rafael {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-shot HTTP/1.1 GET over a fresh connection: (status, headers, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A tiny blocking upstream: answers every request with `body`, after `delay`.
+fn upstream(body: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            thread::spawn(move || serve_fixed(stream, body, delay));
+        }
+    });
+    addr
+}
+
+fn serve_fixed(stream: TcpStream, body: &str, delay: Duration) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        // Read one request head; these tests send no request bodies to this upstream.
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        thread::sleep(delay);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_config(dir: &Path, upstream: SocketAddr, body_extra: &str) -> PathBuf {
+    let path = dir.join("rafael.toml");
+    std::fs::write(&path, config_text(upstream, body_extra)).unwrap();
+    path
+}
+
+fn config_text(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[runtime]
+drain_timeout = "10s"
+
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{upstream}"]
+
+[[routes]]
+name = "main"
+listener = "in"
+upstream = "app"
+{extra}
+"#
+    )
+}
+
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+#[test]
+fn config_check_accepts_valid_files_and_lists_every_error_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), "127.0.0.1:8080".parse().unwrap(), "");
+    let output = Command::new(RAFAEL)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("ok (1 listener(s), 1 upstream(s), 1 route(s))")
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+idle_timout = "5s"
+max_header_bytes = "lots"
+
+[[upstreams]]
+name = "app"
+endpoints = []
+
+[[routes]]
+name = "r"
+listener = "in"
+upstream = "nope"
+"#,
+    )
+    .unwrap();
+    let output = Command::new(RAFAEL)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("listeners[0].idle_timout: unknown key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listeners[0].max_header_bytes: invalid size"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &bad,
+        config_text("127.0.0.1:8080".parse().unwrap(), "")
+            .replace("endpoints = [\"127.0.0.1:8080\"]", "endpoints = []")
+            .replace("upstream = \"app\"\n", "upstream = \"nope\"\n"),
+    )
+    .unwrap();
+    let output = Command::new(RAFAEL)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("upstreams[0].endpoints: at least one endpoint is required"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[0].upstream: no upstream is named \"nope\""),
+        "{stderr}"
+    );
+
+    // TLS files are checked too, with the key path of the listener.
+    std::fs::write(&bad, config_text("127.0.0.1:8080".parse().unwrap(), "").replace("bind = \"127.0.0.1:0\"\n\n[[upstreams]]", "bind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n\n[[upstreams]]")).unwrap();
+    let output = Command::new(RAFAEL)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("listeners[0].tls: cannot read certificates from /nonexistent.pem"),
+        "{stderr}"
+    );
+
+    // `run` refuses a bad file the same way.
+    let output = Command::new(RAFAEL)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn serves_reports_metrics_promtool_accepts_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = write_config(dir.path(), upstream, "");
+    let mut rafael = Rafael::start(&config);
+
+    let (status, _, body) = http_get(rafael.proxy, "/anything");
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert_eq!(http_get(rafael.admin, "/healthz").0, 200);
+    let (status, _, ready) = http_get(rafael.admin, "/readyz");
+    assert_eq!(status, 200, "{ready}");
+
+    let metrics = rafael.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_requests_total{route="main",code="200"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_upstream_attempts_total{route="main",outcome="success"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric_value(&metrics, "rafael_policy_version"), Some(1.0));
+    assert!(
+        metrics.contains(r#"rafael_request_duration_seconds_bucket{route="main",le="0.005"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"rafael_connections_active{listener="in"}"#));
+
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
+    let mut promtool = promtool;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    rafael.signal("TERM");
+    assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn bad_requests_and_failing_upstreams_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = write_config(dir.path(), dead, "match = { path_prefix = \"/api\" }");
+    let rafael = Rafael::start(&config);
+    assert_eq!(http_get(rafael.proxy, "/api/x").0, 502);
+    assert_eq!(http_get(rafael.proxy, "/other").0, 404);
+    let mut stream = TcpStream::connect(rafael.proxy).unwrap();
+    stream.write_all(b"BROKEN\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+
+    let metrics = rafael.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_requests_total{route="main",code="502"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_upstream_attempts_total{route="main",outcome="connect_error"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_requests_total{route="unmatched",code="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || metric_value(
+            &rafael.metrics(),
+            r#"rafael_connection_errors_total{listener="in",reason="malformed_request"}"#
+        ) == Some(1.0)),
+        "{}",
+        rafael.metrics()
+    );
+}
+
+#[test]
+fn sighup_and_file_changes_reload_and_invalid_files_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = upstream("first", Duration::ZERO);
+    let second = upstream("second", Duration::ZERO);
+    let config = write_config(dir.path(), first, "");
+    let rafael = Rafael::start(&config);
+    assert_eq!(http_get(rafael.proxy, "/").2, "first");
+
+    // An invalid file, then SIGHUP: rejected, counted, and the running config stays.
+    std::fs::write(
+        &config,
+        config_text(second, "").replace("name = \"main\"", "name = \"main\"\ncolour = \"red\""),
+    )
+    .unwrap();
+    rafael.signal("HUP");
+    assert!(eventually(Duration::from_secs(10), || metric_value(
+        &rafael.metrics(),
+        r#"rafael_config_reloads_total{result="error"}"#
+    )
+    .is_some_and(|v| v >= 1.0)));
+    assert_eq!(http_get(rafael.proxy, "/").2, "first");
+    assert_eq!(
+        metric_value(&rafael.metrics(), "rafael_policy_version"),
+        Some(1.0)
+    );
+
+    // A valid file: the watcher picks it up without a signal.
+    std::fs::write(&config, config_text(second, "")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(rafael.proxy, "/").2
+            == "second"),
+        "the file change was not applied"
+    );
+    let metrics = rafael.metrics();
+    assert!(
+        metric_value(&metrics, r#"rafael_config_reloads_total{result="success"}"#) >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "rafael_policy_version") >= Some(2.0));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = upstream("slow but complete", Duration::from_millis(1500));
+    let config = write_config(dir.path(), slow, "");
+    let mut rafael = Rafael::start(&config);
+    let proxy = rafael.proxy;
+    let in_flight = thread::spawn(move || http_get(proxy, "/"));
+    // Wait until the request is inside rafael before signalling.
+    assert!(eventually(Duration::from_secs(10), || {
+        metric_value(
+            &rafael.metrics(),
+            r#"rafael_connections_active{listener="in"}"#,
+        ) == Some(1.0)
+    }));
+    rafael.signal("TERM");
+    let (status, _, body) = in_flight.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow but complete"));
+    assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn a_gibibyte_each_way_streams_with_bounded_memory() {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    // The upstream swallows uploads and generates downloads, both 1 GiB, with raw sockets.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                if head.starts_with("POST") {
+                    let copied =
+                        std::io::copy(&mut reader.take(GIB), &mut std::io::sink()).unwrap();
+                    let body = copied.to_string();
+                    write!(
+                        writer,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                } else {
+                    write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: {GIB}\r\n\r\n").unwrap();
+                    let chunk = vec![b'x'; 256 * 1024];
+                    for _ in 0..GIB / chunk.len() as u64 {
+                        writer.write_all(&chunk).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream_addr, "");
+    let rafael = Rafael::start(&config);
+
+    let mut upload = TcpStream::connect(rafael.proxy).unwrap();
+    write!(
+        upload,
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'u'; 256 * 1024];
+    for _ in 0..GIB / chunk.len() as u64 {
+        upload.write_all(&chunk).unwrap();
+    }
+    let mut response = String::new();
+    upload.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with(&GIB.to_string()),
+        "{response}"
+    );
+
+    let mut download = TcpStream::connect(rafael.proxy).unwrap();
+    write!(
+        download,
+        "GET /download HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let total = std::io::copy(&mut download, &mut std::io::sink()).unwrap();
+    assert!(total > GIB, "the whole body and its head arrived: {total}");
+
+    let peak_mib = rafael.peak_rss_kib() / 1024;
+    eprintln!("peak RSS after 1 GiB up and 1 GiB down: {peak_mib} MiB");
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB");
+}
