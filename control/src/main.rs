@@ -115,11 +115,18 @@ fn block_on(
     worker_threads: Option<u32>,
     task: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker gets the current-thread scheduler: no work stealing, no cross-thread wakeups.
+    // A sidecar limited to one CPU is the common case, and the cheapest there.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = worker_threads.map_or(cpus, |t| t as usize);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
     builder.enable_all().thread_name("rafael-worker");
-    if let Some(threads) = worker_threads {
-        builder.worker_threads(threads as usize);
-    }
     let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
