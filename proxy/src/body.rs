@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::{server::RequestActive, upstream::InFlight};
+use crate::upstream::ResponseGuard;
 
 /// A request or response body: streamed from a peer, or produced by rafael itself.
 #[derive(Debug, Default)]
@@ -22,13 +22,14 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streamed from the other side, as hyper received it.
     Streaming(Incoming),
-    /// A response body streamed from an upstream endpoint; the endpoint (for balancing) and
-    /// the downstream connection (for idle detection) count as busy until it ends or drops.
+    /// A response body streamed from an upstream endpoint. Until it ends, the endpoint (for
+    /// balancing) and the downstream connection (for idle detection) count as busy and the
+    /// upstream connection stays out of the pool.
     Upstream {
         /// The upstream response body.
         body: Incoming,
-        /// Released when the body is finished.
-        in_flight: Option<(InFlight, RequestActive)>,
+        /// Finished when the body ends or is dropped.
+        guard: Option<ResponseGuard>,
     },
 }
 
@@ -38,6 +39,18 @@ impl Body {
     /// A body of `bytes`, sent in one frame.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::Full(Some(bytes.into()))
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // hyper stops polling a body that reports its end, so a fully read body may be dropped
+        // without ever yielding `None`: its connection is still reusable.
+        if let Self::Upstream { body, guard } = self {
+            if let Some(guard) = guard.take() {
+                guard.finish(http_body::Body::is_end_stream(body));
+            }
+        }
     }
 }
 
@@ -60,10 +73,16 @@ impl http_body::Body for Body {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Streaming(body) => Pin::new(body).poll_frame(cx),
-            Self::Upstream { body, in_flight } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    in_flight.take();
+            Self::Upstream { body, guard } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(guard) = guard.take() {
+                            guard.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => drop(guard.take()),
+                    _ => {}
                 }
                 polled
             }

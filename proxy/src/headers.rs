@@ -183,9 +183,14 @@ pub fn prepare_response(
 }
 
 /// A fresh random request id (a UUID v4).
+///
+/// Request ids need uniqueness, not unpredictability, so the bits come from the thread-local
+/// wyrand generator rather than a cryptographic one: it is several times cheaper per request.
 pub fn new_request_id() -> HeaderValue {
+    let random = fastrand::u128(..).to_le_bytes();
+    let id = uuid::Builder::from_random_bytes(random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let text = id.hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 

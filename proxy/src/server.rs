@@ -290,6 +290,8 @@ impl ConnectionTask {
         let mut idle_close_deadline: Option<Instant> = None;
         loop {
             tokio::select! {
+                // The connection first: it is what almost every wake-up is for.
+                biased;
                 result = conn.as_mut() => return result.map_err(ConnectionError::Http),
                 _ = tokio::time::sleep_until(next_check) => {
                     let now = Instant::now();

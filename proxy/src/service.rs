@@ -16,6 +16,7 @@ use crate::{
     headers::{self, X_REQUEST_ID},
     metrics::{AttemptOutcome, DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
+    upstream::ResponseGuard,
 };
 
 /// Serves one downstream request. Never fails: every error becomes a response.
@@ -96,7 +97,7 @@ pub(crate) async fn proxy(
 
     let metrics = route.metrics();
     let response = match result {
-        Ok(response) => {
+        Ok((response, lease)) => {
             metrics.record_attempt(AttemptOutcome::of_status(response.status()));
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             match (switching, downstream_upgrade) {
@@ -124,7 +125,11 @@ pub(crate) async fn proxy(
                         parts,
                         Body::Upstream {
                             body,
-                            in_flight: Some((in_flight, active)),
+                            guard: Some(ResponseGuard {
+                                lease,
+                                in_flight,
+                                active,
+                            }),
                         },
                     )
                 }
@@ -176,7 +181,11 @@ fn check_head<B>(
 ) -> Result<(), ProxyError> {
     let limit = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
     // Request line plus each field line as sent on the wire ("name: value\r\n").
-    let mut size = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 3)
+        + uri.scheme_str().map_or(0, str::len);
+    let mut size = request.method().as_str().len() + target + 12;
     for (name, value) in request.headers() {
         size += name.as_str().len() + value.len() + 4;
     }

@@ -2,7 +2,6 @@
 //! ALPN, all under the upstream's `connect_timeout`.
 
 use std::{
-    future::Future,
     io,
     pin::Pin,
     sync::Arc,
@@ -10,11 +9,8 @@ use std::{
     time::Duration,
 };
 
-use http::Uri;
-use hyper_util::{
-    client::legacy::connect::{Connected, Connection},
-    rt::TokioIo,
-};
+use http::uri::Authority;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -85,20 +81,24 @@ impl Connector {
         })
     }
 
-    async fn connect(self, uri: Uri) -> Result<UpstreamIo, ConnectError> {
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ConnectError::Invalid(format!("{uri} has no authority")))?;
+    /// Connects to `authority` (TCP, then TLS when configured) within the connect timeout.
+    pub async fn connect(&self, authority: &Authority) -> Result<UpstreamIo, ConnectError> {
+        tokio::time::timeout(self.connect_timeout, self.connect_unbounded(authority))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+    }
+
+    async fn connect_unbounded(&self, authority: &Authority) -> Result<UpstreamIo, ConnectError> {
         let tcp = TcpStream::connect(authority.as_str())
             .await
             .map_err(ConnectError::Tcp)?;
         // Small request/response exchanges must not wait for Nagle's algorithm.
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
-        let Some(tls) = self.tls else {
+        let Some(tls) = &self.tls else {
             return Ok(UpstreamIo::Plain(TokioIo::new(tcp)));
         };
-        let name = match tls.server_name {
-            Some(name) => name,
+        let name = match &tls.server_name {
+            Some(name) => name.clone(),
             None => ServerName::try_from(authority.host().trim_matches(['[', ']']).to_owned())
                 .map_err(|e| ConnectError::Invalid(e.to_string()))?,
         };
@@ -120,40 +120,14 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-impl tower::Service<Uri> for Connector {
-    type Response = UpstreamIo;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            tokio::time::timeout(timeout, this.connect(uri))
-                .await
-                .map_err(|_| ConnectError::Timeout(timeout))?
-        })
-    }
-}
-
 // === impl UpstreamIo ===
 
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
+impl UpstreamIo {
+    /// True when TLS negotiated HTTP/2 through ALPN.
+    pub fn negotiated_h2(&self) -> bool {
         match self {
-            Self::Plain(_) => Connected::new(),
-            Self::Tls(stream) => {
-                let (_, session) = stream.inner().get_ref();
-                if session.alpn_protocol() == Some(b"h2") {
-                    Connected::new().negotiated_h2()
-                } else {
-                    Connected::new()
-                }
-            }
+            Self::Plain(_) => false,
+            Self::Tls(stream) => stream.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 }

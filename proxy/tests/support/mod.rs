@@ -40,6 +40,7 @@ pub enum Proto {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
+    pub closed: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -47,6 +48,9 @@ pub struct TestUpstream {
 impl TestUpstream {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
@@ -87,7 +91,8 @@ where
     let handler = Arc::new(handler);
     let connections = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (conns, reqs) = (connections.clone(), requests.clone());
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (conns, reqs, ends) = (connections.clone(), requests.clone(), closed.clone());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let task = tokio::spawn(async move {
         loop {
@@ -98,6 +103,7 @@ where
             let handler = handler.clone();
             let reqs = reqs.clone();
             let acceptor = acceptor.clone();
+            let ends = ends.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     reqs.fetch_add(1, Ordering::SeqCst);
@@ -124,12 +130,14 @@ where
                         }
                     }
                 }
+                ends.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
     TestUpstream {
         addr,
         connections,
+        closed,
         requests,
         task,
     }

@@ -1,0 +1,141 @@
+//! The upstream connection pool: reuse, stale connections, abandoned bodies, idle eviction.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpListener,
+};
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_upstream_is_replaced_transparently() {
+    // An upstream that answers keep-alive, then closes the connection anyway, every time:
+    // the pooled connection is stale by the time the next request checks it out.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let stream = reader.get_mut();
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let proxy = proxy(&simple_config(addr, "")).await;
+    let client = h1_client();
+    for i in 0..50 {
+        let (status, _, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"ok"[..]),
+            "request {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_abandoned_half_way_takes_its_connection_with_it() {
+    let upstream = upstream(Proto::Http1, None, |req| async move {
+        if req.uri().path() == "/big" {
+            let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+            let frames = (0..1024).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        } else {
+            text(200, "small")
+        }
+    })
+    .await;
+    let proxy = proxy(&simple_config(upstream.addr, "")).await;
+    let client = h1_client();
+    let response = client
+        .request(
+            Request::get(proxy.url("/big"))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    // The next exchange cannot reuse a connection with half a body still on it.
+    let fresh = h1_client();
+    let (status, _, body) = get(&fresh, &proxy.url("/small")).await;
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"small"[..]));
+    assert_eq!(upstream.connections(), 2);
+    assert!(
+        eventually(Duration::from_secs(5), || upstream.closed() >= 1).await,
+        "the abandoned upstream connection is closed"
+    );
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_after_the_pool_idle_timeout() {
+    let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
+    let config = simple_config(upstream.addr, "").replace(
+        "endpoints = [",
+        "pool_idle_timeout = \"200ms\"\nendpoints = [",
+    );
+    let proxy = proxy(&config).await;
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.0, 200);
+    assert_eq!(upstream.connections(), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || upstream.closed() == 1).await,
+        "the idle pooled connection was not closed"
+    );
+    // A new request opens a new connection.
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.0, 200);
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_get_their_own_connections_and_all_return_to_the_pool() {
+    let upstream = upstream(Proto::Http1, None, |_| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text(200, "ok")
+    })
+    .await;
+    let proxy = proxy(&simple_config(upstream.addr, "")).await;
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let client = h1_client();
+            let url = proxy.url("/");
+            tokio::spawn(async move { get(&client, &url).await.0 })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let opened = upstream.connections();
+    assert!(opened > 1 && opened <= 16, "{opened}");
+    let snapshot = proxy.handle.load();
+    let endpoint = &snapshot.routes()[0].upstream().endpoints()[0];
+    assert!(
+        eventually(Duration::from_secs(5), || endpoint.idle_connections()
+            == opened)
+        .await,
+        "{} of {opened} connections back in the pool",
+        endpoint.idle_connections()
+    );
+    assert_eq!(endpoint.in_flight(), 0);
+}
