@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -223,16 +223,17 @@ async fn run_demo(
         .listener_address("inbound")
         .context("the demo config has no inbound listener")?;
     let admin = app.admin_address();
-    #[allow(clippy::print_stdout)]
-    {
-        println!();
-        println!("  rafael demo is running (Ctrl-C to stop)");
-        println!("  demo service   http://{upstream_address}/  (a dependency having a bad day)");
-        println!("  proxy          http://{proxy}/orders/1");
-        println!("  admin          http://{admin}/healthz");
-        println!("  metrics        http://{admin}/metrics");
-        println!();
-    }
+    // Written with `writeln!` so a closed stdout (a pipe whose reader went away) is not a panic.
+    let banner = format!(
+        "\n  rafael demo is running (Ctrl-C to stop)\n  \
+         demo service   http://{upstream_address}/  (a dependency having a bad day)\n  \
+         proxy          http://{proxy}/orders/1\n  \
+         admin          http://{admin}/healthz\n  \
+         metrics        http://{admin}/metrics\n"
+    );
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{banner}").and_then(|()| stdout.flush());
+    drop(stdout);
     if rate > 0 {
         info!(rate, duration = ?traffic, "starting demo traffic");
         tokio::spawn(demo::run_traffic(proxy, rate, traffic));

@@ -575,3 +575,117 @@ fn a_gibibyte_each_way_streams_with_bounded_memory() {
     eprintln!("peak RSS after 1 GiB up and 1 GiB down: {peak_mib} MiB");
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB");
 }
+
+#[test]
+fn slow_headers_are_cut_off_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("ok", Duration::ZERO);
+    let path = dir.path().join("rafael.toml");
+    let text = config_text(upstream, "").replace(
+        "bind = \"127.0.0.1:0\"\n\n[[upstreams]]",
+        "bind = \"127.0.0.1:0\"\nheader_read_timeout = \"200ms\"\n\n[[upstreams]]",
+    );
+    std::fs::write(&path, text).unwrap();
+    let rafael = Rafael::start(&path);
+    let mut stream = TcpStream::connect(rafael.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: slow\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    // The connection is closed on us: read_to_end returns instead of timing out.
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || metric_value(
+            &rafael.metrics(),
+            r#"rafael_connection_errors_total{listener="in",reason="header_read_timeout"}"#
+        ) == Some(1.0)),
+        "{}",
+        rafael.metrics()
+    );
+}
+
+#[test]
+fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
+    let mut child = Command::new(RAFAEL)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--rate",
+            "20",
+            "--traffic-duration",
+            "5s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    // Keep reading until the demo exits, so it never writes into a closed pipe.
+    thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut proxy, mut metrics) = (None, None);
+    while metrics.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the demo prints its URLs");
+        let url = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        if line.trim_start().starts_with("proxy") {
+            proxy = Some(url);
+        } else if line.trim_start().starts_with("metrics") {
+            metrics = Some(url);
+        }
+    }
+    let address = |url: &str| -> SocketAddr {
+        url.trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let proxy = address(&proxy.expect("the proxy URL is printed"));
+    let admin = address(&metrics.expect("the metrics URL is printed"));
+    let (status, head, _) = http_get(proxy, "/orders/1");
+    assert!(status == 200 || status == 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id:"),
+        "{head}"
+    );
+    // The built-in traffic shows up in the metrics.
+    assert!(eventually(Duration::from_secs(20), || {
+        let text = http_get(admin, "/metrics").2;
+        metric_value(
+            &text,
+            r#"rafael_requests_total{route="orders-read",code="200"}"#,
+        )
+        .is_some_and(|v| v >= 10.0)
+    }));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}

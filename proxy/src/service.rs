@@ -62,7 +62,9 @@ pub(crate) async fn proxy(
         ));
     };
 
-    let upgrade = headers::is_upgrade_request(version, request.headers());
+    // An HTTP/2 upstream cannot switch protocols: such a request goes as a plain one.
+    let upgrade = route.upstream().supports_upgrades()
+        && headers::is_upgrade_request(version, request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let request_id = headers::prepare_request(

@@ -63,6 +63,32 @@ async fn auto_listener_serves_http1_and_h2c_on_one_port() {
 }
 
 #[tokio::test]
+async fn http2_upstreams_see_the_client_host_as_authority() {
+    let upstream = upstream(Proto::Http2, None, |req| async move {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let host_headers = req.headers().get_all("host").iter().count();
+        text(200, &format!("{authority} {host_headers}"))
+    })
+    .await;
+    let proxy = proxy(&config_with_protocol(upstream.addr, "http2")).await;
+    let request = Request::get(proxy.url("/"))
+        .header("host", "orders.internal:8443")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(&h1_client(), request).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        &body[..],
+        b"orders.internal:8443 0",
+        "host moves to :authority, once"
+    );
+}
+
+#[tokio::test]
 async fn http2_upstreams_are_spoken_to_in_http2_and_multiplexed() {
     let upstream = version_upstream(Proto::Http2).await;
     let proxy = proxy(&config_with_protocol(upstream.addr, "http2")).await;

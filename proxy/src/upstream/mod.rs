@@ -155,6 +155,11 @@ impl Upstream {
         &self.config
     }
 
+    /// True when requests can switch protocols (HTTP/1.1 `Upgrade`) on the way to it.
+    pub fn supports_upgrades(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1
+    }
+
     /// Its endpoints.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
@@ -257,9 +262,15 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // HTTP/2 carries the host in `:authority`. Connections are chosen by endpoint, not by
+        // URI, so the client's host can go there and virtual hosting keeps working.
+        let host = request
+            .headers_mut()
+            .remove(http::header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(endpoint.authority.clone());
+        parts.authority = Some(host.unwrap_or_else(|| endpoint.authority.clone()));
         parts.path_and_query = Some(path);
         *request.uri_mut() = Uri::from_parts(parts)
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
