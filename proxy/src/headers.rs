@@ -59,18 +59,71 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Which of the headers this module rewrites a message carries, found in one pass over its
+/// names rather than a hash lookup per header (most messages carry none of them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    connection: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
+    transfer_encoding: bool,
+    te: bool,
+    upgrade: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+    request_id: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            if name == CONNECTION {
+                present.connection = true;
+            } else if name == TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if name == TE {
+                present.te = true;
+            } else if name == UPGRADE {
+                present.upgrade = true;
+            } else if name == KEEP_ALIVE {
+                present.keep_alive = true;
+            } else if name == PROXY_CONNECTION {
+                present.proxy_connection = true;
+            } else if name == X_FORWARDED_FOR {
+                present.forwarded_for = true;
+            } else if name == X_FORWARDED_PROTO {
+                present.forwarded_proto = true;
+            } else if name == X_FORWARDED_HOST {
+                present.forwarded_host = true;
+            } else if name == X_REQUEST_ID {
+                present.request_id = true;
+            }
+        }
+        present
+    }
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` survives and `Connection` is reduced to
 /// `upgrade`, so the next hop sees the protocol switch.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(first) = headers.get(CONNECTION) {
-        // Only the rare request naming extra hop-by-hop headers pays for parsing the list.
+    let present = Present::scan(headers);
+    strip_hop_by_hop(headers, upgrade, present);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: Present) {
+    if present.connection {
+        // Only a message naming extra hop-by-hop headers pays for parsing the list.
         let simple = |v: &HeaderValue| {
             let v = v.as_bytes();
             v.eq_ignore_ascii_case(b"keep-alive")
                 || v.eq_ignore_ascii_case(b"close")
                 || v.eq_ignore_ascii_case(b"upgrade")
         };
-        if !(simple(first) && headers.get_all(CONNECTION).iter().count() == 1) {
+        let mut values = headers.get_all(CONNECTION).iter();
+        let single_simple = values.next().is_some_and(simple) && values.next().is_none();
+        if !single_simple {
             let named: Vec<HeaderName> = headers
                 .get_all(CONNECTION)
                 .iter()
@@ -86,13 +139,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    if let Some(te) = headers.get(TE) {
-        let wants_trailers = te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    if present.keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present.proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present.transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
+    if present.te {
+        let wants_trailers = headers.get_all(TE).iter().any(|te| {
+            te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
         });
         if wants_trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -102,7 +163,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present.upgrade {
         headers.remove(UPGRADE);
     }
 }
@@ -128,28 +189,26 @@ pub fn prepare_request(
     forwarded: &Forwarded,
     upgrade: bool,
 ) -> HeaderValue {
-    remove_hop_by_hop(headers, upgrade);
+    let present = Present::scan(headers);
+    strip_hop_by_hop(headers, upgrade, present);
 
-    match headers.entry(&X_FORWARDED_FOR) {
-        header::Entry::Vacant(entry) => {
-            entry.insert(forwarded.client_ip.clone());
+    if present.forwarded_for {
+        let mut joined = Vec::with_capacity(64);
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(value.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-        header::Entry::Occupied(mut entry) => {
-            let mut joined = Vec::with_capacity(64);
-            for value in entry.iter() {
-                joined.extend_from_slice(value.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(forwarded.client_ip.as_bytes());
-            if let Ok(value) = HeaderValue::from_bytes(&joined) {
-                entry.insert(value);
-            }
+        joined.extend_from_slice(forwarded.client_ip.as_bytes());
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(&X_FORWARDED_FOR, value);
         }
+    } else {
+        headers.insert(&X_FORWARDED_FOR, forwarded.client_ip.clone());
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !present.forwarded_proto {
         headers.insert(&X_FORWARDED_PROTO, forwarded.proto.clone());
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
+    if !present.forwarded_host {
         let host = headers
             .get(header::HOST)
             .cloned()
@@ -161,7 +220,7 @@ pub fn prepare_request(
     headers.append(VIA, via(version));
 
     match headers.get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
+        Some(id) if present.request_id && !id.is_empty() => id.clone(),
         _ => {
             let id = new_request_id();
             headers.insert(&X_REQUEST_ID, id.clone());
