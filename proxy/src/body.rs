@@ -1,5 +1,5 @@
-//! The one body type the proxy moves in both directions, so the hot path streams hyper's
-//! `Incoming` bodies without boxing them.
+//! The one body type the proxy moves in both directions, so the hot path streams bodies without
+//! boxing them.
 
 use std::{
     pin::Pin,
@@ -10,9 +10,15 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::ResponseGuard;
+use crate::upstream::{H1Body, ResponseGuard};
+
+/// Errors a body can end with: hyper's, or the HTTP/1.1 upstream codec's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body: streamed from a peer, or produced by rafael itself.
+// The HTTP/1.1 variant carries its connection inline: boxing it would cost an allocation per
+// response to save a few hundred bytes of moves, once per response.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub enum Body {
     /// No body.
@@ -20,17 +26,25 @@ pub enum Body {
     Empty,
     /// A body rafael produced (an error document), sent in one frame.
     Full(Option<Bytes>),
-    /// A body streamed from the other side, as hyper received it.
+    /// A request body streamed from the downstream client, as hyper received it.
     Streaming(Incoming),
     /// A response body streamed from an upstream endpoint. Until it ends, the endpoint (for
-    /// balancing) and the downstream connection (for idle detection) count as busy and the
-    /// upstream connection stays out of the pool.
+    /// balancing) and the downstream connection (for idle detection) count as busy.
     Upstream {
         /// The upstream response body.
-        body: Incoming,
-        /// Finished when the body ends or is dropped.
+        body: UpstreamBody,
+        /// Dropped when the body ends or is dropped.
         guard: Option<ResponseGuard>,
     },
+}
+
+/// A response body as the upstream protocol delivers it.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From rafael's HTTP/1.1 codec; returns its connection to the pool when it ends.
+    Http1(H1Body),
+    /// From hyper's HTTP/2 client.
+    Http2(Incoming),
 }
 
 // === impl Body ===
@@ -42,18 +56,6 @@ impl Body {
     }
 }
 
-impl Drop for Body {
-    fn drop(&mut self) {
-        // hyper stops polling a body that reports its end, so a fully read body may be dropped
-        // without ever yielding `None`: its connection is still reusable.
-        if let Self::Upstream { body, guard } = self {
-            if let Some(guard) = guard.take() {
-                guard.finish(http_body::Body::is_end_stream(body));
-            }
-        }
-    }
-}
-
 impl From<Incoming> for Body {
     fn from(body: Incoming) -> Self {
         Self::Streaming(body)
@@ -62,27 +64,24 @@ impl From<Incoming> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // Every variant is `Unpin`, so the projection is a plain mutable borrow.
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Self::Upstream { body, guard } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(guard) = guard.take() {
-                            guard.finish(true);
-                        }
-                    }
-                    Poll::Ready(Some(Err(_))) => drop(guard.take()),
-                    _ => {}
+                let polled = match body {
+                    UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+                    UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+                };
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                    guard.take();
                 }
                 polled
             }
@@ -93,7 +92,11 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => true,
             Self::Full(bytes) => bytes.is_none(),
-            Self::Streaming(body) | Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Streaming(body) => body.is_end_stream(),
+            Self::Upstream { body, .. } => match body {
+                UpstreamBody::Http1(body) => body.is_end_stream(),
+                UpstreamBody::Http2(body) => body.is_end_stream(),
+            },
         }
     }
 
@@ -101,7 +104,11 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Streaming(body) | Self::Upstream { body, .. } => body.size_hint(),
+            Self::Streaming(body) => body.size_hint(),
+            Self::Upstream { body, .. } => match body {
+                UpstreamBody::Http1(body) => body.size_hint(),
+                UpstreamBody::Http2(body) => body.size_hint(),
+            },
         }
     }
 }

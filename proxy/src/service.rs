@@ -6,9 +6,10 @@
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use metrics::counter;
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::{
@@ -16,7 +17,7 @@ use crate::{
     headers::{self, X_REQUEST_ID},
     metrics::{AttemptOutcome, DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
-    upstream::ResponseGuard,
+    upstream::{Exchange, ResponseGuard, UpstreamIo},
 };
 
 /// Serves one downstream request. Never fails: every error becomes a response.
@@ -99,41 +100,39 @@ pub(crate) async fn proxy(
 
     let metrics = route.metrics();
     let response = match result {
-        Ok((response, lease)) => {
+        Ok(Exchange {
+            mut response,
+            upgraded,
+        }) => {
             metrics.record_attempt(AttemptOutcome::of_status(response.status()));
-            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            match (switching, downstream_upgrade) {
-                (true, Some(downstream)) => {
-                    let mut response = response;
-                    tunnel(&connection, downstream, hyper::upgrade::on(&mut response));
-                    let (mut parts, _) = response.into_parts();
+            match (upgraded, downstream_upgrade) {
+                (Some(upstream), Some(downstream)) => {
+                    tunnel(&connection, downstream, upstream);
                     headers::prepare_response(
-                        &mut parts.headers,
+                        response.headers_mut(),
                         version,
                         true,
                         request_id.clone(),
                     );
-                    Response::from_parts(parts, Body::Empty)
+                    response
                 }
-                _ => {
-                    let (mut parts, body) = response.into_parts();
+                (Some(_), None) => ProxyError::Upstream {
+                    upstream: upstream.name().to_owned(),
+                    endpoint: endpoint.address().to_owned(),
+                    reason: "switched protocols without being asked to".to_owned(),
+                }
+                .into_response(),
+                (None, _) => {
                     headers::prepare_response(
-                        &mut parts.headers,
+                        response.headers_mut(),
                         version,
                         false,
                         request_id.clone(),
                     );
-                    Response::from_parts(
-                        parts,
-                        Body::Upstream {
-                            body,
-                            guard: Some(ResponseGuard {
-                                lease,
-                                in_flight,
-                                active,
-                            }),
-                        },
-                    )
+                    if let Body::Upstream { guard, .. } = response.body_mut() {
+                        *guard = Some(ResponseGuard { in_flight, active });
+                    }
+                    response
                 }
             }
         }
@@ -206,20 +205,23 @@ fn check_head<B>(
 fn tunnel(
     connection: &Connection,
     downstream: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    (mut upstream, early): (UpstreamIo, bytes::Bytes),
 ) {
     let drain = connection.drain.clone();
     tokio::spawn(async move {
         let _drain = drain;
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
+        let downstream = match downstream.await {
+            Ok(upgraded) => upgraded,
             Err(error) => {
                 warn!(%error, "protocol upgrade failed");
                 return;
             }
         };
         let mut downstream = hyper_util::rt::TokioIo::new(downstream);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        // Bytes the upstream sent right after its 101 were read with the head: pass them on.
+        if !early.is_empty() && downstream.write_all(&early).await.is_err() {
+            return;
+        }
         if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
             debug!(%error, "upgraded connection ended");
         }

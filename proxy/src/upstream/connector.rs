@@ -10,9 +10,11 @@ use std::{
 };
 
 use http::uri::Authority;
-use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 /// Why a connection to an endpoint could not be made.
@@ -50,9 +52,9 @@ struct TlsOrigination {
 #[derive(Debug)]
 pub enum UpstreamIo {
     /// Clear-text TCP.
-    Plain(TokioIo<TcpStream>),
+    Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 // === impl Connector ===
@@ -95,7 +97,7 @@ impl Connector {
         // Small request/response exchanges must not wait for Nagle's algorithm.
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let Some(tls) = &self.tls else {
-            return Ok(UpstreamIo::Plain(TokioIo::new(tcp)));
+            return Ok(UpstreamIo::Plain(tcp));
         };
         let name = match &tls.server_name {
             Some(name) => name.clone(),
@@ -107,7 +109,7 @@ impl Connector {
             .connect(name, tcp)
             .await
             .map_err(ConnectError::Tls)?;
-        Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+        Ok(UpstreamIo::Tls(Box::new(stream)))
     }
 }
 
@@ -127,16 +129,16 @@ impl UpstreamIo {
     pub fn negotiated_h2(&self) -> bool {
         match self {
             Self::Plain(_) => false,
-            Self::Tls(stream) => stream.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+            Self::Tls(stream) => stream.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 }
 
-impl hyper::rt::Read for UpstreamIo {
+impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
@@ -145,7 +147,7 @@ impl hyper::rt::Read for UpstreamIo {
     }
 }
 
-impl hyper::rt::Write for UpstreamIo {
+impl AsyncWrite for UpstreamIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,14 +1,15 @@
 //! Upstreams: their endpoints, power-of-two-choices balancing on in-flight requests, and the
 //! connection pool that carries requests to them.
 //!
-//! The pool is ours rather than hyper-util's legacy client because checkout is on every
-//! request's path: an HTTP/1.1 checkout is one uncontended lock and a `Vec::pop` on the chosen
-//! endpoint (a LIFO stack, so warm connections are reused and cold ones age out), with no URI
-//! hashing and no boxed futures. A connection goes back to its stack only once the response
-//! body it carried has been read to the end; a body dropped half-way takes its connection with
-//! it. HTTP/2 endpoints share one multiplexed connection.
+//! HTTP/1.1 exchanges go through rafael's own codec ([`h1`]), driven by the request's task, and
+//! connections are pooled here: a checkout is one uncontended lock and a `Vec::pop` on the
+//! chosen endpoint (a LIFO stack, so warm connections are reused and cold ones age out). A
+//! connection goes back to its stack only once the response body it carried has been read to
+//! the end; a body dropped half-way takes its connection with it. HTTP/2 endpoints share one
+//! multiplexed connection driven by hyper.
 
 mod connector;
+mod h1;
 
 use std::{
     sync::{
@@ -22,20 +23,18 @@ use http::{
     Request, Response, Uri, Version,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rafael_config::{ConfigError, UpstreamConfig, UpstreamProtocol};
 use tracing::debug;
 
 pub use connector::{ConnectError, Connector, UpstreamIo};
+pub use h1::{ExchangeError, H1Body, H1Connection};
 
-use crate::{Body, ProxyError, server::RequestActive, tls};
+use crate::{Body, ProxyError, body::UpstreamBody, server::RequestActive, tls};
 
-/// Attempts to send one request over pooled connections that turn out to be closed before a
-/// fresh connection is opened for it. Only requests hyper reports as not sent are re-sent.
+/// Pooled connections tried for one request before a fresh one is opened for it, when they
+/// turn out closed. Only requests without a body are sent again.
 const STALE_RETRIES: usize = 2;
 
 /// One upstream service.
@@ -69,7 +68,7 @@ pub struct Endpoint {
 
 #[derive(Debug)]
 struct IdleConnection {
-    sender: http1::SendRequest<Body>,
+    conn: H1Connection,
     /// The endpoint's reaper epoch when it went idle: a coarse clock that costs the request
     /// path an atomic load instead of a clock read.
     since: u64,
@@ -79,24 +78,24 @@ struct IdleConnection {
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
 
-/// An HTTP/1.1 connection lent to one exchange; [`Lease::release`] returns it to the pool.
-#[derive(Debug)]
-pub struct Lease {
-    endpoint: Arc<Endpoint>,
-    sender: http1::SendRequest<Body>,
-    max_idle: usize,
-}
-
 /// What a streamed upstream response holds until its body ends: the endpoint's in-flight
-/// count, the downstream connection's activity, and the pooled connection.
+/// count and the downstream connection's activity.
 #[derive(Debug)]
 pub struct ResponseGuard {
-    /// The HTTP/1.1 connection, to release when the body was read to the end.
-    pub lease: Option<Lease>,
     /// The endpoint's in-flight count.
     pub in_flight: InFlight,
     /// The downstream connection's activity.
     pub active: RequestActive,
+}
+
+/// An upstream's answer: the response, and for a protocol switch (101) the upstream stream with
+/// any bytes already read past the head.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The response, its body streaming from the upstream.
+    pub response: Response<Body>,
+    /// The switched-protocol stream, when the response is a 101.
+    pub upgraded: Option<(UpstreamIo, bytes::Bytes)>,
 }
 
 // === impl Upstream ===
@@ -185,13 +184,12 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` to `endpoint`. The response comes with the connection's [`Lease`] when
-    /// it is an HTTP/1.1 connection to give back once the response body has been read.
+    /// Sends `request` to `endpoint` and returns its response head, the body streaming on.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<Exchange, ProxyError> {
         match self.protocol {
             UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
             UpstreamProtocol::Http2 => self.send_http2(endpoint, request).await,
@@ -201,18 +199,9 @@ impl Upstream {
     async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
-        // HTTP/1.1 wants the origin form (`/path?query`) on the request line.
-        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-            let path = request
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
-        }
-        *request.version_mut() = Version::HTTP_11;
+        request: Request<Body>,
+    ) -> Result<Exchange, ProxyError> {
+        let (parts, mut body) = request.into_parts();
         let mut attempt = 0;
         loop {
             let pooled = if attempt < STALE_RETRIES {
@@ -220,35 +209,39 @@ impl Upstream {
             } else {
                 None
             };
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                None => self.connect_http1(endpoint).await?,
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => H1Connection::new(self.connect(endpoint).await?),
             };
             attempt += 1;
-            if !sender.is_ready() && sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        endpoint: endpoint.clone(),
-                        sender,
-                        max_idle: self.pool.max_idle,
-                    };
-                    return Ok((response, Some(lease)));
+            let mut head = match conn.exchange(&parts, &mut body).await {
+                Ok(head) => head,
+                Err(ExchangeError::Stale(reason)) if attempt <= STALE_RETRIES => {
+                    debug!(endpoint = endpoint.address(), %reason, "pooled connection was closed; retrying");
+                    continue;
                 }
-                Err(mut error) => match error.take_message() {
-                    // Not written: the pooled connection closed under us. Try another.
-                    Some(unsent) if attempt <= STALE_RETRIES => {
-                        debug!(
-                            endpoint = endpoint.address(),
-                            "pooled connection was closed; retrying"
-                        );
-                        request = unsent;
-                    }
-                    _ => return Err(self.failed(endpoint, &error.into_error())),
-                },
+                Err(error) => return Err(self.exchange_failed(endpoint, error)),
+            };
+            if head.response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                let response = head.response.map(|()| Body::Empty);
+                return Ok(Exchange {
+                    response,
+                    upgraded: Some(conn.into_upgraded()),
+                });
             }
+            let pool = h1::PoolReturn {
+                endpoint: endpoint.clone(),
+                max_idle: self.pool.max_idle,
+            };
+            let body = H1Body::new(conn, &mut head, Some(pool));
+            let response = head.response.map(|()| Body::Upstream {
+                body: UpstreamBody::Http1(body),
+                guard: None,
+            });
+            return Ok(Exchange {
+                response,
+                upgraded: None,
+            });
         }
     }
 
@@ -256,7 +249,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<Exchange, ProxyError> {
         let path = request
             .uri()
             .path_and_query()
@@ -277,27 +270,15 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_2;
         let mut sender = self.shared_http2(endpoint).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok((response, None)),
+            Ok(response) => Ok(Exchange {
+                response: response.map(|body| Body::Upstream {
+                    body: UpstreamBody::Http2(body),
+                    guard: None,
+                }),
+                upgraded: None,
+            }),
             Err(error) => Err(self.failed(endpoint, &error)),
         }
-    }
-
-    async fn connect_http1(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http1::SendRequest<Body>, ProxyError> {
-        let io = self.connect(endpoint).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| self.failed(endpoint, &e))?;
-        let address = endpoint.address().to_owned();
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(endpoint = %address, %error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
     }
 
     async fn shared_http2(
@@ -317,7 +298,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
-            .handshake(io)
+            .handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| self.failed(endpoint, &e))?;
         let address = endpoint.address().to_owned();
@@ -349,6 +330,19 @@ impl Upstream {
                     reason: other.to_string(),
                 },
             })
+    }
+
+    fn exchange_failed(&self, endpoint: &Endpoint, error: ExchangeError) -> ProxyError {
+        match error {
+            ExchangeError::RequestBody(_) => {
+                ProxyError::BadRequest("the request body ended before it was complete")
+            }
+            other => ProxyError::Upstream {
+                upstream: self.name.to_string(),
+                endpoint: endpoint.address().to_owned(),
+                reason: other.to_string(),
+            },
+        }
     }
 
     fn failed(&self, endpoint: &Endpoint, error: &hyper::Error) -> ProxyError {
@@ -427,21 +421,33 @@ impl Endpoint {
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self) -> Option<H1Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
+        while let Some(mut entry) = idle.pop() {
+            if entry.conn.is_open() {
+                entry.conn.mark_reused();
+                return Some(entry.conn);
             }
         }
         None
+    }
+
+    /// Returns a connection whose exchange ended cleanly, unless the pool is full.
+    fn release(&self, conn: H1Connection, max_idle: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < max_idle {
+            idle.push(IdleConnection {
+                conn,
+                since: self.epoch.load(Ordering::Relaxed),
+            });
+        }
     }
 
     /// Advances the epoch and drops connections that closed or idled for two epochs.
     fn evict(&self) {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|entry| !entry.sender.is_closed() && now - entry.since < 2);
+        idle.retain_mut(|entry| now - entry.since < 2 && entry.conn.is_open());
     }
 
     fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
@@ -458,38 +464,5 @@ impl Endpoint {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-// === impl Lease ===
-
-impl Lease {
-    /// Returns the connection to its endpoint's pool, unless the pool is full or it closed.
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self
-            .endpoint
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push(IdleConnection {
-                sender: self.sender,
-                since: self.endpoint.epoch.load(Ordering::Relaxed),
-            });
-        }
-    }
-}
-
-// === impl ResponseGuard ===
-
-impl ResponseGuard {
-    /// Ends the exchange; the connection is pooled again only if the body was read to its end.
-    pub fn finish(self, body_complete: bool) {
-        if let (Some(lease), true) = (self.lease, body_complete) {
-            lease.release();
-        }
     }
 }

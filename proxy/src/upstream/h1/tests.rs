@@ -1,0 +1,173 @@
+//! Codec tests against scripted upstreams on real sockets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::*;
+
+/// An upstream that reads one request head and answers with `response` bytes verbatim.
+async fn scripted(response: &'static [u8]) -> (H1Connection, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(response).await.unwrap();
+        stream.shutdown().await.unwrap();
+        // Keep the socket until the client is done.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        seen
+    });
+    let io = UpstreamIo::Plain(TcpStream::connect(addr).await.unwrap());
+    (H1Connection::new(io), server)
+}
+
+fn get(path: &str) -> (Parts, Body) {
+    let (parts, ()) = Request::get(path)
+        .header("host", "t")
+        .body(())
+        .unwrap()
+        .into_parts();
+    (parts, Body::Empty)
+}
+
+async fn read_all(mut body: H1Body) -> Result<(Bytes, Option<HeaderMap>), ExchangeError> {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((Bytes::from(data), trailers))
+}
+
+#[tokio::test]
+async fn content_length_body_and_keep_alive() {
+    let (mut conn, server) =
+        scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Multi: a\r\nX-Multi: b\r\n\r\nhello")
+            .await;
+    let (parts, mut body) = get("/p?q=1");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert_eq!(head.response.status(), 200);
+    assert_eq!(head.response.headers().get_all("x-multi").iter().count(), 2);
+    assert!(head.keep_alive);
+    let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
+    assert_eq!(&data[..], b"hello");
+    let request = String::from_utf8(server.await.unwrap()).unwrap();
+    assert!(
+        request.starts_with("GET /p?q=1 HTTP/1.1\r\nhost: t\r\n"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn chunked_body_with_extensions_and_trailers() {
+    let (mut conn, _server) = scripted(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nGrpc-Status: 0\r\n\r\n",
+    )
+    .await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let (data, trailers) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
+    assert_eq!(&data[..], b"hello, world");
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let (mut conn, _server) = scripted(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    )
+    .await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert_eq!(head.response.status(), 204);
+    assert!(H1Body::new(conn, &mut head, None).is_complete());
+}
+
+#[tokio::test]
+async fn a_body_without_framing_runs_to_the_close_and_is_not_reused() {
+    let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert!(!head.keep_alive);
+    let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
+    assert_eq!(&data[..], b"until the end");
+}
+
+#[tokio::test]
+async fn truncated_and_malformed_responses_are_errors() {
+    let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert!(read_all(H1Body::new(conn, &mut head, None)).await.is_err());
+
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ] {
+        let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
+        let (mut conn, _server) = scripted(leaked).await;
+        let (parts, mut body) = get("/");
+        let error = conn.exchange(&parts, &mut body).await.unwrap_err();
+        assert!(matches!(error, ExchangeError::Protocol(_)), "{error:?}");
+    }
+}
+
+#[tokio::test]
+async fn head_requests_have_no_body_even_with_a_length() {
+    let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n").await;
+    let (mut parts, mut body) = get("/");
+    parts.method = Method::HEAD;
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert_eq!(head.response.headers()["content-length"], "1000");
+    assert!(H1Body::new(conn, &mut head, None).is_complete());
+}
+
+#[tokio::test]
+async fn both_framings_mean_chunked_and_no_reuse() {
+    let (mut conn, _server) = scripted(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    assert!(!head.keep_alive);
+    let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
+    assert_eq!(&data[..], b"ok");
+}
+
+#[test]
+fn request_heads_use_the_origin_form() {
+    let (parts, ()) = Request::post("http://svc.local:8080/a/b?c=d")
+        .header("host", "svc.local")
+        .header("content-type", "text/plain")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let mut buf = BytesMut::new();
+    encode_head(&mut buf, &parts, true);
+    assert_eq!(
+        &buf[..],
+        b"POST /a/b?c=d HTTP/1.1\r\nhost: svc.local\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+}
