@@ -139,3 +139,73 @@ async fn concurrent_requests_get_their_own_connections_and_all_return_to_the_poo
     );
     assert_eq!(endpoint.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn an_early_answer_to_an_upload_reaches_the_client_and_retires_the_connection() {
+    // The upstream refuses the upload from its head alone, answers 413 at once, and then
+    // swallows whatever body still comes, as a careful server does.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                let mut upload = false;
+                while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    upload |= line
+                        .to_ascii_lowercase()
+                        .starts_with("content-length: 8388608");
+                    line.clear();
+                }
+                if upload {
+                    reader
+                        .get_mut()
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!",
+                        )
+                        .await
+                        .unwrap();
+                    let mut sink = [0u8; 65536];
+                    while tokio::io::AsyncReadExt::read(&mut reader, &mut sink)
+                        .await
+                        .unwrap_or(0)
+                        > 0
+                    {}
+                } else {
+                    let _ = reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    let mut sink = [0u8; 1024];
+                    while tokio::io::AsyncReadExt::read(&mut reader, &mut sink)
+                        .await
+                        .unwrap_or(0)
+                        > 0
+                    {}
+                }
+            });
+        }
+    });
+    let proxy = proxy(&simple_config(addr, "")).await;
+    let client = h1_client();
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let frames = (0..128).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+    let request = Request::post(proxy.url("/upload"))
+        .header("content-length", "8388608")
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap();
+    let (status, _, body) = send(&client, request).await;
+    assert_eq!((status.as_u16(), &body[..]), (413, &b"too big!"[..]));
+    // The connection was mid-upload when the answer ended: it must not carry the next request.
+    let (status, _, _) = get(&h1_client(), &proxy.url("/next")).await;
+    assert_eq!(status, 200);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
