@@ -301,7 +301,8 @@ impl H1Connection {
                 })
                 .collect();
             let head = self.read_buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(spans.len());
+            // Room for the `Via` and `x-request-id` the response gets on its way downstream.
+            let mut headers = HeaderMap::with_capacity(spans.len() + 2);
             for (name, name_len, value, value_len) in spans {
                 let name = HeaderName::from_bytes(&head[name..name + name_len])
                     .map_err(|e| ExchangeError::Protocol(e.to_string()))?;

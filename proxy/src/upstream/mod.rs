@@ -114,6 +114,13 @@ impl Upstream {
                     .map_err(|e| ConfigError::new(format!("{path}.endpoints[{i}]"), e.to_string()))
             })
             .collect::<Result<Arc<[_]>, _>>()?;
+        if endpoints.is_empty() {
+            // `pick` relies on this; validation says so too, but this type must not trust it.
+            return Err(ConfigError::new(
+                format!("{path}.endpoints"),
+                "at least one endpoint is required",
+            ));
+        }
         let tls = match &config.tls {
             None => None,
             Some(upstream_tls) => {
