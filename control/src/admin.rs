@@ -41,11 +41,12 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let text = state
+    let mut text = state
         .metrics
         .as_ref()
         .map(PrometheusHandle::render)
         .unwrap_or_default();
+    rafael_proxy::histogram::render(&mut text);
     (
         [(
             header::CONTENT_TYPE,

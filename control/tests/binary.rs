@@ -358,6 +358,20 @@ fn serves_reports_metrics_promtool_accepts_and_stops_on_sigterm() {
         metrics.contains(r#"rafael_request_duration_seconds_bucket{route="main",le="0.005"}"#),
         "{metrics}"
     );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_request_duration_seconds_count{route="main"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rafael_request_duration_seconds_bucket{route="main",le="+Inf"}"#
+        ),
+        Some(1.0)
+    );
     assert!(metrics.contains(r#"rafael_connections_active{listener="in"}"#));
 
     let promtool = Command::new("promtool")

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod histogram;
 pub mod metrics;
 pub mod router;
 pub mod server;

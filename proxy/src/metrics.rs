@@ -3,10 +3,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    histogram,
-};
+use metrics::{Counter, counter, describe_counter, describe_gauge};
+
+use crate::histogram::LatencyHistogram;
 
 /// `rafael_requests_total{route,code}`.
 pub const REQUESTS_TOTAL: &str = "rafael_requests_total";
@@ -45,11 +44,6 @@ pub fn describe() {
         REQUESTS_TOTAL,
         "Requests answered, by route and final status code (synthesized ones included)."
     );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from request received to response head sent, by route."
-    );
     describe_counter!(
         UPSTREAM_ATTEMPTS_TOTAL,
         "Attempts sent to upstream endpoints, by route and outcome."
@@ -84,7 +78,7 @@ pub fn describe() {
 #[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
-    duration: Histogram,
+    duration: Arc<LatencyHistogram>,
     attempts: [Counter; 5],
     by_code: Box<[OnceLock<Counter>]>,
 }
@@ -114,7 +108,7 @@ impl RouteMetrics {
             counter!(UPSTREAM_ATTEMPTS_TOTAL, "route" => route.to_string(), "outcome" => outcome)
         });
         Self {
-            duration: histogram!(REQUEST_DURATION, "route" => route.to_string()),
+            duration: LatencyHistogram::for_route(&route),
             attempts,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             route,
@@ -125,7 +119,7 @@ impl RouteMetrics {
     pub fn unmatched() -> Self {
         let route: Arc<str> = Arc::from(UNMATCHED_ROUTE);
         Self {
-            duration: histogram!(REQUEST_DURATION, "route" => UNMATCHED_ROUTE),
+            duration: LatencyHistogram::for_route(UNMATCHED_ROUTE),
             attempts: std::array::from_fn(|_| Counter::noop()),
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             route,
@@ -133,8 +127,8 @@ impl RouteMetrics {
     }
 
     /// Counts a final response and its latency.
-    pub fn record_response(&self, status: http::StatusCode, seconds: f64) {
-        self.duration.record(seconds);
+    pub fn record_response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        self.duration.record(elapsed);
         let code = status.as_u16();
         // `StatusCode` guarantees 100..=999; codes above 599 are counted without a cache.
         match self.by_code.get(usize::from(code).wrapping_sub(100)) {

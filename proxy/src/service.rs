@@ -162,7 +162,7 @@ fn finish(
             .append(header::VIA, headers::via(version));
         response.headers_mut().insert(&X_REQUEST_ID, request_id);
     }
-    metrics.record_response(response.status(), started.elapsed().as_secs_f64());
+    metrics.record_response(response.status(), started.elapsed());
     response
 }
 
