@@ -90,12 +90,13 @@ pub(crate) async fn proxy(
     let endpoint = upstream.pick().clone();
     let in_flight = endpoint.begin();
     let forwarded = Request::from_parts(parts, Body::Streaming(body));
-    let sent = upstream.send(&endpoint, forwarded);
+    // Each branch builds its own future: a `send` future held in a local and then moved into
+    // `timeout` would take room twice in this (already large) future, copied on every request.
     let result = match route.policy().timeout {
-        Some(timeout) => tokio::time::timeout(timeout.get(), sent)
+        Some(timeout) => tokio::time::timeout(timeout.get(), upstream.send(&endpoint, forwarded))
             .await
             .unwrap_or_else(|_| Err(ProxyError::Timeout(timeout.get()))),
-        None => sent.await,
+        None => upstream.send(&endpoint, forwarded).await,
     };
 
     let metrics = route.metrics();

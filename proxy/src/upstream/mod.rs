@@ -292,9 +292,17 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(sender) = endpoint.current_h2() {
-            return Ok(sender);
+        match endpoint.current_h2() {
+            Some(sender) => Ok(sender),
+            // Boxed for the same reason as `connect`: rare, and large.
+            None => Box::pin(self.connect_http2(endpoint)).await,
         }
+    }
+
+    async fn connect_http2(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
         // One connection attempt at a time; those who waited reuse its result.
         let _connecting = endpoint.connecting_h2.lock().await;
         if let Some(sender) = endpoint.current_h2() {
@@ -322,8 +330,9 @@ impl Upstream {
     }
 
     async fn connect(&self, endpoint: &Endpoint) -> Result<UpstreamIo, ProxyError> {
-        self.connector
-            .connect(&endpoint.authority)
+        // Boxed: the TCP and TLS handshake state is large and needed once per connection, so
+        // it should not sit inside (and be copied with) every request's future.
+        Box::pin(self.connector.connect(&endpoint.authority))
             .await
             .map_err(|error| match error {
                 ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
