@@ -209,3 +209,28 @@ async fn an_early_answer_to_an_upload_reaches_the_client_and_retires_the_connect
     assert_eq!(status, 200);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn the_upstreams_keep_alive_timeout_bounds_reuse() {
+    // `timeout=1` leaves no safe time to reuse (rafael retires a second early); `timeout=30`
+    // leaves plenty.
+    for (timeout, expected_connections) in [(1, 3), (30, 1)] {
+        let upstream = upstream(Proto::Http1, None, move |_| async move {
+            Response::builder()
+                .header("keep-alive", format!("timeout={timeout}, max=100"))
+                .body(full("ok"))
+                .unwrap()
+        })
+        .await;
+        let proxy = proxy(&simple_config(upstream.addr, "")).await;
+        let client = h1_client();
+        for _ in 0..3 {
+            assert_eq!(get(&client, &proxy.url("/")).await.0, 200);
+        }
+        assert_eq!(
+            upstream.connections(),
+            expected_connections,
+            "timeout={timeout}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -76,6 +77,9 @@ pub struct ResponseHead {
     pub response: Response<()>,
     framing: Framing,
     keep_alive: bool,
+    /// How long the upstream said it keeps an idle connection (`Keep-Alive: timeout=N`), less a
+    /// second so rafael retires the connection before the upstream closes it under a request.
+    idle_limit: Option<Duration>,
     /// The rest of the request body, when the upstream answered before taking all of it: the
     /// response body keeps sending it (HTTP/1.1 exchanges may be full duplex).
     upload: Option<Box<Upload>>,
@@ -106,6 +110,7 @@ pub struct H1Body {
     conn: Option<H1Connection>,
     decode: Decode,
     keep_alive: bool,
+    idle_limit: Option<Duration>,
     upload: Option<Box<Upload>>,
     pool: Option<PoolReturn>,
 }
@@ -311,6 +316,8 @@ impl H1Connection {
                 headers.append(name, value);
             }
             let (framing, keep_alive) = framing(status, version, &headers, method)?;
+            let idle_limit =
+                keep_alive_timeout(&headers).map(|t| t.saturating_sub(Duration::from_secs(1)));
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
@@ -319,6 +326,7 @@ impl H1Connection {
                 response,
                 framing,
                 keep_alive,
+                idle_limit,
                 upload: None,
             }));
         }
@@ -443,6 +451,23 @@ fn put_field(buf: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
     buf.put_slice(b"\r\n");
 }
 
+/// The `timeout` parameter of a `Keep-Alive` response header (RFC 2068 §19.7.1.1), which
+/// servers such as Node.js (5 s) and Apache send to say when they close idle connections.
+fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("keep-alive")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("timeout") {
+                return None;
+            }
+            value.trim().parse::<u64>().ok().map(Duration::from_secs)
+        })
+}
+
 /// How the body after this head is delimited, and whether the connection survives it.
 fn framing(
     status: StatusCode,
@@ -522,6 +547,7 @@ impl H1Body {
             conn: Some(conn),
             decode,
             keep_alive: head.keep_alive,
+            idle_limit: head.idle_limit,
             upload: head.upload.take(),
             pool,
         };
@@ -546,7 +572,7 @@ impl H1Body {
         // mid-message and cannot carry another exchange.
         if self.keep_alive && self.upload.is_none() && conn.read_buf.is_empty() {
             conn.write_buf.clear();
-            pool.endpoint.release(conn, pool.max_idle);
+            pool.endpoint.release(conn, pool.max_idle, self.idle_limit);
         }
     }
 

@@ -26,6 +26,7 @@ use http::{
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rafael_config::{ConfigError, UpstreamConfig, UpstreamProtocol};
+use tokio::time::Instant;
 use tracing::debug;
 
 pub use connector::{ConnectError, Connector, UpstreamIo};
@@ -69,6 +70,8 @@ pub struct Endpoint {
 #[derive(Debug)]
 struct IdleConnection {
     conn: H1Connection,
+    /// When the upstream announced it closes idle connections (`Keep-Alive: timeout`).
+    expires: Option<Instant>,
     /// The endpoint's reaper epoch when it went idle: a coarse clock that costs the request
     /// path an atomic load instead of a clock read.
     since: u64,
@@ -440,7 +443,7 @@ impl Endpoint {
     fn checkout(&self) -> Option<H1Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
-            if entry.conn.is_open() {
+            if entry.is_usable() {
                 entry.conn.mark_reused();
                 return Some(entry.conn);
             }
@@ -448,12 +451,19 @@ impl Endpoint {
         None
     }
 
-    /// Returns a connection whose exchange ended cleanly, unless the pool is full.
-    fn release(&self, conn: H1Connection, max_idle: usize) {
+    /// Returns a connection whose exchange ended cleanly, unless the pool is full or the
+    /// upstream's own idle limit leaves no time to reuse it.
+    fn release(&self, conn: H1Connection, max_idle: usize, idle_limit: Option<Duration>) {
+        if idle_limit.is_some_and(|limit| limit.is_zero()) {
+            return;
+        }
+        // A clock read only for upstreams that announce a limit.
+        let expires = idle_limit.map(|limit| Instant::now() + limit);
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < max_idle {
             idle.push(IdleConnection {
                 conn,
+                expires,
                 since: self.epoch.load(Ordering::Relaxed),
             });
         }
@@ -463,7 +473,7 @@ impl Endpoint {
     fn evict(&self) {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain_mut(|entry| now - entry.since < 2 && entry.conn.is_open());
+        idle.retain_mut(|entry| now - entry.since < 2 && entry.is_usable());
     }
 
     fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
@@ -472,6 +482,14 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         shared.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+}
+
+// === impl IdleConnection ===
+
+impl IdleConnection {
+    fn is_usable(&mut self) -> bool {
+        self.expires.is_none_or(|at| Instant::now() < at) && self.conn.is_open()
     }
 }
 

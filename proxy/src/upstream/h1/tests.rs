@@ -171,3 +171,54 @@ fn request_heads_use_the_origin_form() {
         b"POST /a/b?c=d HTTP/1.1\r\nhost: svc.local\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
+
+/// Feeds `response` to the codec from a real socket and drains the body; returns the status.
+async fn drive(response: Vec<u8>) -> Result<u16, ExchangeError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream.write_all(&response).await;
+        let _ = stream.shutdown().await;
+    });
+    let io = UpstreamIo::Plain(TcpStream::connect(addr).await.unwrap());
+    let mut conn = H1Connection::new(io);
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await?;
+    let status = head.response.status().as_u16();
+    read_all(H1Body::new(conn, &mut head, None)).await?;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn arbitrary_responses_end_in_a_response_or_an_error_never_a_hang() {
+    // Mutations of valid responses (the interesting inputs) plus pure noise.
+    let seeds: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x5afe);
+    for case in 0..300 {
+        let mut bytes = seeds[case % seeds.len()].to_vec();
+        match case % 3 {
+            0 => {
+                for _ in 0..rng.usize(1..4) {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] = rng.u8(..);
+                }
+            }
+            1 => bytes.truncate(rng.usize(..bytes.len())),
+            _ => bytes = (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect(),
+        }
+        let outcome = tokio::time::timeout(Duration::from_secs(5), drive(bytes.clone())).await;
+        assert!(
+            outcome.is_ok(),
+            "case {case} hung on {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+}
