@@ -39,6 +39,7 @@ pub enum Body {
 }
 
 /// A response body as the upstream protocol delivers it.
+#[allow(clippy::large_enum_variant)] // see `Body`
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// From rafael's HTTP/1.1 codec; returns its connection to the pool when it ends.
