@@ -144,3 +144,62 @@ upstream = "app"
     let wrong_ca = proxy(&config(&other_cert, "backend.internal", "http1")).await;
     assert_eq!(get(&client, &wrong_ca.url("/")).await.0, 502);
 }
+
+#[tokio::test]
+async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_cert, first_key) = write_cert(dir.path(), &["proxy.test"]);
+    let live_cert = dir.path().join("live.crt");
+    let live_key = dir.path().join("live.key");
+    std::fs::copy(&first_cert, &live_cert).unwrap();
+    std::fs::copy(&first_key, &live_key).unwrap();
+    let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}" }}
+[[upstreams]]
+name = "app"
+endpoints = ["{}"]
+[[routes]]
+name = "r"
+listener = "in"
+upstream = "app"
+"#,
+        live_cert.display(),
+        live_key.display(),
+        upstream.addr
+    );
+    let proxy = proxy(&config).await;
+    assert_eq!(
+        tls_request(proxy.addr, &first_cert, b"http/1.1").await.1,
+        200
+    );
+
+    // cert-manager style rotation: new files in place, then a reload.
+    let rotated = dir.path().join("rotated");
+    std::fs::create_dir(&rotated).unwrap();
+    let (second_cert, second_key) = write_cert(&rotated, &["proxy.test"]);
+    std::fs::copy(&second_cert, &live_cert).unwrap();
+    std::fs::copy(&second_key, &live_key).unwrap();
+    proxy
+        .handle
+        .reload(rafael_config::parse(&config).unwrap())
+        .unwrap();
+
+    assert_eq!(
+        tls_request(proxy.addr, &second_cert, b"http/1.1").await.1,
+        200
+    );
+    let connector = TlsConnector::from(client_tls(&first_cert, &[b"http/1.1"]));
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let handshake = connector
+        .connect(ServerName::try_from("proxy.test").unwrap(), tcp)
+        .await;
+    assert!(
+        handshake.is_err(),
+        "the old certificate is no longer served"
+    );
+}
