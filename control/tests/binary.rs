@@ -221,54 +221,37 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Runs `rafael config check` on `text`: (exit code, stdout, stderr).
+fn config_check(dir: &Path, text: &str) -> (Option<i32>, String, String) {
+    let path = dir.join("checked.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(RAFAEL)
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn config_check_accepts_valid_files_and_lists_every_error_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_config(dir.path(), "127.0.0.1:8080".parse().unwrap(), "");
-    let output = Command::new(RAFAEL)
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let valid = config_text("127.0.0.1:8080".parse().unwrap(), "");
+    let (code, stdout, stderr) = config_check(dir.path(), &valid);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        String::from_utf8_lossy(&output.stdout)
-            .contains("ok (1 listener(s), 1 upstream(s), 1 route(s))")
+        stdout.contains("ok (1 listener(s), 1 upstream(s), 1 route(s))"),
+        "{stdout}"
     );
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-idle_timout = "5s"
-max_header_bytes = "lots"
-
-[[upstreams]]
-name = "app"
-endpoints = []
-
-[[routes]]
-name = "r"
-listener = "in"
-upstream = "nope"
-"#,
-    )
-    .unwrap();
-    let output = Command::new(RAFAEL)
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let unknown_and_invalid = valid
+        .replace("bind = \"127.0.0.1:0\"\n\n[[upstreams]]", "bind = \"127.0.0.1:0\"\nidle_timout = \"5s\"\nmax_header_bytes = \"lots\"\n\n[[upstreams]]");
+    let (code, _, stderr) = config_check(dir.path(), &unknown_and_invalid);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("listeners[0].idle_timout: unknown key"),
         "{stderr}"
@@ -278,20 +261,11 @@ upstream = "nope"
         "{stderr}"
     );
 
-    std::fs::write(
-        &bad,
-        config_text("127.0.0.1:8080".parse().unwrap(), "")
-            .replace("endpoints = [\"127.0.0.1:8080\"]", "endpoints = []")
-            .replace("upstream = \"app\"\n", "upstream = \"nope\"\n"),
-    )
-    .unwrap();
-    let output = Command::new(RAFAEL)
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let dangling = valid
+        .replace("endpoints = [\"127.0.0.1:8080\"]", "endpoints = []")
+        .replace("upstream = \"app\"\n", "upstream = \"nope\"\n");
+    let (code, _, stderr) = config_check(dir.path(), &dangling);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("upstreams[0].endpoints: at least one endpoint is required"),
         "{stderr}"
@@ -302,20 +276,19 @@ upstream = "nope"
     );
 
     // TLS files are checked too, with the key path of the listener.
-    std::fs::write(&bad, config_text("127.0.0.1:8080".parse().unwrap(), "").replace("bind = \"127.0.0.1:0\"\n\n[[upstreams]]", "bind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n\n[[upstreams]]")).unwrap();
-    let output = Command::new(RAFAEL)
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let missing_tls = valid.replace(
+        "bind = \"127.0.0.1:0\"\n\n[[upstreams]]",
+        "bind = \"127.0.0.1:0\"\ntls = { cert = \"/nonexistent.pem\", key = \"/nonexistent.key\" }\n\n[[upstreams]]",
+    );
+    let (code, _, stderr) = config_check(dir.path(), &missing_tls);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("listeners[0].tls: cannot read certificates from /nonexistent.pem"),
         "{stderr}"
     );
 
     // `run` refuses a bad file the same way.
+    let bad = dir.path().join("checked.toml");
     let output = Command::new(RAFAEL)
         .args(["run", "--config"])
         .arg(&bad)

@@ -50,6 +50,31 @@ async fn tls_request(
     )
 }
 
+/// One TLS listener with the PEM `cert` and `key`, one catch-all route to `upstream`.
+fn tls_listener_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    upstream: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}" }}
+[[upstreams]]
+name = "app"
+endpoints = ["{upstream}"]
+[[routes]]
+name = "r"
+listener = "in"
+upstream = "app"
+"#,
+        cert.display(),
+        key.display(),
+    )
+}
+
 #[tokio::test]
 async fn listener_terminates_tls_with_alpn_for_both_protocols() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,24 +87,7 @@ async fn listener_terminates_tls_with_alpn_for_both_protocols() {
         text(200, &proto)
     })
     .await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-tls = {{ cert = "{}", key = "{}" }}
-[[upstreams]]
-name = "app"
-endpoints = ["{}"]
-[[routes]]
-name = "r"
-listener = "in"
-upstream = "app"
-"#,
-        cert.display(),
-        key.display(),
-        upstream.addr
-    );
+    let config = tls_listener_config(&cert, &key, upstream.addr);
     let proxy = proxy(&config).await;
     for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
         let (negotiated, status, body) = tls_request(proxy.addr, &cert, alpn).await;
@@ -154,24 +162,7 @@ async fn a_reload_rotates_the_listener_certificate_for_new_connections() {
     std::fs::copy(&first_cert, &live_cert).unwrap();
     std::fs::copy(&first_key, &live_key).unwrap();
     let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-tls = {{ cert = "{}", key = "{}" }}
-[[upstreams]]
-name = "app"
-endpoints = ["{}"]
-[[routes]]
-name = "r"
-listener = "in"
-upstream = "app"
-"#,
-        live_cert.display(),
-        live_key.display(),
-        upstream.addr
-    );
+    let config = tls_listener_config(&live_cert, &live_key, upstream.addr);
     let proxy = proxy(&config).await;
     assert_eq!(
         tls_request(proxy.addr, &first_cert, b"http/1.1").await.1,

@@ -603,16 +603,10 @@ impl H1Body {
                 }
                 Decode::Length(remaining) => {
                     if conn.read_buf.is_empty() {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            return Poll::Ready(Some(Err(truncated())));
-                        }
+                        ready!(poll_more(conn, cx))?;
                         continue;
                     }
-                    let take = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.read_buf.len());
-                    let data = conn.read_buf.split_to(take).freeze();
-                    *remaining -= take as u64;
+                    let data = take_counted(&mut conn.read_buf, remaining);
                     if *remaining == 0 {
                         self.finish();
                     }
@@ -643,24 +637,14 @@ impl H1Body {
                             Decode::ChunkData(size)
                         };
                     }
-                    None => {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            return Poll::Ready(Some(Err(truncated())));
-                        }
-                    }
+                    None => ready!(poll_more(conn, cx))?,
                 },
                 Decode::ChunkData(remaining) => {
                     if conn.read_buf.is_empty() {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            return Poll::Ready(Some(Err(truncated())));
-                        }
+                        ready!(poll_more(conn, cx))?;
                         continue;
                     }
-                    let take = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(conn.read_buf.len());
-                    let data = conn.read_buf.split_to(take).freeze();
-                    *remaining -= take as u64;
+                    let data = take_counted(&mut conn.read_buf, remaining);
                     if *remaining == 0 {
                         self.decode = Decode::ChunkDataEnd;
                     }
@@ -673,11 +657,7 @@ impl H1Body {
                             "chunk data longer than its size".into(),
                         ))));
                     }
-                    None => {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            return Poll::Ready(Some(Err(truncated())));
-                        }
-                    }
+                    None => ready!(poll_more(conn, cx))?,
                 },
                 Decode::Trailers(fields) => match take_line(&mut conn.read_buf)? {
                     Some(line) if line.is_empty() => {
@@ -692,11 +672,7 @@ impl H1Body {
                         let (name, value) = parse_field(&line)?;
                         fields.append(name, value);
                     }
-                    None => {
-                        if ready!(poll_fill(conn, cx))? == 0 {
-                            return Poll::Ready(Some(Err(truncated())));
-                        }
-                    }
+                    None => ready!(poll_more(conn, cx))?,
                 },
             }
         }
@@ -736,6 +712,24 @@ impl http_body::Body for H1Body {
 
 fn truncated() -> ExchangeError {
     ExchangeError::Protocol("connection closed before the response body ended".into())
+}
+
+/// Reads more of a body whose end is not reached yet: the end of the stream is an error.
+fn poll_more(conn: &mut H1Connection, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+    match ready!(poll_fill(conn, cx)) {
+        Ok(0) => Poll::Ready(Err(truncated())),
+        Ok(_) => Poll::Ready(Ok(())),
+        Err(error) => Poll::Ready(Err(error)),
+    }
+}
+
+/// Takes up to `remaining` bytes off the front of `buf`, counting them off.
+fn take_counted(buf: &mut BytesMut, remaining: &mut u64) -> Bytes {
+    let take = usize::try_from(*remaining)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    *remaining -= take as u64;
+    buf.split_to(take).freeze()
 }
 
 /// Reads more bytes into the connection's buffer; `Ok(0)` is the end of the stream.
