@@ -211,6 +211,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_configs_are_valid() {
+        let demo = DEMO_CONFIG
+            .replace("{upstream}", "127.0.0.1:8080")
+            .replace("{listen}", "127.0.0.1:15001")
+            .replace("{admin}", "127.0.0.1:9901");
+        let demo = rafael_config::parse(&demo).expect("the demo config is valid");
+        assert_eq!(demo.routes.len(), 2);
+        let example = include_str!("../../deploy/rafael.toml");
+        rafael_config::parse(example).expect("deploy/rafael.toml is valid");
+    }
+
+    #[test]
     fn the_cycle_has_a_bad_day() {
         assert_eq!(phase_at(Duration::from_secs(0)).name, "healthy");
         assert_eq!(phase_at(Duration::from_secs(45)).name, "slow");
