@@ -1,0 +1,117 @@
+//! A real gRPC call end to end through the `rafael` binary over h2c: grpcio client, rafael,
+//! grpcio server. Unary, server streaming, and an error status carried in trailers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+const RAFAEL: &str = env!("CARGO_BIN_EXE_rafael");
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line `child` prints on stdout.
+fn first_line(child: &mut Child) -> String {
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the process printed its first line")
+}
+
+#[test]
+fn grpc_unary_streaming_and_error_status_pass_through_over_h2c() {
+    let mut server = Command::new("python3")
+        .args([PEER, "server"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let port = first_line(&mut server);
+    let _server = Killed(server);
+    let port: u16 = port.trim().parse().unwrap_or_else(|_| {
+        panic!("grpc_peer.py server printed {port:?}; is grpcio installed (pip install grpcio)?")
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rafael.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+bind = "127.0.0.1:0"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+protocol = "auto"
+[[upstreams]]
+name = "grpc"
+endpoints = ["127.0.0.1:{port}"]
+protocol = "http2"
+[[routes]]
+name = "echo"
+listener = "in"
+upstream = "grpc"
+match = {{ path_prefix = "/rafael.test.Echo/" }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut rafael = Command::new(RAFAEL)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(rafael.stderr.take().unwrap());
+    let _rafael = Killed(rafael);
+    let mut proxy: Option<SocketAddr> = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if json["fields"]["message"] == "listening" {
+            proxy = json["fields"]["address"]
+                .as_str()
+                .map(|a| a.parse().unwrap());
+            break;
+        }
+    }
+    let proxy = proxy.expect("rafael logs its listener address");
+
+    let output = Command::new("python3")
+        .args([PEER, "client", &proxy.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "say echo:hello",
+            "count 0,1,2,3,4",
+            "fail NOT_FOUND no such order: 42",
+        ]
+    );
+}
