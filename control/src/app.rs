@@ -52,13 +52,31 @@ impl App {
         let admin_bind = config.admin.bind;
         warn_unapplied_policies(&config);
 
-        let listeners = bind_listeners(&config).await?;
-        let admin_socket = TcpListener::bind(admin_bind)
-            .await
-            .with_context(|| format!("admin.bind: cannot bind {admin_bind}"))?;
-        let admin_address = admin_socket.local_addr()?;
         let snapshot = SnapshotHandle::new(config)
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+        // The reloader installs its SIGHUP handler now, before any socket is bound: from the
+        // moment rafael can be seen running, a SIGHUP reloads it rather than killing it.
+        let reloader = options
+            .config_path
+            .map(|path| Reloader::new(path, snapshot.clone()).spawn(watch));
+        let bound = async {
+            let listeners = bind_listeners(snapshot.load().config()).await?;
+            let admin_socket = TcpListener::bind(admin_bind)
+                .await
+                .with_context(|| format!("admin.bind: cannot bind {admin_bind}"))?;
+            anyhow::Ok((listeners, admin_socket))
+        }
+        .await;
+        let (listeners, admin_socket) = match bound {
+            Ok(bound) => bound,
+            Err(error) => {
+                if let Some(reloader) = &reloader {
+                    reloader.abort();
+                }
+                return Err(error);
+            }
+        };
+        let admin_address = admin_socket.local_addr()?;
 
         let ready = Arc::new(AtomicBool::new(false));
         let state = admin::AdminState {
@@ -74,9 +92,6 @@ impl App {
         info!(address = %admin_address, "admin listening");
 
         let server = Server::start(snapshot.clone(), listeners)?;
-        let reloader = options
-            .config_path
-            .map(|path| Reloader::new(path, snapshot.clone()).spawn(watch));
         ready.store(true, Ordering::Release);
         Ok(Self {
             snapshot,
@@ -129,29 +144,48 @@ impl App {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+/// SIGTERM and SIGINT, caught from the moment this is built: build it before binding anything,
+/// so a signal sent as soon as rafael is up drains it instead of killing it outright.
+#[derive(Debug)]
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    _ = int.recv() => info!("SIGINT received"),
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers (within a runtime).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    warn!("cannot install signal handlers; waiting for Ctrl-C only");
+                    None
                 }
-            }
-            _ => {
-                warn!("cannot install signal handlers; waiting for Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            Self { signals }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves when SIGTERM or SIGINT arrives.
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.signals {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -7,7 +7,7 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode, tim
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rafael_config::{Config, ConfigErrors, HumanDuration};
-use rafael_control::{App, AppOptions, app::shutdown_signal, demo};
+use rafael_control::{App, AppOptions, app::ShutdownSignal, demo};
 use rafael_proxy::{Snapshot, server::DrainOutcome};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -192,8 +192,9 @@ fn check(path: &PathBuf) -> ExitCode {
 }
 
 async fn run(config: Config, options: AppOptions) -> anyhow::Result<()> {
+    let shutdown = ShutdownSignal::install();
     let app = App::start(config, options).await?;
-    shutdown_signal().await;
+    shutdown.recv().await;
     match app.shutdown().await {
         DrainOutcome::Complete | DrainOutcome::DeadlineReached => Ok(()),
     }
@@ -205,6 +206,7 @@ async fn run_demo(
     rate: u32,
     traffic: Duration,
 ) -> anyhow::Result<()> {
+    let shutdown = ShutdownSignal::install();
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot bind the demo service")?;
@@ -238,7 +240,7 @@ async fn run_demo(
         info!(rate, duration = ?traffic, "starting demo traffic");
         tokio::spawn(demo::run_traffic(proxy, rate, traffic));
     }
-    shutdown_signal().await;
+    shutdown.recv().await;
     app.shutdown().await;
     Ok(())
 }

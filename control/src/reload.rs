@@ -74,15 +74,15 @@ impl Reloader {
 
     /// Reloads on SIGHUP (always) and on file changes (when `watch`), until aborted.
     pub fn spawn(mut self, watch: bool) -> JoinHandle<()> {
+        // Installed before returning, not inside the task: until it is, SIGHUP's default action
+        // (terminate) applies, and a SIGHUP sent right after start-up would kill rafael.
+        let mut hangup = hangup_signal();
+        let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+        // Likewise the watcher, so a change made right after start-up is not missed.
+        let watcher = if watch { self.watch(changed_tx) } else { None };
         tokio::spawn(async move {
-            let (changed_tx, mut changed) = mpsc::channel::<()>(1);
             // Keep the watcher alive as long as the task.
-            let _watcher = if watch {
-                self.watch(changed_tx.clone())
-            } else {
-                None
-            };
-            let mut hangup = hangup_signal();
+            let _watcher = watcher;
             loop {
                 let hup = async {
                     match hangup.as_mut() {

@@ -676,3 +676,23 @@ fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn signals_the_instant_rafael_is_up_are_handled_not_fatal() {
+    // SIGHUP's and SIGTERM's default action is to kill the process: the handlers must be in
+    // place before rafael reports (logs) anything that says it is up.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream("ok", Duration::ZERO), "");
+    let mut rafael = Rafael::start(&config);
+    rafael.signal("HUP");
+    assert_eq!(
+        http_get(rafael.proxy, "/").0,
+        200,
+        "still serving after SIGHUP"
+    );
+    let mut fresh = Rafael::start(&config);
+    fresh.signal("TERM");
+    assert_eq!(fresh.wait(Duration::from_secs(20)).code(), Some(0));
+    rafael.signal("TERM");
+    assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
+}
