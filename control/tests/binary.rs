@@ -481,6 +481,10 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
         ) == Some(1.0)
     }));
     rafael.signal("TERM");
+    // While draining, readiness fails so load balancers stop sending new requests.
+    assert!(eventually(Duration::from_secs(5), || {
+        http_get(rafael.admin, "/readyz").0 == 503
+    }));
     let (status, _, body) = in_flight.join().unwrap();
     assert_eq!((status, body.as_str()), (200, "slow but complete"));
     assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
