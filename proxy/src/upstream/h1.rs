@@ -514,7 +514,7 @@ fn framing(
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("x").split(',') {
-            let parsed: u64 = part.trim().parse().map_err(|_| {
+            let parsed = parse_digits(part.trim(), 10).ok_or_else(|| {
                 ExchangeError::Protocol(format!("invalid content-length {value:?}"))
             })?;
             if length.is_some_and(|l| l != parsed) {
@@ -629,7 +629,8 @@ impl H1Body {
                         let digits = line.split(|b| *b == b';').next().unwrap_or_default();
                         let size = std::str::from_utf8(digits)
                             .ok()
-                            .and_then(|d| u64::from_str_radix(d.trim(), 16).ok())
+                            // Whitespace may only precede a chunk extension (RFC 9112 §7.1.1).
+                            .and_then(|d| parse_digits(d.trim_end_matches([' ', '\t']), 16))
                             .ok_or_else(|| ExchangeError::Protocol("invalid chunk size".into()))?;
                         self.decode = if size == 0 {
                             Decode::Trailers(HeaderMap::new())
@@ -708,6 +709,15 @@ impl http_body::Body for H1Body {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// A number written only with digits of `radix`: no sign, no spaces, no overflow. The standard
+/// parsers accept a leading `+`, which a length field must not have (a smuggling favourite).
+fn parse_digits(text: &str, radix: u32) -> Option<u64> {
+    if text.is_empty() || !text.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(text, radix).ok()
 }
 
 fn truncated() -> ExchangeError {

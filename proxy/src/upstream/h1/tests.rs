@@ -123,6 +123,7 @@ async fn truncated_and_malformed_responses_are_errors() {
     for bad in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc",
         b"NOT HTTP AT ALL\r\n\r\n",
     ] {
         let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
@@ -154,6 +155,19 @@ async fn both_framings_mean_chunked_and_no_reuse() {
     assert!(!head.keep_alive);
     let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
     assert_eq!(&data[..], b"ok");
+}
+
+#[tokio::test]
+async fn signed_chunk_sizes_are_rejected() {
+    let (mut conn, _server) =
+        scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n")
+            .await;
+    let (parts, mut body) = get("/");
+    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let error = read_all(H1Body::new(conn, &mut head, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ExchangeError::Protocol(_)), "{error:?}");
 }
 
 #[test]
