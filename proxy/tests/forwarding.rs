@@ -266,6 +266,28 @@ async fn upstream_connections_are_pooled_and_kept_alive() {
 }
 
 #[tokio::test]
+async fn an_http10_request_without_host_gets_one_for_the_http11_upstream() {
+    let upstream = echo_upstream().await;
+    let proxy = proxy(&simple_config(upstream.addr, "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(
+        response.contains(&format!("host: {}", upstream.addr)),
+        "{response}"
+    );
+    assert!(
+        response.to_ascii_lowercase().contains("via: 1.0 rafael"),
+        "{response}"
+    );
+}
+
+#[tokio::test]
 async fn connection_close_from_the_client_is_not_forwarded() {
     let upstream = echo_upstream().await;
     let proxy = proxy(&simple_config(upstream.addr, "")).await;

@@ -211,7 +211,13 @@ impl Upstream {
         endpoint: &Arc<Endpoint>,
         request: Request<Body>,
     ) -> Result<Exchange, ProxyError> {
-        let (parts, mut body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        if !parts.headers.contains_key(http::header::HOST) {
+            // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
+            if let Ok(host) = http::HeaderValue::from_str(endpoint.address()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
         let mut attempt = 0;
         loop {
             let pooled = if attempt < STALE_RETRIES {
