@@ -227,7 +227,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 
 /// Genes other than `timeout` are parsed and validated, but their engines arrive with the
 /// policy issue; say so rather than let an operator believe a retry policy is active.
-fn warn_unapplied_policies(config: &Config) {
+pub(crate) fn warn_unapplied_policies(config: &Config) {
     for (i, route) in config.routes.iter().enumerate() {
         let policy = &route.policy;
         let unapplied: Vec<&str> = [
