@@ -68,23 +68,14 @@ pub(crate) async fn proxy(
         && headers::is_upgrade_request(version, request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    let request_id = headers::prepare_request(
+    let added = headers::prepare_request(
         &mut parts.headers,
         version,
         parts.uri.authority(),
         &connection.forwarded,
         upgrade,
     );
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream needs it as `Host`.
-        if let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
+    let request_id = added.request_id().clone();
 
     let upstream = route.upstream();
     let endpoint = upstream.pick().clone();
@@ -93,10 +84,12 @@ pub(crate) async fn proxy(
     // Each branch builds its own future: a `send` future held in a local and then moved into
     // `timeout` would take room twice in this (already large) future, copied on every request.
     let result = match route.policy().timeout {
-        Some(timeout) => tokio::time::timeout(timeout.get(), upstream.send(&endpoint, forwarded))
-            .await
-            .unwrap_or_else(|_| Err(ProxyError::Timeout(timeout.get()))),
-        None => upstream.send(&endpoint, forwarded).await,
+        Some(timeout) => {
+            tokio::time::timeout(timeout.get(), upstream.send(&endpoint, forwarded, &added))
+                .await
+                .unwrap_or_else(|_| Err(ProxyError::Timeout(timeout.get())))
+        }
+        None => upstream.send(&endpoint, forwarded, &added).await,
     };
 
     let metrics = route.metrics();

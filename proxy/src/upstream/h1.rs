@@ -32,7 +32,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{Endpoint, UpstreamIo};
-use crate::Body;
+use crate::{Body, headers::AddedFields};
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 96 * 1024;
@@ -174,11 +174,12 @@ impl H1Connection {
     pub async fn exchange(
         &mut self,
         parts: &Parts,
+        added: &AddedFields,
         body: &mut Body,
     ) -> Result<ResponseHead, ExchangeError> {
         let has_body = !body.is_end_stream();
         let chunked = has_body && !parts.headers.contains_key(CONTENT_LENGTH);
-        encode_head(&mut self.write_buf, parts, chunked);
+        encode_head(&mut self.write_buf, parts, added, chunked);
         let mut upload = None;
         if has_body {
             let mut queue = VecDeque::with_capacity(4);
@@ -423,8 +424,9 @@ impl Upload {
     }
 }
 
-/// Writes the request line and fields. The request target is the origin form.
-fn encode_head(buf: &mut BytesMut, parts: &Parts, chunked: bool) {
+/// Writes the request line and fields, the request's own then this hop's. The request target
+/// is the origin form.
+fn encode_head(buf: &mut BytesMut, parts: &Parts, added: &AddedFields, chunked: bool) {
     buf.clear();
     buf.put_slice(parts.method.as_str().as_bytes());
     buf.put_u8(b' ');
@@ -435,7 +437,7 @@ fn encode_head(buf: &mut BytesMut, parts: &Parts, chunked: bool) {
         target.as_bytes()
     });
     buf.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers.iter().chain(added.iter()) {
         put_field(buf, name, value);
     }
     if chunked {

@@ -32,7 +32,9 @@ use tracing::debug;
 pub use connector::{ConnectError, Connector, UpstreamIo};
 pub use h1::{ExchangeError, H1Body, H1Connection};
 
-use crate::{Body, ProxyError, body::UpstreamBody, server::RequestActive, tls};
+use crate::{
+    Body, ProxyError, body::UpstreamBody, headers::AddedFields, server::RequestActive, tls,
+};
 
 /// Pooled connections tried for one request before a fresh one is opened for it, when they
 /// turn out closed. Only requests without a body are sent again.
@@ -195,14 +197,22 @@ impl Upstream {
     }
 
     /// Sends `request` to `endpoint` and returns its response head, the body streaming on.
+    ///
+    /// `added` holds the fields this hop adds (forwarding headers, request id): written after
+    /// the request's own fields by the HTTP/1.1 codec, inserted into the map for HTTP/2.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         request: Request<Body>,
+        added: &AddedFields,
     ) -> Result<Exchange, ProxyError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(endpoint, request).await,
-            UpstreamProtocol::Http2 => self.send_http2(endpoint, request).await,
+            UpstreamProtocol::Http1 => self.send_http1(endpoint, request, added).await,
+            UpstreamProtocol::Http2 => {
+                let mut request = request;
+                added.insert_into(request.headers_mut());
+                self.send_http2(endpoint, request).await
+            }
         }
     }
 
@@ -210,9 +220,10 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         request: Request<Body>,
+        added: &AddedFields,
     ) -> Result<Exchange, ProxyError> {
         let (mut parts, mut body) = request.into_parts();
-        if !parts.headers.contains_key(http::header::HOST) {
+        if !parts.headers.contains_key(http::header::HOST) && !added.contains(&http::header::HOST) {
             // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
             if let Ok(host) = http::HeaderValue::from_str(endpoint.address()) {
                 parts.headers.insert(http::header::HOST, host);
@@ -230,7 +241,7 @@ impl Upstream {
                 None => H1Connection::new(self.connect(endpoint).await?),
             };
             attempt += 1;
-            let mut head = match conn.exchange(&parts, &mut body).await {
+            let mut head = match conn.exchange(&parts, added, &mut body).await {
                 Ok(head) => head,
                 Err(ExchangeError::Stale(reason)) if attempt <= STALE_RETRIES => {
                     debug!(endpoint = endpoint.address(), %reason, "pooled connection was closed; retrying");

@@ -37,6 +37,10 @@ async fn scripted(response: &'static [u8]) -> (H1Connection, tokio::task::JoinHa
     (H1Connection::new(io), server)
 }
 
+fn nothing_added() -> AddedFields {
+    AddedFields::new(HeaderValue::from_static("test-id"))
+}
+
 fn get(path: &str) -> (Parts, Body) {
     let (parts, ()) = Request::get(path)
         .header("host", "t")
@@ -65,7 +69,10 @@ async fn content_length_body_and_keep_alive() {
         scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Multi: a\r\nX-Multi: b\r\n\r\nhello")
             .await;
     let (parts, mut body) = get("/p?q=1");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert_eq!(head.response.status(), 200);
     assert_eq!(head.response.headers().get_all("x-multi").iter().count(), 2);
     assert!(head.keep_alive);
@@ -85,7 +92,10 @@ async fn chunked_body_with_extensions_and_trailers() {
     )
     .await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     let (data, trailers) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
     assert_eq!(&data[..], b"hello, world");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
@@ -98,7 +108,10 @@ async fn interim_responses_are_skipped() {
     )
     .await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert_eq!(head.response.status(), 204);
     assert!(H1Body::new(conn, &mut head, None).is_complete());
 }
@@ -107,7 +120,10 @@ async fn interim_responses_are_skipped() {
 async fn a_body_without_framing_runs_to_the_close_and_is_not_reused() {
     let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert!(!head.keep_alive);
     let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
     assert_eq!(&data[..], b"until the end");
@@ -117,7 +133,10 @@ async fn a_body_without_framing_runs_to_the_close_and_is_not_reused() {
 async fn truncated_and_malformed_responses_are_errors() {
     let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert!(read_all(H1Body::new(conn, &mut head, None)).await.is_err());
 
     for bad in [
@@ -129,7 +148,10 @@ async fn truncated_and_malformed_responses_are_errors() {
         let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
         let (mut conn, _server) = scripted(leaked).await;
         let (parts, mut body) = get("/");
-        let error = conn.exchange(&parts, &mut body).await.unwrap_err();
+        let error = conn
+            .exchange(&parts, &nothing_added(), &mut body)
+            .await
+            .unwrap_err();
         assert!(matches!(error, ExchangeError::Protocol(_)), "{error:?}");
     }
 }
@@ -139,7 +161,10 @@ async fn head_requests_have_no_body_even_with_a_length() {
     let (mut conn, _server) = scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n").await;
     let (mut parts, mut body) = get("/");
     parts.method = Method::HEAD;
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert_eq!(head.response.headers()["content-length"], "1000");
     assert!(H1Body::new(conn, &mut head, None).is_complete());
 }
@@ -151,7 +176,10 @@ async fn both_framings_mean_chunked_and_no_reuse() {
     )
     .await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     assert!(!head.keep_alive);
     let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
     assert_eq!(&data[..], b"ok");
@@ -163,7 +191,10 @@ async fn signed_chunk_sizes_are_rejected() {
         scripted(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n")
             .await;
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await.unwrap();
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
     let error = read_all(H1Body::new(conn, &mut head, None))
         .await
         .unwrap_err();
@@ -179,10 +210,12 @@ fn request_heads_use_the_origin_form() {
         .unwrap()
         .into_parts();
     let mut buf = BytesMut::new();
-    encode_head(&mut buf, &parts, true);
+    let mut added = nothing_added();
+    added.push(&http::header::VIA, HeaderValue::from_static("1.1 rafael"));
+    encode_head(&mut buf, &parts, &added, true);
     assert_eq!(
         &buf[..],
-        b"POST /a/b?c=d HTTP/1.1\r\nhost: svc.local\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"POST /a/b?c=d HTTP/1.1\r\nhost: svc.local\r\ncontent-type: text/plain\r\nvia: 1.1 rafael\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
 
@@ -200,7 +233,7 @@ async fn drive(response: Vec<u8>) -> Result<u16, ExchangeError> {
     let io = UpstreamIo::Plain(TcpStream::connect(addr).await.unwrap());
     let mut conn = H1Connection::new(io);
     let (parts, mut body) = get("/");
-    let mut head = conn.exchange(&parts, &mut body).await?;
+    let mut head = conn.exchange(&parts, &nothing_added(), &mut body).await?;
     let status = head.response.status().as_u16();
     read_all(H1Body::new(conn, &mut head, None)).await?;
     Ok(status)
