@@ -16,9 +16,6 @@ use crate::upstream::{H1Body, ResponseGuard};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body: streamed from a peer, or produced by rafael itself.
-// The HTTP/1.1 variant carries its connection inline: boxing it would cost an allocation per
-// response to save a few hundred bytes of moves, once per response.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub enum Body {
     /// No body.
@@ -39,7 +36,6 @@ pub enum Body {
 }
 
 /// A response body as the upstream protocol delivers it.
-#[allow(clippy::large_enum_variant)] // see `Body`
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// From rafael's HTTP/1.1 codec; returns its connection to the pool when it ends.

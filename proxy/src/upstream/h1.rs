@@ -107,7 +107,9 @@ enum Framing {
 /// the body has ended cleanly, the connection goes back to its endpoint's pool.
 #[derive(Debug)]
 pub struct H1Body {
-    conn: Option<H1Connection>,
+    // Boxed, here and in the pool: a connection is allocated once, and the body that carries
+    // it through every layer of the response path stays small to move.
+    conn: Option<Box<H1Connection>>,
     decode: Decode,
     keep_alive: bool,
     idle_limit: Option<Duration>,
@@ -129,7 +131,7 @@ enum Decode {
     ChunkSize,
     ChunkData(u64),
     ChunkDataEnd,
-    Trailers(HeaderMap),
+    Trailers(Box<HeaderMap>),
     Done,
 }
 
@@ -137,13 +139,13 @@ enum Decode {
 
 impl H1Connection {
     /// Wraps a freshly connected stream.
-    pub fn new(io: UpstreamIo) -> Self {
-        Self {
+    pub fn new(io: UpstreamIo) -> Box<Self> {
+        Box::new(Self {
             io,
             read_buf: BytesMut::with_capacity(READ_RESERVE_BYTES),
             write_buf: BytesMut::with_capacity(1024),
             reused: false,
-        }
+        })
     }
 
     /// True when the connection looks usable for another exchange: the peer has not closed it
@@ -538,7 +540,7 @@ fn framing(
 
 impl H1Body {
     /// The body of `head`, read from `conn`; the connection returns to `pool` when it ends.
-    pub fn new(conn: H1Connection, head: &mut ResponseHead, pool: Option<PoolReturn>) -> Self {
+    pub fn new(conn: Box<H1Connection>, head: &mut ResponseHead, pool: Option<PoolReturn>) -> Self {
         let decode = match head.framing {
             Framing::Empty => Decode::Done,
             Framing::Length(n) => Decode::Length(n),
@@ -635,7 +637,7 @@ impl H1Body {
                             .and_then(|d| parse_digits(d.trim_end_matches([' ', '\t']), 16))
                             .ok_or_else(|| ExchangeError::Protocol("invalid chunk size".into()))?;
                         self.decode = if size == 0 {
-                            Decode::Trailers(HeaderMap::new())
+                            Decode::Trailers(Box::default())
                         } else {
                             Decode::ChunkData(size)
                         };
@@ -664,7 +666,7 @@ impl H1Body {
                 },
                 Decode::Trailers(fields) => match take_line(&mut conn.read_buf)? {
                     Some(line) if line.is_empty() => {
-                        let fields = std::mem::take(fields);
+                        let fields = std::mem::take(&mut **fields);
                         self.finish();
                         if fields.is_empty() {
                             return Poll::Ready(None);

@@ -71,7 +71,7 @@ pub struct Endpoint {
 
 #[derive(Debug)]
 struct IdleConnection {
-    conn: H1Connection,
+    conn: Box<H1Connection>,
     /// When the upstream announced it closes idle connections (`Keep-Alive: timeout`).
     expires: Option<Instant>,
     /// The endpoint's reaper epoch when it went idle: a coarse clock that costs the request
@@ -253,7 +253,7 @@ impl Upstream {
                 let response = head.response.map(|()| Body::Empty);
                 return Ok(Exchange {
                     response,
-                    upgraded: Some(conn.into_upgraded()),
+                    upgraded: Some((*conn).into_upgraded()),
                 });
             }
             let pool = h1::PoolReturn {
@@ -457,7 +457,7 @@ impl Endpoint {
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<H1Connection> {
+    fn checkout(&self) -> Option<Box<H1Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(mut entry) = idle.pop() {
             if entry.is_usable() {
@@ -470,7 +470,7 @@ impl Endpoint {
 
     /// Returns a connection whose exchange ended cleanly, unless the pool is full or the
     /// upstream's own idle limit leaves no time to reuse it.
-    fn release(&self, conn: H1Connection, max_idle: usize, idle_limit: Option<Duration>) {
+    fn release(&self, conn: Box<H1Connection>, max_idle: usize, idle_limit: Option<Duration>) {
         if idle_limit.is_some_and(|limit| limit.is_zero()) {
             return;
         }

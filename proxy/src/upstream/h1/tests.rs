@@ -13,7 +13,9 @@ use tokio::{
 use super::*;
 
 /// An upstream that reads one request head and answers with `response` bytes verbatim.
-async fn scripted(response: &'static [u8]) -> (H1Connection, tokio::task::JoinHandle<Vec<u8>>) {
+async fn scripted(
+    response: &'static [u8],
+) -> (Box<H1Connection>, tokio::task::JoinHandle<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
