@@ -72,7 +72,7 @@ fn request_path(c: &mut Criterion) {
         let id = HeaderValue::from_static("0f8c2b1e-8f64-4b8e-9d7e-2f1f1c7d9a10");
         b.iter(|| {
             let mut h = headers.clone();
-            prepare_response(&mut h, Version::HTTP_11, false, id.clone());
+            prepare_response(&mut h, Version::HTTP_11, id.clone());
             h
         })
     });

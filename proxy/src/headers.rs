@@ -302,14 +302,11 @@ pub fn prepare_request(
     added
 }
 
-/// Rewrites a response's headers for the downstream hop.
-pub fn prepare_response(
-    headers: &mut HeaderMap,
-    version: Version,
-    upgrade: bool,
-    request_id: HeaderValue,
-) {
-    remove_hop_by_hop(headers, upgrade);
+/// Stamps a relayed response for the downstream hop: `Via` and the request id.
+///
+/// Upstream responses arrive without hop-by-hop fields already: rafael's HTTP/1.1 codec leaves
+/// them out as it parses (keeping only a 101's `Connection` and `Upgrade`), and HTTP/2 has none.
+pub fn prepare_response(headers: &mut HeaderMap, version: Version, request_id: HeaderValue) {
     headers.append(VIA, via(version));
     headers.insert(&X_REQUEST_ID, request_id);
 }

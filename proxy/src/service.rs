@@ -102,12 +102,7 @@ pub(crate) async fn proxy(
             match (upgraded, downstream_upgrade) {
                 (Some(upstream), Some(downstream)) => {
                     tunnel(&connection, downstream, upstream);
-                    headers::prepare_response(
-                        response.headers_mut(),
-                        version,
-                        true,
-                        request_id.clone(),
-                    );
+                    headers::prepare_response(response.headers_mut(), version, request_id.clone());
                     response
                 }
                 (Some(_), None) => ProxyError::Upstream {
@@ -117,12 +112,7 @@ pub(crate) async fn proxy(
                 }
                 .into_response(),
                 (None, _) => {
-                    headers::prepare_response(
-                        response.headers_mut(),
-                        version,
-                        false,
-                        request_id.clone(),
-                    );
+                    headers::prepare_response(response.headers_mut(), version, request_id.clone());
                     if let Body::Upstream { guard, .. } = response.body_mut() {
                         *guard = Some(ResponseGuard { in_flight, active });
                     }

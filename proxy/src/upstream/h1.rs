@@ -25,8 +25,7 @@ use std::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version,
-    header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING},
-    request::Parts,
+    header::CONTENT_LENGTH, request::Parts,
 };
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -38,6 +37,8 @@ use crate::{Body, headers::AddedFields};
 const MAX_HEAD_BYTES: usize = 96 * 1024;
 /// Most response header fields accepted.
 const MAX_HEADERS: usize = 128;
+/// Response fields tracked without allocating; more spill to the heap.
+const INLINE_FIELDS: usize = 24;
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE_BYTES: usize = 8 * 1024;
 /// How much the read buffer grows by when it needs room.
@@ -297,30 +298,54 @@ impl H1Connection {
             } else {
                 Version::HTTP_11
             };
-            // Record where each field lies, then slice them out of one frozen buffer: no copy.
+            // One pass over the fields: the framing ones are read here and hop-by-hop ones are
+            // left out of the map (so the response needs no stripping later), and the rest are
+            // recorded as spans, to be sliced out of one frozen buffer without copying.
+            let switching = status == StatusCode::SWITCHING_PROTOCOLS;
             let base = self.read_buf.as_ptr() as usize;
-            let spans: Vec<(usize, usize, usize, usize)> = parsed
-                .headers
-                .iter()
-                .map(|f| {
-                    let name = f.name.as_ptr() as usize - base;
-                    let value = f.value.as_ptr() as usize - base;
-                    (name, f.name.len(), value, f.value.len())
-                })
-                .collect();
+            let mut framing_fields = FramingFields::default();
+            // Offsets fit u32 (heads are capped at MAX_HEAD_BYTES); a small inline array covers
+            // ordinary responses without zeroing a large one, and the rest spill to a Vec.
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); INLINE_FIELDS];
+            let mut spilled = Vec::new();
+            let mut kept = 0;
+            for field in parsed.headers.iter() {
+                if framing_fields.absorb(field.name, field.value, switching)? {
+                    let span = (
+                        (field.name.as_ptr() as usize - base) as u32,
+                        field.name.len() as u32,
+                        (field.value.as_ptr() as usize - base) as u32,
+                        field.value.len() as u32,
+                    );
+                    match spans.get_mut(kept) {
+                        Some(slot) => *slot = span,
+                        None => spilled.push(span),
+                    }
+                    kept += 1;
+                }
+            }
+            let (framing, keep_alive) = framing_fields.framing(status, version, method)?;
+            let idle_limit = framing_fields
+                .keep_alive_timeout
+                .map(|t| t.saturating_sub(Duration::from_secs(1)));
             let head = self.read_buf.split_to(len).freeze();
             // Room for the `Via` and `x-request-id` the response gets on its way downstream.
-            let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-            for (name, name_len, value, value_len) in spans {
+            let mut headers = HeaderMap::with_capacity(kept + 2);
+            for &(name, name_len, value, value_len) in
+                spans[..kept.min(INLINE_FIELDS)].iter().chain(&spilled)
+            {
+                let (name, name_len) = (name as usize, name_len as usize);
+                let (value, value_len) = (value as usize, value_len as usize);
                 let name = HeaderName::from_bytes(&head[name..name + name_len])
                     .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
                     .map_err(|e| ExchangeError::Protocol(e.to_string()))?;
                 headers.append(name, value);
             }
-            let (framing, keep_alive) = framing(status, version, &headers, method)?;
-            let idle_limit =
-                keep_alive_timeout(&headers).map(|t| t.saturating_sub(Duration::from_secs(1)));
+            for named in framing_fields.connection_named() {
+                // Fields the upstream marked hop-by-hop by naming them in `Connection`.
+                headers.remove(named);
+            }
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
@@ -455,85 +480,120 @@ fn put_field(buf: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
     buf.put_slice(b"\r\n");
 }
 
-/// The `timeout` parameter of a `Keep-Alive` response header (RFC 2068 §19.7.1.1), which
-/// servers such as Node.js (5 s) and Apache send to say when they close idle connections.
-fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get_all("keep-alive")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|param| {
-            let (name, value) = param.split_once('=')?;
-            if !name.trim().eq_ignore_ascii_case("timeout") {
-                return None;
-            }
-            value.trim().parse::<u64>().ok().map(Duration::from_secs)
-        })
+/// What a response head says about its own framing and connection, gathered while its fields
+/// are read.
+#[derive(Debug, Default)]
+struct FramingFields {
+    close: bool,
+    keep_alive_token: bool,
+    /// Names listed in `Connection` besides `close`, `keep-alive` and `upgrade`: rare.
+    named: Vec<HeaderName>,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    content_length: Option<u64>,
+    /// The `timeout` parameter of `Keep-Alive` (RFC 2068 §19.7.1.1), which servers such as
+    /// Node.js (5 s) and Apache send to say when they close idle connections.
+    keep_alive_timeout: Option<Duration>,
 }
 
-/// How the body after this head is delimited, and whether the connection survives it.
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-    method: &Method,
-) -> Result<(Framing, bool), ExchangeError> {
-    let tokens = |name| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-    };
-    let mut keep_alive = if version == Version::HTTP_11 {
-        !tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case("close"))
-    } else {
-        tokens(CONNECTION).any(|t| t.eq_ignore_ascii_case("keep-alive"))
-    };
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((Framing::Empty, false));
-    }
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Empty, keep_alive));
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked = tokens(TRANSFER_ENCODING)
-            .next_back()
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        // A message with both framings may be an attempt at smuggling: never reuse after it.
-        if headers.contains_key(CONTENT_LENGTH) {
-            keep_alive = false;
-        }
-        return Ok(if chunked {
-            (Framing::Chunked, keep_alive)
-        } else {
-            (Framing::UntilClose, false)
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let parsed = parse_digits(part.trim(), 10).ok_or_else(|| {
-                ExchangeError::Protocol(format!("invalid content-length {value:?}"))
-            })?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(ExchangeError::Protocol(
-                    "conflicting content-length values".into(),
-                ));
+impl FramingFields {
+    /// Reads one field; returns whether it belongs in the forwarded response (hop-by-hop
+    /// fields do not, except the protocol-switch ones of a 101).
+    fn absorb(&mut self, name: &str, value: &[u8], switching: bool) -> Result<bool, ExchangeError> {
+        let text = || std::str::from_utf8(value).unwrap_or("");
+        let is = |expected: &str| name.eq_ignore_ascii_case(expected);
+        if is("content-length") {
+            for part in text().split(',') {
+                let parsed = parse_digits(part.trim(), 10).ok_or_else(|| {
+                    ExchangeError::Protocol(format!("invalid content-length {:?}", text()))
+                })?;
+                if self.content_length.is_some_and(|l| l != parsed) {
+                    return Err(ExchangeError::Protocol(
+                        "conflicting content-length values".into(),
+                    ));
+                }
+                self.content_length = Some(parsed);
             }
-            length = Some(parsed);
+            return Ok(true);
         }
+        if is("connection") {
+            for token in text().split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case("close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    self.keep_alive_token = true;
+                } else if !token.eq_ignore_ascii_case("upgrade") {
+                    if let Ok(named) = HeaderName::from_bytes(token.as_bytes()) {
+                        self.named.push(named);
+                    }
+                }
+            }
+            return Ok(switching);
+        }
+        if is("transfer-encoding") {
+            self.transfer_encoding = true;
+            if let Some(last) = text().split(',').map(str::trim).next_back() {
+                self.chunked_last = last.eq_ignore_ascii_case("chunked");
+            }
+            return Ok(false);
+        }
+        if is("keep-alive") {
+            self.keep_alive_timeout = text().split(',').find_map(|param| {
+                let (key, value) = param.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("timeout")
+                    .then(|| value.trim().parse::<u64>().ok().map(Duration::from_secs))?
+            });
+            return Ok(false);
+        }
+        if is("upgrade") {
+            return Ok(switching);
+        }
+        Ok(!(is("proxy-connection") || is("te")))
     }
-    Ok(match length {
-        Some(0) => (Framing::Empty, keep_alive),
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::UntilClose, false),
-    })
+
+    fn connection_named(&self) -> impl Iterator<Item = &HeaderName> {
+        self.named.iter()
+    }
+
+    /// How the body is delimited, and whether the connection survives it (RFC 9112 §6.3).
+    fn framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        method: &Method,
+    ) -> Result<(Framing, bool), ExchangeError> {
+        let mut keep_alive = if version == Version::HTTP_11 {
+            !self.close
+        } else {
+            self.keep_alive_token && !self.close
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((Framing::Empty, false));
+        }
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((Framing::Empty, keep_alive));
+        }
+        if self.transfer_encoding {
+            // A message with both framings may be an attempt at smuggling: never reuse after it.
+            if self.content_length.is_some() {
+                keep_alive = false;
+            }
+            return Ok(if self.chunked_last {
+                (Framing::Chunked, keep_alive)
+            } else {
+                (Framing::UntilClose, false)
+            });
+        }
+        Ok(match self.content_length {
+            Some(0) => (Framing::Empty, keep_alive),
+            Some(n) => (Framing::Length(n), keep_alive),
+            None => (Framing::UntilClose, false),
+        })
+    }
 }
 
 // === impl H1Body ===

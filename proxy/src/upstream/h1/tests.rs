@@ -271,3 +271,57 @@ async fn arbitrary_responses_end_in_a_response_or_an_error_never_a_hang() {
         );
     }
 }
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_are_left_out_but_a_101_keeps_its_switch() {
+    let (mut conn, _server) = scripted(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=30\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let (parts, mut body) = get("/");
+    let head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = head.response.headers().keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-kept"]);
+    assert_eq!(head.idle_limit, Some(Duration::from_secs(29)));
+
+    let (mut conn, _server) = scripted(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let (parts, mut body) = get("/");
+    let head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
+    assert_eq!(head.response.headers()["connection"], "Upgrade");
+    assert_eq!(head.response.headers()["upgrade"], "websocket");
+}
+
+#[tokio::test]
+async fn responses_with_many_fields_keep_them_all_in_order() {
+    let mut response = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..60 {
+        response.extend_from_slice(format!("X-Field-{i}: value-{i}\r\n").as_bytes());
+    }
+    response.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+    let response: &'static [u8] = Box::leak(response.into_boxed_slice());
+    let (mut conn, _server) = scripted(response).await;
+    let (parts, mut body) = get("/");
+    let mut head = conn
+        .exchange(&parts, &nothing_added(), &mut body)
+        .await
+        .unwrap();
+    assert_eq!(head.response.headers().len(), 61);
+    for i in [0, 23, 24, 59] {
+        assert_eq!(
+            head.response.headers()[format!("x-field-{i}").as_str()],
+            format!("value-{i}").as_str()
+        );
+    }
+    let (data, _) = read_all(H1Body::new(conn, &mut head, None)).await.unwrap();
+    assert_eq!(&data[..], b"ok");
+}
