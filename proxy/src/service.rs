@@ -1,4 +1,4 @@
-//! The request path of issue 2: check the head, route, rewrite headers, pick an endpoint,
+//! The request path: check the head, route, rewrite headers, pick an endpoint,
 //! forward, and relay the response (or rescue an error into a JSON response).
 //!
 //! The policy layers of DESIGN §2 wrap the forwarding step in later issues; the snapshot is
