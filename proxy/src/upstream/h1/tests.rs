@@ -213,7 +213,10 @@ fn request_heads_use_the_origin_form() {
         .into_parts();
     let mut buf = BytesMut::new();
     let mut added = nothing_added();
-    added.push(&http::header::VIA, HeaderValue::from_static("1.1 rafael"));
+    added.push(
+        &crate::headers::VIA_NAME,
+        HeaderValue::from_static("1.1 rafael"),
+    );
     encode_head(&mut buf, &parts, &added, true);
     assert_eq!(
         &buf[..],
