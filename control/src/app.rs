@@ -11,11 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rafael_config::Config;
-use rafael_proxy::{
-    Server, SnapshotHandle, bind_listeners, metrics::LATENCY_BUCKETS, server::DrainOutcome,
-};
+use rafael_proxy::{Server, SnapshotHandle, bind_listeners, server::DrainOutcome};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -195,25 +193,12 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let installed = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(PrometheusBuilder::install_recorder);
-            match installed {
+            // Latency histograms are rafael's own (proxy/src/histogram.rs); the exporter
+            // renders counters and gauges only, so it needs no buckets and no upkeep thread.
+            match PrometheusBuilder::new().install_recorder() {
                 Ok(handle) => {
                     rafael_proxy::metrics::describe();
                     crate::reload::describe_metrics();
-                    let upkeep = handle.clone();
-                    // Histograms buffer samples until upkeep folds them in; do it off the
-                    // request path, on a dedicated thread that needs no runtime.
-                    std::thread::Builder::new()
-                        .name("rafael-metrics-upkeep".into())
-                        .spawn(move || {
-                            loop {
-                                std::thread::sleep(Duration::from_secs(5));
-                                upkeep.run_upkeep();
-                            }
-                        })
-                        .ok();
                     Some(handle)
                 }
                 Err(error) => {

@@ -109,13 +109,8 @@ impl Present {
     }
 }
 
-/// Removes hop-by-hop headers. With `upgrade`, `Upgrade` survives and `Connection` is reduced to
-/// `upgrade`, so the next hop sees the protocol switch.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let present = Present::scan(headers);
-    strip_hop_by_hop(headers, upgrade, present);
-}
-
+/// Removes hop-by-hop headers found by `present`. With `upgrade`, `Upgrade` survives and
+/// `Connection` is reduced to `upgrade`, so the next hop sees the protocol switch.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: Present) {
     if present.connection {
         // Only a message naming extra hop-by-hop headers pays for parsing the list.
@@ -364,7 +359,8 @@ mod tests {
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
         ]);
-        remove_hop_by_hop(&mut map, false);
+        let present = Present::scan(&map);
+        strip_hop_by_hop(&mut map, false, present);
         assert_eq!(map.len(), 1, "{map:?}");
         assert_eq!(map["x-kept"], "yes");
     }
@@ -376,7 +372,8 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        remove_hop_by_hop(&mut map, true);
+        let present = Present::scan(&map);
+        strip_hop_by_hop(&mut map, true, present);
         assert_eq!(map["te"], "trailers");
         assert_eq!(map["upgrade"], "websocket");
         assert_eq!(map["connection"], "upgrade");
