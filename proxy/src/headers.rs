@@ -251,10 +251,7 @@ pub fn prepare_request(
     let present = Present::scan(headers);
     strip_hop_by_hop(headers, upgrade, present);
 
-    let request_id = match headers.get(&X_REQUEST_ID) {
-        Some(id) if present.request_id && !id.is_empty() => Some(id.clone()),
-        _ => None,
-    };
+    let request_id = client_request_id(headers);
     let mut added = AddedFields::new(request_id.clone().unwrap_or_else(new_request_id));
 
     if present.forwarded_for {
@@ -299,6 +296,14 @@ pub fn prepare_request(
         }
     }
     added
+}
+
+/// The request id the client sent, if it sent a usable (non-empty) one.
+pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|id| !id.is_empty())
+        .cloned()
 }
 
 /// Stamps a relayed response for the downstream hop: `Via` and the request id.

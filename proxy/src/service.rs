@@ -6,15 +6,14 @@
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use metrics::counter;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::{
-    Body, ProxyError,
-    headers::{self, X_REQUEST_ID},
+    Body, ProxyError, headers,
     metrics::{AttemptOutcome, DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
     upstream::{Exchange, ResponseGuard, UpstreamIo},
@@ -53,7 +52,8 @@ pub(crate) async fn proxy(
             method: request.method().clone(),
             path: request.uri().path().to_owned(),
         };
-        let id = request_id_of(&request);
+        let id =
+            headers::client_request_id(request.headers()).unwrap_or_else(headers::new_request_id);
         return Ok(finish(
             snapshot.unmatched_metrics(),
             error.into_response(),
@@ -102,7 +102,6 @@ pub(crate) async fn proxy(
             match (upgraded, downstream_upgrade) {
                 (Some(upstream), Some(downstream)) => {
                     tunnel(&connection, downstream, upstream);
-                    headers::prepare_response(response.headers_mut(), version, request_id.clone());
                     response
                 }
                 (Some(_), None) => ProxyError::Upstream {
@@ -112,7 +111,6 @@ pub(crate) async fn proxy(
                 }
                 .into_response(),
                 (None, _) => {
-                    headers::prepare_response(response.headers_mut(), version, request_id.clone());
                     if let Body::Upstream { guard, .. } = response.body_mut() {
                         *guard = Some(ResponseGuard { in_flight, active });
                     }
@@ -131,7 +129,7 @@ pub(crate) async fn proxy(
     Ok(finish(metrics, response, version, request_id, started))
 }
 
-/// Stamps the headers every response carries and records it.
+/// Stamps the headers every response carries (relayed or made here) and records it.
 fn finish(
     metrics: &RouteMetrics,
     mut response: Response<Body>,
@@ -139,24 +137,9 @@ fn finish(
     request_id: HeaderValue,
     started: Instant,
 ) -> Response<Body> {
-    if matches!(response.body(), Body::Full(_)) {
-        // Synthesized responses get the same `Via` and id that relayed ones got in prepare_response.
-        response
-            .headers_mut()
-            .append(header::VIA, headers::via(version));
-        response.headers_mut().insert(&X_REQUEST_ID, request_id);
-    }
+    headers::prepare_response(response.headers_mut(), version, request_id);
     metrics.record_response(response.status(), started.elapsed());
     response
-}
-
-fn request_id_of<B>(request: &Request<B>) -> HeaderValue {
-    request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .unwrap_or_else(headers::new_request_id)
 }
 
 /// Rejects heads a reverse proxy should not forward: oversized ones and `CONNECT`.
