@@ -104,12 +104,12 @@ pub(crate) async fn proxy(
                     tunnel(&connection, downstream, upstream);
                     response
                 }
-                (Some(_), None) => ProxyError::Upstream {
-                    upstream: upstream.name().to_owned(),
-                    endpoint: endpoint.address().to_owned(),
-                    reason: "switched protocols without being asked to".to_owned(),
-                }
-                .into_response(),
+                (Some(_), None) => upstream
+                    .error(
+                        &endpoint,
+                        "switched protocols without being asked to".to_owned(),
+                    )
+                    .into_response(),
                 (None, _) => {
                     if let Body::Upstream { guard, .. } = response.body_mut() {
                         *guard = Some(ResponseGuard { in_flight, active });

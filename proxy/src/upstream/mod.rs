@@ -373,11 +373,7 @@ impl Upstream {
             ExchangeError::RequestBody(_) => {
                 ProxyError::BadRequest("the request body ended before it was complete")
             }
-            other => ProxyError::Upstream {
-                upstream: self.name.to_string(),
-                endpoint: endpoint.address().to_owned(),
-                reason: other.to_string(),
-            },
+            other => self.error(endpoint, other.to_string()),
         }
     }
 
@@ -386,6 +382,11 @@ impl Upstream {
             Some(cause) => format!("{error}: {cause}"),
             None => error.to_string(),
         };
+        self.error(endpoint, reason)
+    }
+
+    /// A failure of `endpoint` after the connection was made (502).
+    pub fn error(&self, endpoint: &Endpoint, reason: String) -> ProxyError {
         ProxyError::Upstream {
             upstream: self.name.to_string(),
             endpoint: endpoint.address().to_owned(),
