@@ -19,24 +19,7 @@ fn listener_config(
     listener_extra: &str,
     upstream_extra: &str,
 ) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-{listener_extra}
-
-[[upstreams]]
-name = "app"
-endpoints = ["{upstream}"]
-{upstream_extra}
-
-[[routes]]
-name = "r"
-listener = "in"
-upstream = "app"
-"#
-    )
+    config_with(upstream, listener_extra, upstream_extra, "")
 }
 
 /// Reads until the peer closes, returning what arrived; fails the test if that takes too long.

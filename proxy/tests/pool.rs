@@ -92,10 +92,7 @@ async fn a_body_abandoned_half_way_takes_its_connection_with_it() {
 #[tokio::test]
 async fn idle_pooled_connections_are_closed_after_the_pool_idle_timeout() {
     let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
-    let config = simple_config(upstream.addr, "").replace(
-        "endpoints = [",
-        "pool_idle_timeout = \"200ms\"\nendpoints = [",
-    );
+    let config = config_with(upstream.addr, "", "pool_idle_timeout = \"200ms\"", "");
     let proxy = proxy(&config).await;
     assert_eq!(get(&h1_client(), &proxy.url("/")).await.0, 200);
     assert_eq!(upstream.connections(), 1);

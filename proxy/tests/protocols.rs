@@ -23,23 +23,11 @@ fn version_upstream(proto: Proto) -> impl std::future::Future<Output = TestUpstr
 }
 
 fn config_with_protocol(upstream: std::net::SocketAddr, protocol: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-protocol = "auto"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{upstream}"]
-protocol = "{protocol}"
-
-[[routes]]
-name = "r"
-listener = "in"
-upstream = "app"
-"#
+    config_with(
+        upstream,
+        "protocol = \"auto\"",
+        &format!("protocol = \"{protocol}\""),
+        "",
     )
 }
 

@@ -174,26 +174,38 @@ pub async fn proxy(config: &str) -> TestProxy {
     }
 }
 
-/// A config with one listener, one upstream `app` and one catch-all route `r`, plus `extra`
-/// TOML appended.
-pub fn simple_config(upstream: SocketAddr, extra: &str) -> String {
+/// A config with one listener `in`, one upstream `app` and one catch-all route `r`, with
+/// extra TOML lines for each of the three sections.
+pub fn config_with(
+    upstream: SocketAddr,
+    listener_extra: &str,
+    upstream_extra: &str,
+    route_extra: &str,
+) -> String {
     format!(
         r#"
 [[listeners]]
 name = "in"
 bind = "127.0.0.1:0"
+{listener_extra}
 
 [[upstreams]]
 name = "app"
 endpoints = ["{upstream}"]
+{upstream_extra}
 
 [[routes]]
 name = "r"
 listener = "in"
 upstream = "app"
-{extra}
+{route_extra}
 "#
     )
+}
+
+/// [`config_with`] with extra TOML for the route only (`[routes.policy]` and the like).
+pub fn simple_config(upstream: SocketAddr, extra: &str) -> String {
+    config_with(upstream, "", "", extra)
 }
 
 pub type H1Client = Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
