@@ -89,8 +89,13 @@ impl App {
         });
         info!(address = %admin_address, "admin listening");
 
-        let server = Server::start(snapshot.clone(), listeners)?;
+        // Ready before the server announces its listeners: the sockets are bound already (a
+        // connection made now waits in the backlog), and whoever reads "listening" in the logs
+        // must find /readyz agreeing.
         ready.store(true, Ordering::Release);
+        let server = Server::start(snapshot.clone(), listeners).inspect_err(|_| {
+            ready.store(false, Ordering::Release);
+        })?;
         Ok(Self {
             snapshot,
             server,
