@@ -10,6 +10,7 @@ pub mod error;
 pub mod headers;
 pub mod histogram;
 pub mod metrics;
+pub mod policy;
 pub mod router;
 pub mod server;
 pub mod service;
