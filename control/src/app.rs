@@ -215,28 +215,9 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Genes other than `timeout` are parsed and validated, but their engines arrive with the
-/// policy issue; say so rather than let an operator believe a retry policy is active.
+/// `[[faults]]` are parsed and validated, but fault injection arrives with the Chaos Forge;
+/// say so rather than let an operator believe a fault is being injected.
 pub(crate) fn warn_unapplied_policies(config: &Config) {
-    for (i, route) in config.routes.iter().enumerate() {
-        let policy = &route.policy;
-        let unapplied: Vec<&str> = [
-            ("retry", policy.retry.is_some()),
-            ("circuit_breaker", policy.circuit_breaker.is_some()),
-            ("rate_limit", policy.rate_limit.is_some()),
-            ("concurrency", policy.concurrency.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
-        if !unapplied.is_empty() {
-            warn!(
-                route = %route.name,
-                "routes[{i}].policy: {} validated but not yet enforced by this build",
-                unapplied.join(", ")
-            );
-        }
-    }
     if !config.faults.is_empty() {
         warn!("[[faults]] validated but fault injection is not yet enforced by this build");
     }

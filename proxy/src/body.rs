@@ -2,6 +2,7 @@
 //! boxing them.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -25,13 +26,21 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A request body streamed from the downstream client, as hyper received it.
     Streaming(Incoming),
+    /// A request body partly read already (into a replay buffer that overflowed): the frames
+    /// read, then the rest.
+    Prefixed {
+        /// Frames read so far, sent first.
+        frames: VecDeque<Frame<Bytes>>,
+        /// The rest of the body.
+        rest: Box<Body>,
+    },
     /// A response body streamed from an upstream endpoint. Until it ends, the endpoint (for
     /// balancing) and the downstream connection (for idle detection) count as busy.
     Upstream {
         /// The upstream response body.
         body: UpstreamBody,
         /// Dropped when the body ends or is dropped.
-        guard: Option<ResponseGuard>,
+        guard: ResponseGuard,
     },
 }
 
@@ -72,13 +81,17 @@ impl http_body::Body for Body {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Prefixed { frames, rest } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
             Self::Upstream { body, guard } => {
                 let polled = match body {
                     UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
                     UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
                 };
                 if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-                    guard.take();
+                    std::mem::take(guard);
                 }
                 polled
             }
@@ -90,6 +103,7 @@ impl http_body::Body for Body {
             Self::Empty => true,
             Self::Full(bytes) => bytes.is_none(),
             Self::Streaming(body) => body.is_end_stream(),
+            Self::Prefixed { frames, rest } => frames.is_empty() && rest.is_end_stream(),
             Self::Upstream { body, .. } => match body {
                 UpstreamBody::Http1(body) => body.is_end_stream(),
                 UpstreamBody::Http2(body) => body.is_end_stream(),
@@ -102,6 +116,19 @@ impl http_body::Body for Body {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Streaming(body) => body.size_hint(),
+            Self::Prefixed { frames, rest } => {
+                let read: u64 = frames
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.size_hint().lower() + read);
+                if let Some(upper) = rest.size_hint().upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
             Self::Upstream { body, .. } => match body {
                 UpstreamBody::Http1(body) => body.size_hint(),
                 UpstreamBody::Http2(body) => body.size_hint(),

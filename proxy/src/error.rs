@@ -8,7 +8,11 @@ use std::time::Duration;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use crate::{Body, metrics::AttemptOutcome};
+use crate::{
+    Body,
+    layer::{AttemptTimedOut, BreakerOpen, RateLimited, Shed},
+    metrics::AttemptOutcome,
+};
 
 /// Why rafael answered a request itself instead of relaying the upstream's response.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,18 @@ pub enum ProxyError {
     /// The route's whole-request timeout elapsed.
     #[error("no response from upstream within the route timeout of {0:?}")]
     Timeout(Duration),
+    /// One attempt exceeded the route's per-try timeout (and was not retried).
+    #[error(transparent)]
+    AttemptTimedOut(#[from] AttemptTimedOut),
+    /// The route's rate limit refused the request.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    /// The route's concurrency limit shed the request.
+    #[error(transparent)]
+    Shed(#[from] Shed),
+    /// Every endpoint's circuit breaker is open.
+    #[error(transparent)]
+    BreakerOpen(#[from] BreakerOpen),
 }
 
 #[derive(Serialize)]
@@ -85,7 +101,11 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout { .. } | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout { .. } | Self::Timeout(_) | Self::AttemptTimedOut(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Shed(_) | Self::BreakerOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -99,6 +119,10 @@ impl ProxyError {
             Self::ConnectTimeout { .. } => "upstream_connect_timeout",
             Self::Upstream { .. } => "upstream_error",
             Self::Timeout(_) => "timeout",
+            Self::AttemptTimedOut(_) => "attempt_timeout",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Shed(_) => "overloaded",
+            Self::BreakerOpen(_) => "circuit_open",
         }
     }
 
@@ -106,15 +130,45 @@ impl ProxyError {
     pub fn attempt_outcome(&self) -> Option<AttemptOutcome> {
         match self {
             Self::Connect { .. } => Some(AttemptOutcome::ConnectError),
-            Self::ConnectTimeout { .. } | Self::Timeout(_) => Some(AttemptOutcome::Timeout),
+            Self::ConnectTimeout { .. } | Self::Timeout(_) | Self::AttemptTimedOut(_) => {
+                Some(AttemptOutcome::Timeout)
+            }
             Self::Upstream { .. } => Some(AttemptOutcome::Reset),
-            Self::NoRoute { .. } | Self::HeadersTooLarge { .. } | Self::BadRequest(_) => None,
+            Self::NoRoute { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::BadRequest(_)
+            | Self::RateLimited(_)
+            | Self::Shed(_)
+            | Self::BreakerOpen(_) => None,
+        }
+    }
+
+    /// The address of the endpoint that failed, for errors that concern one.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            Self::Connect { endpoint, .. }
+            | Self::ConnectTimeout { endpoint, .. }
+            | Self::Upstream { endpoint, .. } => Some(endpoint),
+            _ => None,
         }
     }
 
     /// The rescue: a JSON error response `{"error": code, "detail": message}`.
     pub fn into_response(self) -> Response<Body> {
-        error_response(self.status(), self.code(), self.to_string())
+        let retry_after = match &self {
+            // Whole seconds (RFC 9110 §10.2.3), rounded up so the client never comes back early.
+            Self::RateLimited(limited) => Some(
+                limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0),
+            ),
+            _ => None,
+        };
+        let mut response = error_response(self.status(), self.code(), self.to_string());
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 }
 

@@ -26,6 +26,41 @@ pub const CONFIG_RELOADS_TOTAL: &str = "rafael_config_reloads_total";
 /// `rafael_policy_version`.
 pub const POLICY_VERSION: &str = "rafael_policy_version";
 
+/// `rafael_retries_total{route}`.
+pub const RETRIES_TOTAL: &str = "rafael_retries_total";
+/// `rafael_retries_skipped_total{route,reason}`.
+pub const RETRIES_SKIPPED_TOTAL: &str = "rafael_retries_skipped_total";
+/// `rafael_circuit_breaker_state{route,endpoint}`: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "rafael_circuit_breaker_state";
+/// `rafael_circuit_breaker_transitions_total{route,endpoint,to}`.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "rafael_circuit_breaker_transitions_total";
+/// `rafael_rate_limited_total{route}`.
+pub const RATE_LIMITED_TOTAL: &str = "rafael_rate_limited_total";
+/// `rafael_shed_total{route}`.
+pub const SHED_TOTAL: &str = "rafael_shed_total";
+/// `rafael_concurrency_limit{route}`: 0 when the route has no limit.
+pub const CONCURRENCY_LIMIT: &str = "rafael_concurrency_limit";
+/// `rafael_in_flight{route}`.
+pub const IN_FLIGHT: &str = "rafael_in_flight";
+/// `rafael_genome_generation{route}`.
+pub const GENOME_GENERATION: &str = "rafael_genome_generation";
+
+/// Why a retry was not made: the `reason` label of `rafael_retries_skipped_total`.
+pub const SKIP_REASONS: [&str; 4] = ["budget", "body_too_large", "non_idempotent", "retry_after"];
+
+/// Index of a reason in [`SKIP_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The route's retry budget was spent.
+    Budget = 0,
+    /// The request body was larger than `max_replay_bytes`, so it could not be sent again.
+    BodyTooLarge = 1,
+    /// The method is not idempotent and the route does not opt in.
+    NonIdempotent = 2,
+    /// The upstream's `Retry-After` asked for a longer wait than `backoff_max`.
+    RetryAfter = 3,
+}
+
 /// The `route` label of requests no route took.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -67,6 +102,36 @@ pub fn describe() {
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Config reloads, by result (success or error)."
+    );
+    describe_counter!(RETRIES_TOTAL, "Retries sent, by route.");
+    describe_counter!(
+        RETRIES_SKIPPED_TOTAL,
+        "Retries a failed attempt qualified for but did not get, by route and reason."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state by route and endpoint: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker state changes, by route, endpoint and new state."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused by the route's rate limit (429)."
+    );
+    describe_counter!(
+        SHED_TOTAL,
+        "Requests shed by the route's concurrency limit (503)."
+    );
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        "The route's concurrency limit now (adaptive limits move); 0 when it has none."
+    );
+    describe_gauge!(IN_FLIGHT, "Requests in flight on the route now.");
+    describe_gauge!(
+        GENOME_GENERATION,
+        "How many times the route's genome changed since start, plus one."
     );
     describe_gauge!(
         POLICY_VERSION,

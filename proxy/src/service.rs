@@ -1,8 +1,8 @@
 //! The request path: check the head, route, rewrite headers, pick an endpoint,
 //! forward, and relay the response (or rescue an error into a JSON response).
 //!
-//! The policy layers of DESIGN §2 wrap the forwarding step in later issues; the snapshot is
-//! loaded here, once per request, and everything after uses that one version.
+//! The snapshot is loaded here, once per request, and everything after uses that one version:
+//! the route's policy layers ([`crate::layer`]) run between the header rewrite and the relay.
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -12,11 +12,14 @@ use metrics::counter;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
+use tower::Service;
+
 use crate::{
     Body, ProxyError, headers,
-    metrics::{AttemptOutcome, DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
+    layer::{self, PolicyRequest},
+    metrics::{DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
-    upstream::{Exchange, ResponseGuard, UpstreamIo},
+    upstream::{Exchange, RequestHead, UpstreamIo},
 };
 
 /// Serves one downstream request. Never fails: every error becomes a response.
@@ -77,51 +80,42 @@ pub(crate) async fn proxy(
     );
     let request_id = added.request_id().clone();
 
-    let upstream = route.upstream();
-    let endpoint = upstream.pick().clone();
-    let in_flight = endpoint.begin();
-    let forwarded = Request::from_parts(parts, Body::Streaming(body));
-    // Each branch builds its own future: a `send` future held in a local and then moved into
-    // `timeout` would take room twice in this (already large) future, copied on every request.
-    let result = match route.policy().timeout {
-        Some(timeout) => {
-            tokio::time::timeout(timeout.get(), upstream.send(&endpoint, forwarded, &added))
-                .await
-                .unwrap_or_else(|_| Err(ProxyError::Timeout(timeout.get())))
-        }
-        None => upstream.send(&endpoint, forwarded, &added).await,
+    let request = PolicyRequest {
+        route: route.clone(),
+        head: Arc::new(RequestHead { parts, added }),
+        body: Body::Streaming(body),
+        client_ip: connection.forwarded.client_ip.clone(),
     };
+    // Every layer is always ready (they reject in `call`), so no `poll_ready` is needed.
+    let result = layer::stack().call(request).await;
 
     let metrics = route.metrics();
     let response = match result {
         Ok(Exchange {
             mut response,
             upgraded,
-        }) => {
-            metrics.record_attempt(AttemptOutcome::of_status(response.status()));
-            match (upgraded, downstream_upgrade) {
-                (Some(upstream), Some(downstream)) => {
-                    tunnel(&connection, downstream, upstream);
-                    response
-                }
-                (Some(_), None) => upstream
-                    .error(
-                        &endpoint,
-                        "switched protocols without being asked to".to_owned(),
-                    )
-                    .into_response(),
-                (None, _) => {
-                    if let Body::Upstream { guard, .. } = response.body_mut() {
-                        *guard = Some(ResponseGuard { in_flight, active });
-                    }
-                    response
+            endpoint,
+        }) => match (upgraded, downstream_upgrade) {
+            (Some(upstream), Some(downstream)) => {
+                tunnel(&connection, downstream, upstream);
+                response
+            }
+            (Some(_), None) => {
+                let upstream = route.upstream();
+                let reason = "switched protocols without being asked to".to_owned();
+                match upstream.endpoints().get(endpoint) {
+                    Some(endpoint) => upstream.error(endpoint, reason).into_response(),
+                    None => ProxyError::BadRequest("endpoint is gone").into_response(),
                 }
             }
-        }
+            (None, _) => {
+                if let Body::Upstream { guard, .. } = response.body_mut() {
+                    guard.active = Some(active);
+                }
+                response
+            }
+        },
         Err(error) => {
-            if let Some(outcome) = error.attempt_outcome() {
-                metrics.record_attempt(outcome);
-            }
             debug!(route = route.name(), %error, "answering with an error");
             error.into_response()
         }

@@ -11,11 +11,14 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Uri};
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use metrics::gauge;
 use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    metrics::{POLICY_VERSION, RouteMetrics},
+    layer,
+    metrics::{GENOME_GENERATION, POLICY_VERSION, RouteMetrics},
+    route_policy::RoutePolicy,
     router::Matcher,
     server, tls,
     upstream::Upstream,
@@ -49,7 +52,7 @@ pub struct Route {
     name: Arc<str>,
     matcher: Matcher,
     upstream: Arc<Upstream>,
-    policy: Genome,
+    policy: RoutePolicy,
     metrics: RouteMetrics,
 }
 
@@ -84,17 +87,28 @@ impl Snapshot {
             }
         }
 
+        let now = layer::now();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let Some(upstream) = upstreams.iter().find(|u| u.name() == route.upstream) else {
                 // Validation guarantees the reference; a missing one means its build failed above.
                 continue;
             };
+            let before = previous.and_then(|p| p.route(&route.name));
+            let policy = RoutePolicy::build(
+                &route.name,
+                &route.policy,
+                upstream,
+                before.map(|r| &r.policy),
+                now,
+            );
+            gauge!(GENOME_GENERATION, "route" => route.name.clone())
+                .set(policy.generation() as f64);
             routes.push(Arc::new(Route {
                 name: Arc::from(route.name.as_str()),
                 matcher: Matcher::new(&route.match_),
                 upstream: upstream.clone(),
-                policy: route.policy.clone(),
+                policy,
                 metrics: RouteMetrics::new(&route.name),
             }));
         }
@@ -203,6 +217,11 @@ impl Route {
 
     /// Its genome.
     pub fn policy(&self) -> &Genome {
+        self.policy.genome()
+    }
+
+    /// Its live policy: the genome compiled for the engines, and their shared state.
+    pub fn live(&self) -> &RoutePolicy {
         &self.policy
     }
 

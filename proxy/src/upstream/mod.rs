@@ -33,7 +33,8 @@ pub use connector::{ConnectError, Connector, UpstreamIo};
 pub use h1::{ExchangeError, H1Body, H1Connection};
 
 use crate::{
-    Body, ProxyError, body::UpstreamBody, headers::AddedFields, server::RequestActive, tls,
+    Body, ProxyError, body::UpstreamBody, headers::AddedFields, route_policy::Permit,
+    server::RequestActive, tls,
 };
 
 /// Pooled connections tried for one request before a fresh one is opened for it, when they
@@ -84,13 +85,26 @@ struct IdleConnection {
 pub struct InFlight(Arc<Endpoint>);
 
 /// What a streamed upstream response holds until its body ends: the endpoint's in-flight
-/// count and the downstream connection's activity.
-#[derive(Debug)]
+/// count, the route's concurrency slot and the downstream connection's activity. Each layer
+/// that took one puts it here.
+#[derive(Debug, Default)]
 pub struct ResponseGuard {
     /// The endpoint's in-flight count.
-    pub in_flight: InFlight,
+    pub in_flight: Option<InFlight>,
+    /// The route's concurrency slot.
+    pub permit: Option<Permit>,
     /// The downstream connection's activity.
-    pub active: RequestActive,
+    pub active: Option<RequestActive>,
+}
+
+/// A request head ready to forward: the client's head with hop-by-hop fields removed, and the
+/// fields this hop adds. Shared by every attempt of the request.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Method, target, version and the client's fields.
+    pub parts: http::request::Parts,
+    /// The fields rafael adds.
+    pub added: AddedFields,
 }
 
 /// An upstream's answer: the response, and for a protocol switch (101) the upstream stream with
@@ -101,6 +115,8 @@ pub struct Exchange {
     pub response: Response<Body>,
     /// The switched-protocol stream, when the response is a 101.
     pub upgraded: Option<(UpstreamIo, bytes::Bytes)>,
+    /// Index of the endpoint that answered.
+    pub endpoint: usize,
 }
 
 // === impl Upstream ===
@@ -176,23 +192,28 @@ impl Upstream {
         &self.endpoints
     }
 
-    /// Picks an endpoint by power of two choices: two at random, the one with fewer requests in
-    /// flight wins. This avoids both the herding of least-loaded and the blindness of random.
-    pub fn pick(&self) -> &Arc<Endpoint> {
+    /// Picks an endpoint by power of two choices among those `usable` accepts: two at random,
+    /// the one with fewer requests in flight wins. This avoids both the herding of least-loaded
+    /// and the blindness of random. When neither of the two is usable, the first usable one
+    /// from a random start is taken; `None` when none is.
+    pub fn pick_index(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.endpoints.len();
         if n <= 1 {
-            return &self.endpoints[0];
+            return usable(0).then_some(0);
         }
         let a = fastrand::usize(..n);
         let mut b = fastrand::usize(..n - 1);
         if b >= a {
             b += 1;
         }
-        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-        if eb.in_flight() < ea.in_flight() {
-            eb
-        } else {
-            ea
+        match (usable(a), usable(b)) {
+            (true, true) => {
+                let fewer = self.endpoints[b].in_flight() < self.endpoints[a].in_flight();
+                Some(if fewer { b } else { a })
+            }
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => (1..n).map(|step| (a + step) % n).find(|&i| usable(i)),
         }
     }
 
@@ -203,14 +224,28 @@ impl Upstream {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        request: Request<Body>,
-        added: &AddedFields,
+        head: &RequestHead,
+        body: Body,
     ) -> Result<Exchange, ProxyError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(endpoint, request, added).await,
+            UpstreamProtocol::Http1 => {
+                let has_host = head.parts.headers.contains_key(http::header::HOST)
+                    || head.added.contains(&http::header::HOST);
+                if has_host {
+                    self.send_http1(endpoint, &head.parts, &head.added, body)
+                        .await
+                } else {
+                    // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
+                    let mut parts = head.parts.clone();
+                    if let Ok(host) = http::HeaderValue::from_str(endpoint.address()) {
+                        parts.headers.insert(http::header::HOST, host);
+                    }
+                    Box::pin(self.send_http1(endpoint, &parts, &head.added, body)).await
+                }
+            }
             UpstreamProtocol::Http2 => {
-                let mut request = request;
-                added.insert_into(request.headers_mut());
+                let mut request = Request::from_parts(head.parts.clone(), body);
+                head.added.insert_into(request.headers_mut());
                 self.send_http2(endpoint, request).await
             }
         }
@@ -219,16 +254,10 @@ impl Upstream {
     async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
-        request: Request<Body>,
+        parts: &http::request::Parts,
         added: &AddedFields,
+        mut body: Body,
     ) -> Result<Exchange, ProxyError> {
-        let (mut parts, mut body) = request.into_parts();
-        if !parts.headers.contains_key(http::header::HOST) && !added.contains(&http::header::HOST) {
-            // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
-            if let Ok(host) = http::HeaderValue::from_str(endpoint.address()) {
-                parts.headers.insert(http::header::HOST, host);
-            }
-        }
         let mut attempt = 0;
         loop {
             let pooled = if attempt < STALE_RETRIES {
@@ -241,7 +270,7 @@ impl Upstream {
                 None => H1Connection::new(self.connect(endpoint).await?),
             };
             attempt += 1;
-            let mut head = match conn.exchange(&parts, added, &mut body).await {
+            let mut head = match conn.exchange(parts, added, &mut body).await {
                 Ok(head) => head,
                 Err(ExchangeError::Stale(reason)) if attempt <= STALE_RETRIES => {
                     debug!(endpoint = endpoint.address(), %reason, "pooled connection was closed; retrying");
@@ -254,6 +283,7 @@ impl Upstream {
                 return Ok(Exchange {
                     response,
                     upgraded: Some((*conn).into_upgraded()),
+                    endpoint: 0,
                 });
             }
             let pool = h1::PoolReturn {
@@ -263,11 +293,12 @@ impl Upstream {
             let body = H1Body::new(conn, &mut head, Some(pool));
             let response = head.response.map(|()| Body::Upstream {
                 body: UpstreamBody::Http1(body),
-                guard: None,
+                guard: ResponseGuard::default(),
             });
             return Ok(Exchange {
                 response,
                 upgraded: None,
+                endpoint: 0,
             });
         }
     }
@@ -300,9 +331,10 @@ impl Upstream {
             Ok(response) => Ok(Exchange {
                 response: response.map(|body| Body::Upstream {
                     body: UpstreamBody::Http2(body),
-                    guard: None,
+                    guard: ResponseGuard::default(),
                 }),
                 upgraded: None,
+                endpoint: 0,
             }),
             Err(error) => Err(self.failed(endpoint, &error)),
         }

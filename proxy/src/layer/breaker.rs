@@ -1,0 +1,178 @@
+//! The breaker layer: picks the attempt's endpoint by power of two choices among those whose
+//! circuit breaker admits it (avoiding the endpoint the previous attempt failed on, when there
+//! is another), applies the per-try timeout, and reports the attempt's outcome to the breaker
+//! and to `rafael_upstream_attempts_total`. With every endpoint's breaker open the attempt fails
+//! at once with [`BreakerOpen`] (503): shedding load is the point of an open breaker.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tower::{Layer, Service};
+
+use super::{Attempt, AttemptTimedOut, ResponseFuture, now};
+use crate::{
+    ProxyError,
+    body::Body,
+    metrics::AttemptOutcome,
+    policy::breaker::{Admission, AttemptResult},
+    snapshot::Route,
+    upstream::Exchange,
+};
+
+/// The breaker service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Breaker<S> {
+    inner: S,
+}
+
+/// Its layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BreakerLayer;
+
+/// Every endpoint of the route's upstream has its circuit breaker open.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("every endpoint of upstream {upstream} has its circuit breaker open")]
+pub struct BreakerOpen {
+    /// The upstream's name.
+    pub upstream: String,
+}
+
+/// Reports an attempt abandoned mid-way (the client left, or the route deadline passed) to the
+/// breaker, so a half-open probe slot is not lost.
+struct Pending {
+    route: Arc<Route>,
+    endpoint: usize,
+    probe: bool,
+    finished: bool,
+}
+
+// === impl Breaker ===
+
+impl<S> Breaker<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker::new(inner)
+    }
+}
+
+impl<S> Service<Attempt> for Breaker<S>
+where
+    S: Service<Attempt, Response = Exchange, Error = ProxyError, Future = ResponseFuture>,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut attempt: Attempt) -> Self::Future {
+        let route = attempt.route.clone();
+        let policy = route.live();
+        let upstream = route.upstream();
+        let started_at = now();
+        let breakers = policy.breakers();
+        let chosen = if breakers.is_empty() {
+            upstream.pick_index(|i| Some(i) != attempt.avoid)
+        } else {
+            let available = |i: usize| {
+                policy
+                    .breaker(i)
+                    .is_some_and(|(params, breaker)| breaker.available(started_at, params))
+            };
+            upstream
+                .pick_index(|i| Some(i) != attempt.avoid && available(i))
+                .or_else(|| attempt.avoid.filter(|&i| available(i)))
+        };
+        let admission = chosen.map(|i| match policy.breaker(i) {
+            Some((params, breaker)) => breaker.admit(started_at, params),
+            None => Admission::Allowed,
+        });
+        let (endpoint, probe) = match (chosen, admission) {
+            (Some(i), Some(Admission::Allowed)) => (i, false),
+            (Some(i), Some(Admission::Probe)) => (i, true),
+            _ => {
+                let error = BreakerOpen {
+                    upstream: upstream.name().to_owned(),
+                };
+                return Box::pin(std::future::ready(Err(error.into())));
+            }
+        };
+        attempt.endpoint = endpoint;
+        let in_flight = upstream.endpoints()[endpoint].begin();
+        let number = attempt.number;
+        let per_try_timeout = attempt.per_try_timeout;
+        let inner = self.inner.call(attempt);
+        Box::pin(async move {
+            let mut pending = Pending {
+                route,
+                endpoint,
+                probe,
+                finished: false,
+            };
+            let started = tokio::time::Instant::now();
+            let result = match per_try_timeout {
+                None => inner.await,
+                Some(timeout) => {
+                    tokio::time::timeout(timeout, inner)
+                        .await
+                        .unwrap_or(Err(AttemptTimedOut {
+                            attempt: number,
+                            timeout,
+                        }
+                        .into()))
+                }
+            };
+            let latency = started.elapsed();
+            let outcome = match &result {
+                Ok(exchange) => Some(AttemptOutcome::of_status(exchange.response.status())),
+                Err(error) => error.attempt_outcome(),
+            };
+            pending.finished = true;
+            let route = &pending.route;
+            let policy = route.live();
+            if let Some(outcome) = outcome {
+                route.metrics().record_attempt(outcome);
+                if let Some((params, breaker)) = policy.breaker(endpoint) {
+                    let result = if outcome == AttemptOutcome::Success {
+                        AttemptResult::Success(latency)
+                    } else {
+                        AttemptResult::Failure(latency)
+                    };
+                    breaker.record(now(), params, probe, result);
+                }
+            }
+            let mut exchange = result?;
+            exchange.endpoint = endpoint;
+            if let Body::Upstream { guard, .. } = exchange.response.body_mut() {
+                guard.in_flight = Some(in_flight);
+            }
+            Ok(exchange)
+        })
+    }
+}
+
+// === impl Pending ===
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let policy = self.route.live();
+        if let Some((params, breaker)) = policy.breaker(self.endpoint) {
+            breaker.record(now(), params, self.probe, AttemptResult::Cancelled);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The concurrency layer: at most `max_in_flight` requests of the route in flight (or the
+//! adaptive limit's current value); the excess is shed with [`Shed`] (503) at once. A slot is
+//! held until the response body ends, and every route counts its requests in flight
+//! (`rafael_in_flight`), limited or not.
+
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+
+use super::{PolicyRequest, ResponseFuture, now};
+use crate::{ProxyError, body::Body, upstream::Exchange};
+
+/// The concurrency service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Concurrency<S> {
+    inner: S,
+}
+
+/// Its layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConcurrencyLayer;
+
+/// The route is at its concurrency limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("route is at its concurrency limit")]
+pub struct Shed;
+
+// === impl Concurrency ===
+
+impl<S> Concurrency<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLayer {
+    type Service = Concurrency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Concurrency::new(inner)
+    }
+}
+
+impl<S> Service<PolicyRequest> for Concurrency<S>
+where
+    S: Service<PolicyRequest, Response = Exchange, Error = ProxyError, Future = ResponseFuture>,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: PolicyRequest) -> Self::Future {
+        let Some((permit, in_flight)) = request.route.live().acquire() else {
+            return Box::pin(std::future::ready(Err(Shed.into())));
+        };
+        let route = request.route.clone();
+        let started = tokio::time::Instant::now();
+        let inner = self.inner.call(request);
+        Box::pin(async move {
+            let mut exchange = inner.await?;
+            route
+                .live()
+                .sample_latency(now(), started.elapsed(), in_flight);
+            match exchange.response.body_mut() {
+                Body::Upstream { guard, .. } => guard.permit = Some(permit),
+                _ => drop(permit),
+            }
+            Ok(exchange)
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! The per-route tower stack of DESIGN §2, outer to inner:
+//!
+//! rate limit -> concurrency -> timeout -> retry -> breaker -> upstream.
+//!
+//! Metrics, the rescue and the snapshot load happen around the stack in
+//! [`crate::service`]; the fault stages of the Chaos Forge slot in above the rate limit and
+//! between the breaker and the upstream. Every layer is a zero-sized service: what it needs (the
+//! route's compiled policy and its shared engine state) travels with the request, which carries
+//! the [`Route`] of the one snapshot it loaded. So all the attempts of a request see one policy
+//! version, and building the stack per request costs nothing.
+//!
+//! Layers never push back through `poll_ready` (always ready); they reject in `call` with a
+//! typed error that the rescue turns into a response. Queuing silently inside a sidecar would
+//! hide overload from the client and from the metrics.
+
+pub mod breaker;
+pub mod concurrency;
+pub mod rate_limit;
+pub mod retry;
+pub mod timeout;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::HeaderValue;
+use tower::Service;
+
+pub use breaker::{Breaker, BreakerLayer, BreakerOpen};
+pub use concurrency::{Concurrency, ConcurrencyLayer, Shed};
+pub use rate_limit::{RateLimit, RateLimitLayer, RateLimited};
+pub use retry::{Retry, RetryLayer};
+pub use timeout::{AttemptTimedOut, Timeout, TimeoutLayer};
+
+use crate::{
+    Body, ProxyError,
+    policy::Nanos,
+    snapshot::Route,
+    upstream::{Exchange, RequestHead},
+};
+
+/// The future every layer returns.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Exchange, ProxyError>> + Send>>;
+
+/// The whole route stack, DESIGN §2 order.
+pub type RouteStack = RateLimit<Concurrency<Timeout<Retry<Breaker<Forward>>>>>;
+
+/// A request as it enters the route stack.
+#[derive(Debug)]
+pub struct PolicyRequest {
+    /// The matched route, from the snapshot the request loaded.
+    pub route: Arc<Route>,
+    /// The head to forward, shared by all attempts.
+    pub head: Arc<RequestHead>,
+    /// The request body.
+    pub body: Body,
+    /// The client's address (for `peer-ip` rate limits).
+    pub client_ip: HeaderValue,
+}
+
+/// One attempt at the upstream, as the retry layer hands it down.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The route.
+    pub route: Arc<Route>,
+    /// The head to forward.
+    pub head: Arc<RequestHead>,
+    /// This attempt's body (a replay, or the streaming original on the first attempt).
+    pub body: Body,
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// An endpoint to avoid (the one the previous attempt failed on), by index.
+    pub avoid: Option<usize>,
+    /// The attempt's own deadline.
+    pub per_try_timeout: Option<Duration>,
+    /// The endpoint chosen, by index; set by the breaker layer.
+    pub endpoint: usize,
+}
+
+/// The innermost service: sends an attempt to the endpoint the breaker layer chose.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forward;
+
+/// The stack, ready to take one request.
+pub fn stack() -> RouteStack {
+    RateLimit::new(Concurrency::new(Timeout::new(Retry::new(Breaker::new(
+        Forward,
+    )))))
+}
+
+/// The data plane's clock for the policy engines: nanoseconds since a fixed origin, read from
+/// tokio's clock so tests with paused time drive the engines too.
+pub fn now() -> Nanos {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(|| {
+        // An hour back, so a paused tokio clock that started a moment before this first call
+        // still reads after the origin.
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
+    let elapsed = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(*origin);
+    crate::policy::nanos(elapsed)
+}
+
+// === impl Forward ===
+
+impl Service<Attempt> for Forward {
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        Box::pin(async move {
+            let upstream = attempt.route.upstream();
+            let endpoint = upstream
+                .endpoints()
+                .get(attempt.endpoint)
+                .ok_or(ProxyError::BadRequest("endpoint is gone"))?;
+            upstream.send(endpoint, &attempt.head, attempt.body).await
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! The rate limit layer: GCRA per route, or per client key (`header:NAME` or `peer-ip`).
+//! Refused requests fail with [`RateLimited`], answered 429 with `Retry-After`; they never
+//! reach the retry layer, so a rate-limit refusal is never retried.
+
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use rafael_config::RateLimitKey;
+use tower::{Layer, Service};
+
+use super::{PolicyRequest, ResponseFuture, now};
+use crate::{ProxyError, upstream::Exchange};
+
+/// The rate limit service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimit<S> {
+    inner: S,
+}
+
+/// Its layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimitLayer;
+
+/// The route (or this client's key) is over its rate.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("rate limit exceeded; retry after {retry_after:?}")]
+pub struct RateLimited {
+    /// When the same request would be admitted.
+    pub retry_after: Duration,
+}
+
+// === impl RateLimit ===
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner)
+    }
+}
+
+impl<S> Service<PolicyRequest> for RateLimit<S>
+where
+    S: Service<PolicyRequest, Response = Exchange, Error = ProxyError, Future = ResponseFuture>,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: PolicyRequest) -> Self::Future {
+        let policy = request.route.live();
+        if let Some(genes) = &policy.genome().rate_limit {
+            let key = match &genes.key {
+                None => None,
+                Some(RateLimitKey::PeerIp) => Some(request.client_ip.as_bytes()),
+                Some(RateLimitKey::Header(name)) => request
+                    .head
+                    .parts
+                    .headers
+                    .get(name.as_str())
+                    .map(|v| v.as_bytes()),
+            };
+            if let Err(retry_after) = policy.admit_rate(key, now()) {
+                return Box::pin(std::future::ready(Err(RateLimited { retry_after }.into())));
+            }
+        }
+        self.inner.call(request)
+    }
+}

@@ -1,0 +1,294 @@
+//! The retry layer: budgeted retries with full-jitter backoff.
+//!
+//! An attempt is retried when its outcome is in the route's `retry_on`, attempts remain, and
+//! none of these holds (each counted in `rafael_retries_skipped_total{reason}`):
+//! - `non_idempotent`: the method is not idempotent (RFC 9110 §9.2.2) and the route does not
+//!   set `retry_non_idempotent`;
+//! - `body_too_large`: the request body was larger than `max_replay_bytes`, so it was streamed
+//!   once and cannot be sent again;
+//! - `retry_after`: the upstream's `Retry-After` asks for a longer wait than `backoff_max`
+//!   (retrying sooner than the upstream asked would only earn the same answer);
+//! - `budget`: the route's retry budget is spent.
+//!
+//! Bodies that may be retried are read into a replay buffer before the first attempt, up to
+//! `max_replay_bytes`; a body that turns out larger is sent once, what was read followed by
+//! the rest. The next attempt prefers an endpoint other than the one that just failed.
+
+use std::{
+    collections::VecDeque,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, header::RETRY_AFTER};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use rafael_config::{RetryCondition, RetryGenes};
+use tower::{Layer, Service};
+
+use super::{Attempt, PolicyRequest, ResponseFuture, now};
+use crate::{
+    ProxyError, body::Body, metrics::SkipReason, policy::backoff::full_jitter, upstream::Exchange,
+};
+
+/// The retry service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+/// Its layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryLayer;
+
+/// What later attempts can send.
+#[derive(Debug)]
+enum Replay {
+    /// The request has no body.
+    Empty,
+    /// The whole body, read before the first attempt.
+    Bytes(Bytes),
+    /// The body was over `max_replay_bytes`: it can be sent once only.
+    TooLarge,
+}
+
+// === impl Retry ===
+
+impl<S> Retry<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::new(inner)
+    }
+}
+
+impl<S> Service<PolicyRequest> for Retry<S>
+where
+    S: Service<Attempt, Response = Exchange, Error = ProxyError, Future = ResponseFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: PolicyRequest) -> Self::Future {
+        if request.route.live().genome().retry.is_none() {
+            return self.inner.call(Attempt {
+                route: request.route,
+                head: request.head,
+                body: request.body,
+                number: 1,
+                avoid: None,
+                per_try_timeout: None,
+                endpoint: 0,
+            });
+        }
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let PolicyRequest {
+                route, head, body, ..
+            } = request;
+            let policy = route.live();
+            let Some(genes) = policy.genome().retry.as_ref() else {
+                return Err(ProxyError::BadRequest("retry policy is gone"));
+            };
+            policy.deposit(now());
+            let idempotent = is_idempotent(&head.parts.method);
+            let may_retry = genes.max_attempts > 1 && (idempotent || genes.retry_non_idempotent);
+            let (first_body, replay) = if may_retry {
+                buffer(
+                    body,
+                    usize::try_from(genes.max_replay_bytes.bytes()).unwrap_or(usize::MAX),
+                )
+                .await?
+            } else {
+                (body, Replay::TooLarge)
+            };
+            let mut first_body = Some(first_body);
+            let mut avoid = None;
+            let mut number = 1;
+            loop {
+                let body = match (first_body.take(), &replay) {
+                    (Some(body), _) => body,
+                    (None, Replay::Bytes(bytes)) => Body::full(bytes.clone()),
+                    (None, _) => Body::Empty,
+                };
+                let result = inner
+                    .call(Attempt {
+                        route: route.clone(),
+                        head: head.clone(),
+                        body,
+                        number,
+                        avoid,
+                        per_try_timeout: genes.per_try_timeout.map(|t| t.get()),
+                        endpoint: 0,
+                    })
+                    .await;
+                if !should_retry(&result, genes) || number >= genes.max_attempts {
+                    return result;
+                }
+                if !idempotent && !genes.retry_non_idempotent {
+                    policy.skip(SkipReason::NonIdempotent);
+                    return result;
+                }
+                if matches!(replay, Replay::TooLarge) {
+                    policy.skip(SkipReason::BodyTooLarge);
+                    return result;
+                }
+                let asked = result.as_ref().ok().and_then(retry_after);
+                if asked.is_some_and(|wait| wait > genes.backoff_max.get()) {
+                    policy.skip(SkipReason::RetryAfter);
+                    return result;
+                }
+                if !policy.withdraw(now()) {
+                    return result;
+                }
+                avoid = match &result {
+                    Ok(exchange) => Some(exchange.endpoint),
+                    Err(error) => error.endpoint().and_then(|address| {
+                        route
+                            .upstream()
+                            .endpoints()
+                            .iter()
+                            .position(|e| e.address() == address)
+                    }),
+                };
+                // The failed response (and its connection) goes before the wait.
+                drop(result);
+                let jitter = full_jitter(
+                    genes.backoff_base.get(),
+                    genes.backoff_max.get(),
+                    number,
+                    fastrand::f64(),
+                );
+                tokio::time::sleep(jitter.max(asked.unwrap_or_default())).await;
+                number += 1;
+            }
+        })
+    }
+}
+
+/// RFC 9110 §9.2.2: the methods whose repetition has the effect of one request.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// True when the attempt's outcome is one the route retries.
+fn should_retry(result: &Result<Exchange, ProxyError>, genes: &RetryGenes) -> bool {
+    genes.retry_on.iter().any(|condition| match result {
+        Ok(exchange) => {
+            let status = exchange.response.status();
+            match condition {
+                RetryCondition::ServerError => status.is_server_error(),
+                RetryCondition::GatewayError => matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ),
+                RetryCondition::Status(code) => status.as_u16() == *code,
+                _ => false,
+            }
+        }
+        Err(error) => matches!(
+            (condition, error),
+            (
+                RetryCondition::ConnectFailure,
+                ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+            ) | (RetryCondition::Reset, ProxyError::Upstream { .. })
+                | (RetryCondition::Timeout, ProxyError::AttemptTimedOut(_))
+        ),
+    })
+}
+
+/// The wait a `Retry-After` field asks for (delta-seconds or an HTTP date).
+fn retry_after(exchange: &Exchange) -> Option<Duration> {
+    let value = exchange
+        .response
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// Reads a body that may be retried into memory, up to `limit` bytes.
+async fn buffer(mut body: Body, limit: usize) -> Result<(Body, Replay), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((Body::Empty, Replay::Empty));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok((body, Replay::TooLarge));
+    }
+    let mut frames = VecDeque::new();
+    let mut size = 0;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "request body failed while buffering it for replay");
+                return Err(ProxyError::BadRequest("the request body ended in an error"));
+            }
+            Some(Ok(frame)) => {
+                let trailers = frame.is_trailers();
+                size += frame.data_ref().map_or(0, Bytes::len);
+                frames.push_back(frame);
+                if size > limit || trailers {
+                    // Sent once: what was read, then the rest. Trailers are not replayed.
+                    let body = Body::Prefixed {
+                        frames,
+                        rest: Box::new(body),
+                    };
+                    return Ok((body, Replay::TooLarge));
+                }
+            }
+        }
+    }
+    let mut bytes = BytesMut::with_capacity(size);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let bytes = bytes.freeze();
+    Ok((Body::full(bytes.clone()), Replay::Bytes(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods_follow_rfc_9110() {
+        for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+            assert!(is_idempotent(&method), "{method}");
+        }
+        for method in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!is_idempotent(&method), "{method}");
+        }
+    }
+}

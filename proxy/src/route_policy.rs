@@ -1,0 +1,425 @@
+//! A route's live policy: its genome compiled into engine parameters, and the engine state that
+//! requests share (rate limit buckets, retry budget, in-flight count, adaptive limit, one
+//! breaker per upstream endpoint).
+//!
+//! Parameters belong to a snapshot; state outlives it. When a snapshot is rebuilt (a reload or
+//! a genome swap) each route's state is carried over from the previous snapshot's route of the
+//! same name: kept as it is when its parameters did not change, rescaled when they did (a
+//! rate-limited route stays limited, a breaker keeps its window and its open state, the learned
+//! concurrency limit stays within the new ceiling), and reset only when its meaning changed
+//! (a per-key limit that now keys on something else).
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use metrics::{Counter, Gauge, counter, gauge};
+use rafael_config::{Genome, RateLimitKey, RetryGenes};
+
+use crate::{
+    metrics::{
+        BREAKER_STATE, BREAKER_TRANSITIONS_TOTAL, CONCURRENCY_LIMIT, IN_FLIGHT, RATE_LIMITED_TOTAL,
+        RETRIES_SKIPPED_TOTAL, RETRIES_TOTAL, SHED_TOTAL, SKIP_REASONS, SkipReason,
+    },
+    policy::{
+        Nanos,
+        breaker::{Admission, AttemptResult, Breaker, BreakerParams, BreakerState, Transition},
+        budget::{BudgetParams, RetryBudget},
+        concurrency::{AdaptiveLimit, InFlightCount},
+        rate_limit::{Gcra, KeyedRateLimit, RateLimitState},
+    },
+    upstream::Upstream,
+};
+
+/// Everything the policy layers need for one route in one snapshot.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    genome: Genome,
+    /// Bumped each time the genome changes (a swap or a reload that changed it).
+    generation: u64,
+    gcra: Option<Gcra>,
+    budget: Option<BudgetParams>,
+    breaker: Option<BreakerParams>,
+    state: Arc<PolicyState>,
+    breakers: Box<[Arc<EndpointBreaker>]>,
+    metrics: PolicyMetrics,
+}
+
+/// Engine state shared by a route's requests across snapshots.
+#[derive(Debug, Default)]
+struct PolicyState {
+    rate_limit: RateLimitState,
+    keyed: Mutex<Option<(RateLimitKey, Arc<KeyedRateLimit>)>>,
+    budget: RetryBudget,
+    in_flight: InFlightCount,
+    adaptive: Mutex<Option<AdaptiveLimit>>,
+}
+
+/// One endpoint's breaker, with its metric handles.
+#[derive(Debug)]
+pub struct EndpointBreaker {
+    address: String,
+    /// The engine's state, readable without the lock (the closed fast path).
+    state: AtomicU8,
+    engine: Mutex<Breaker>,
+    state_gauge: Gauge,
+    /// Transitions to closed, half-open and open.
+    transitions: [Counter; 3],
+}
+
+/// A concurrency slot held until the response body ends.
+#[derive(Debug)]
+pub struct Permit {
+    state: Arc<PolicyState>,
+    gauge: Gauge,
+}
+
+#[derive(Debug)]
+struct PolicyMetrics {
+    retries: Counter,
+    skipped: [Counter; SKIP_REASONS.len()],
+    rate_limited: Counter,
+    shed: Counter,
+    limit: Gauge,
+    in_flight: Gauge,
+}
+
+// === impl RoutePolicy ===
+
+impl RoutePolicy {
+    /// Compiles `genome` for route `name` served by `upstream`, carrying state over from
+    /// `previous` (the same route in the snapshot being replaced).
+    pub fn build(
+        name: &str,
+        genome: &Genome,
+        upstream: &Upstream,
+        previous: Option<&RoutePolicy>,
+        now: Nanos,
+    ) -> Self {
+        let gcra = genome.rate_limit.as_ref().map(Gcra::from_genes);
+        let budget = genome.retry.as_ref().map(budget_params);
+        let breaker = genome
+            .circuit_breaker
+            .as_ref()
+            .map(BreakerParams::from_genes);
+        let state = previous.map_or_else(Arc::default, |p| p.state.clone());
+        let generation = match previous {
+            Some(p) if p.genome == *genome => p.generation,
+            Some(p) => p.generation + 1,
+            None => 1,
+        };
+
+        // Rate limit: rescale the backlog to the new rate; a new key kind starts a new table.
+        if let (Some(before), Some(after)) = (previous.and_then(|p| p.gcra), gcra) {
+            state.rate_limit.rescale(&before, &after, now);
+        }
+        {
+            let mut keyed = state.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+            *keyed = match (genome.rate_limit.as_ref(), keyed.take()) {
+                (Some(genes), Some((key, table))) if genes.key.as_ref() == Some(&key) => {
+                    if let (Some(before), Some(after)) = (previous.and_then(|p| p.gcra), gcra) {
+                        table.rescale(&before, &after, genes.max_keys, now);
+                    }
+                    Some((key, table))
+                }
+                (Some(genes), _) => genes
+                    .key
+                    .clone()
+                    .map(|key| (key, Arc::new(KeyedRateLimit::new(genes.max_keys)))),
+                (None, _) => None,
+            };
+        }
+        {
+            let mut adaptive = state
+                .adaptive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *adaptive = match (genome.concurrency.as_ref(), adaptive.take()) {
+                (Some(genes), Some(mut limit)) if genes.adaptive => {
+                    limit.rescale(genes.max_in_flight);
+                    Some(limit)
+                }
+                (Some(genes), _) if genes.adaptive => Some(AdaptiveLimit::new(genes.max_in_flight)),
+                _ => None,
+            };
+        }
+
+        // Breakers: one per endpoint, kept by address (params are per call, so a changed genome
+        // rescales them lazily; see `Breaker::record`).
+        let breakers = match &breaker {
+            None => Box::default(),
+            Some(_) => upstream
+                .endpoints()
+                .iter()
+                .map(|endpoint| {
+                    previous
+                        .and_then(|p| p.breakers.iter().find(|b| b.address == endpoint.address()))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(EndpointBreaker::new(name, endpoint.address())))
+                })
+                .collect(),
+        };
+
+        let metrics = PolicyMetrics::new(name);
+        let limit = match genome.concurrency.as_ref() {
+            Some(genes) => state
+                .adaptive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map_or(genes.max_in_flight, AdaptiveLimit::limit),
+            None => 0,
+        };
+        metrics.limit.set(f64::from(limit));
+        Self {
+            genome: genome.clone(),
+            generation,
+            gcra,
+            budget,
+            breaker,
+            state,
+            breakers,
+            metrics,
+        }
+    }
+
+    /// The genome.
+    pub fn genome(&self) -> &Genome {
+        &self.genome
+    }
+
+    /// How many times this route's genome changed since it was first built, plus one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Admits or refuses one request by the route's rate limit. `key` is the client key when
+    /// the limit is per key (`None` then means the request has no key: it shares the route's
+    /// limit).
+    pub fn admit_rate(&self, key: Option<&[u8]>, now: Nanos) -> Result<(), Duration> {
+        let Some(gcra) = &self.gcra else {
+            return Ok(());
+        };
+        let keyed = match key {
+            Some(key) => self
+                .state
+                .keyed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|(_, table)| table.clone())
+                .map(|table| table.admit(gcra, key, now)),
+            None => None,
+        };
+        let result = keyed.unwrap_or_else(|| self.state.rate_limit.admit(gcra, now));
+        result.map_err(|refused| {
+            self.metrics.rate_limited.increment(1);
+            Duration::from_nanos(refused.retry_after)
+        })
+    }
+
+    /// Takes a concurrency slot, or `None` when the route is at its limit (counted as shed).
+    /// Returns the slot and the in-flight count including it.
+    pub fn acquire(&self) -> Option<(Permit, u32)> {
+        let in_flight = match &self.genome.concurrency {
+            None => self.state.in_flight.acquire(),
+            Some(genes) => {
+                let limit = if genes.adaptive {
+                    self.adaptive_limit().unwrap_or(genes.max_in_flight)
+                } else {
+                    genes.max_in_flight
+                };
+                match self.state.in_flight.try_acquire(limit) {
+                    Some(count) => count,
+                    None => {
+                        self.metrics.shed.increment(1);
+                        return None;
+                    }
+                }
+            }
+        };
+        self.metrics.in_flight.increment(1.0);
+        let permit = Permit {
+            state: self.state.clone(),
+            gauge: self.metrics.in_flight.clone(),
+        };
+        Some((permit, in_flight))
+    }
+
+    /// The adaptive limit now, when the route has one.
+    pub fn adaptive_limit(&self) -> Option<u32> {
+        self.state
+            .adaptive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(AdaptiveLimit::limit)
+    }
+
+    /// Feeds an attempt latency to the adaptive limit (when the route has one).
+    pub fn sample_latency(&self, now: Nanos, rtt: Duration, in_flight: u32) {
+        let Some(genes) = self.genome.concurrency.as_ref().filter(|g| g.adaptive) else {
+            return;
+        };
+        let mut adaptive = self
+            .state
+            .adaptive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(limit) = adaptive.as_mut() {
+            let rtt = crate::policy::nanos(rtt);
+            if let Some(changed) = limit.sample(now, rtt, in_flight, genes.max_in_flight) {
+                self.metrics.limit.set(f64::from(changed));
+            }
+        }
+    }
+
+    /// Counts a request against the retry budget.
+    pub fn deposit(&self, now: Nanos) {
+        if self.budget.is_some() {
+            self.state.budget.deposit(now);
+        }
+    }
+
+    /// Takes a retry from the budget; false (and counted) when it is spent.
+    pub fn withdraw(&self, now: Nanos) -> bool {
+        let Some(params) = &self.budget else {
+            return false;
+        };
+        let granted = self.state.budget.withdraw(now, params);
+        if granted {
+            self.metrics.retries.increment(1);
+        } else {
+            self.skip(SkipReason::Budget);
+        }
+        granted
+    }
+
+    /// Counts a retry that was not made, and why.
+    pub fn skip(&self, reason: SkipReason) {
+        self.metrics.skipped[reason as usize].increment(1);
+    }
+
+    /// The breaker thresholds and the breaker of endpoint `index`, when the route has them.
+    pub fn breaker(&self, index: usize) -> Option<(&BreakerParams, &EndpointBreaker)> {
+        Some((self.breaker.as_ref()?, self.breakers.get(index)?))
+    }
+
+    /// Every endpoint's breaker, in the upstream's endpoint order (empty without breakers).
+    pub fn breakers(&self) -> &[Arc<EndpointBreaker>] {
+        &self.breakers
+    }
+
+    /// Requests in flight on the route now.
+    pub fn in_flight(&self) -> u32 {
+        self.state.in_flight.get()
+    }
+}
+
+fn budget_params(genes: &RetryGenes) -> BudgetParams {
+    BudgetParams {
+        ratio: genes.budget_ratio,
+        min_per_sec: genes.budget_min_per_sec,
+    }
+}
+
+// === impl EndpointBreaker ===
+
+impl EndpointBreaker {
+    fn new(route: &str, address: &str) -> Self {
+        let labels = |to: &'static str| counter!(BREAKER_TRANSITIONS_TOTAL, "route" => route.to_owned(), "endpoint" => address.to_owned(), "to" => to);
+        let state_gauge =
+            gauge!(BREAKER_STATE, "route" => route.to_owned(), "endpoint" => address.to_owned());
+        state_gauge.set(0.0);
+        Self {
+            address: address.to_owned(),
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            engine: Mutex::new(Breaker::default()),
+            state_gauge,
+            transitions: [labels("closed"), labels("half_open"), labels("open")],
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The state now (an open breaker whose time is up reads open until an attempt tries it).
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => BreakerState::Closed,
+            1 => BreakerState::HalfOpen,
+            _ => BreakerState::Open,
+        }
+    }
+
+    /// True when an attempt at `now` would be admitted. Closed breakers answer without a lock.
+    pub fn available(&self, now: Nanos, params: &BreakerParams) -> bool {
+        self.state() == BreakerState::Closed || self.lock().available(now, params)
+    }
+
+    /// Decides one attempt.
+    pub fn admit(&self, now: Nanos, params: &BreakerParams) -> Admission {
+        if self.state() == BreakerState::Closed {
+            return Admission::Allowed;
+        }
+        let mut engine = self.lock();
+        let (admission, transition) = engine.admit(now, params);
+        self.publish(&engine, transition);
+        admission
+    }
+
+    /// Records how an admitted attempt ended.
+    pub fn record(&self, now: Nanos, params: &BreakerParams, probe: bool, result: AttemptResult) {
+        let mut engine = self.lock();
+        let transition = engine.record(now, params, probe, result);
+        self.publish(&engine, transition);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, engine: &Breaker, transition: Option<Transition>) {
+        if let Some(transition) = transition {
+            let to = transition.to as u8;
+            self.state.store(to, Ordering::Release);
+            self.state_gauge.set(f64::from(to));
+            self.transitions[usize::from(to)].increment(1);
+            tracing::info!(endpoint = %self.address, from = ?transition.from, to = ?transition.to, "circuit breaker");
+        }
+        debug_assert_eq!(engine.state() as u8, self.state.load(Ordering::Acquire));
+    }
+}
+
+// === impl Permit ===
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.state.in_flight.release();
+        self.gauge.decrement(1.0);
+    }
+}
+
+// === impl PolicyMetrics ===
+
+impl PolicyMetrics {
+    fn new(route: &str) -> Self {
+        let route = route.to_owned();
+        Self {
+            retries: counter!(RETRIES_TOTAL, "route" => route.clone()),
+            skipped: SKIP_REASONS.map(
+                |reason| counter!(RETRIES_SKIPPED_TOTAL, "route" => route.clone(), "reason" => reason),
+            ),
+            rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.clone()),
+            shed: counter!(SHED_TOTAL, "route" => route.clone()),
+            limit: gauge!(CONCURRENCY_LIMIT, "route" => route.clone()),
+            in_flight: gauge!(IN_FLIGHT, "route" => route),
+        }
+    }
+}
