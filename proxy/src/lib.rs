@@ -23,4 +23,4 @@ pub mod upstream;
 pub use body::Body;
 pub use error::ProxyError;
 pub use server::{BoundListener, Server, bind_listeners};
-pub use snapshot::{Snapshot, SnapshotHandle};
+pub use snapshot::{PolicyHandle, Snapshot, SnapshotHandle};

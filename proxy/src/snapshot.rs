@@ -4,7 +4,7 @@
 //! later, a genome swap) takes effect for new requests without touching those in flight.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, PoisonError,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -36,6 +36,7 @@ pub struct Snapshot {
 }
 
 /// A listener's live settings and its routes in match order.
+#[derive(Clone)]
 pub struct ListenerState {
     /// The listener's config.
     pub config: ListenerConfig,
@@ -61,6 +62,19 @@ pub struct Route {
 pub struct SnapshotHandle {
     current: Arc<ArcSwap<Snapshot>>,
     next_version: Arc<AtomicU64>,
+    /// Serializes writers (reloads and genome swaps), so neither builds on a snapshot the other
+    /// is replacing and loses its change. Readers never take it.
+    writer: Arc<Mutex<()>>,
+}
+
+/// Replaces route genomes at run time: what the control plane's guardian (and an operator, by
+/// the admin API) uses to apply a genome. A swap builds a new snapshot that differs in that one
+/// route and stores it atomically: requests in flight finish on the version they loaded, new
+/// ones get the new genome, and the route's engine state is carried over (see
+/// [`RoutePolicy::build`]). A later config reload applies the file's genomes again.
+#[derive(Debug, Clone)]
+pub struct PolicyHandle {
+    snapshots: SnapshotHandle,
 }
 
 // === impl Snapshot ===
@@ -175,6 +189,51 @@ impl Snapshot {
         self.routes.iter().find(|r| &*r.name == name)
     }
 
+    /// A copy of this snapshot in which route `index` has `genome`; listeners, TLS material,
+    /// upstreams and every other route are shared, not rebuilt.
+    fn with_genome(&self, index: usize, genome: Genome, version: u64) -> Self {
+        let mut config = (*self.config).clone();
+        let old = &self.routes[index];
+        config.routes[index].policy = genome;
+        let policy = RoutePolicy::build(
+            &old.name,
+            &config.routes[index].policy,
+            &old.upstream,
+            Some(&old.policy),
+            layer::now(),
+        );
+        gauge!(GENOME_GENERATION, "route" => old.name.to_string()).set(policy.generation() as f64);
+        let new = Arc::new(Route {
+            name: old.name.clone(),
+            matcher: old.matcher.clone(),
+            upstream: old.upstream.clone(),
+            policy,
+            metrics: RouteMetrics::new(&old.name),
+        });
+        let replace = |route: &Arc<Route>| {
+            if Arc::ptr_eq(route, old) {
+                new.clone()
+            } else {
+                route.clone()
+            }
+        };
+        Self {
+            version,
+            config: Arc::new(config),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|listener| ListenerState {
+                    routes: listener.routes.iter().map(replace).collect(),
+                    ..listener.clone()
+                })
+                .collect(),
+            routes: self.routes.iter().map(replace).collect(),
+            upstreams: self.upstreams.clone(),
+            unmatched: RouteMetrics::unmatched(),
+        }
+    }
+
     /// Metrics of requests that matched no route.
     pub fn unmatched_metrics(&self) -> &RouteMetrics {
         &self.unmatched
@@ -241,7 +300,15 @@ impl SnapshotHandle {
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             next_version: Arc::new(AtomicU64::new(2)),
+            writer: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The handle that swaps route genomes on this snapshot.
+    pub fn policies(&self) -> PolicyHandle {
+        PolicyHandle {
+            snapshots: self.clone(),
+        }
     }
 
     /// The live snapshot. Requests call this once and keep the result.
@@ -254,6 +321,7 @@ impl SnapshotHandle {
     /// Listeners are bound sockets, so their names, order and addresses must stay as they are;
     /// everything else (routes, upstreams, TLS material, timeouts) may change.
     pub fn reload(&self, config: Config) -> Result<u64, ConfigErrors> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.load();
         let mut errors = ConfigErrors::default();
         let old = &current.config.listeners;
@@ -286,5 +354,45 @@ impl SnapshotHandle {
         self.current.store(Arc::new(snapshot));
         metrics::gauge!(POLICY_VERSION).set(version as f64);
         Ok(version)
+    }
+}
+
+// === impl PolicyHandle ===
+
+impl PolicyHandle {
+    /// Replaces the genome of `route` and returns the new snapshot version. The genome is
+    /// validated first; an invalid one changes nothing and comes back with its errors, each
+    /// under `routes[i].policy`.
+    pub fn swap(&self, route: &str, genome: Genome) -> Result<u64, ConfigErrors> {
+        let handle = &self.snapshots;
+        let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = handle.load();
+        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
+            let mut errors = ConfigErrors::default();
+            errors.push("routes", format!("no route named {route:?}"));
+            return Err(errors);
+        };
+        let mut errors = ConfigErrors::default();
+        genome.validate(&format!("routes[{index}].policy"), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let version = handle.next_version.fetch_add(1, Ordering::Relaxed);
+        let snapshot = current.with_genome(index, genome, version);
+        handle.current.store(Arc::new(snapshot));
+        metrics::gauge!(POLICY_VERSION).set(version as f64);
+        Ok(version)
+    }
+
+    /// The live genome of `route`.
+    pub fn genome(&self, route: &str) -> Option<Genome> {
+        let snapshot = self.snapshots.load();
+        snapshot.route(route).map(|r| r.policy().clone())
+    }
+
+    /// How many times the genome of `route` changed, plus one.
+    pub fn generation(&self, route: &str) -> Option<u64> {
+        let snapshot = self.snapshots.load();
+        snapshot.route(route).map(|r| r.live().generation())
     }
 }

@@ -84,7 +84,10 @@ where
         let started_at = now();
         let breakers = policy.breakers();
         let chosen = if breakers.is_empty() {
-            upstream.pick_index(|i| Some(i) != attempt.avoid)
+            // The failed endpoint again, when it is the only one.
+            upstream
+                .pick_index(|i| Some(i) != attempt.avoid)
+                .or(attempt.avoid)
         } else {
             let available = |i: usize| {
                 policy
