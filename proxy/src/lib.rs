@@ -17,6 +17,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod snapshot;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
@@ -24,3 +25,4 @@ pub use body::Body;
 pub use error::ProxyError;
 pub use server::{BoundListener, Server, bind_listeners};
 pub use snapshot::{PolicyHandle, Snapshot, SnapshotHandle};
+pub use telemetry::TelemetryHandle;

@@ -32,6 +32,7 @@ use crate::{
         concurrency::{AdaptiveLimit, InFlightCount},
         rate_limit::{Gcra, KeyedRateLimit, RateLimitState},
     },
+    telemetry::RouteTelemetry,
     upstream::Upstream,
 };
 
@@ -57,6 +58,7 @@ struct PolicyState {
     budget: RetryBudget,
     in_flight: InFlightCount,
     adaptive: Mutex<Option<AdaptiveLimit>>,
+    telemetry: Arc<RouteTelemetry>,
 }
 
 /// One endpoint's breaker, with its metric handles.
@@ -293,6 +295,7 @@ impl RoutePolicy {
         let granted = self.state.budget.withdraw(now, params);
         if granted {
             self.metrics.retries.increment(1);
+            self.state.telemetry.retry(now);
         } else {
             self.skip(SkipReason::Budget);
         }
@@ -312,6 +315,11 @@ impl RoutePolicy {
     /// Every endpoint's breaker, in the upstream's endpoint order (empty without breakers).
     pub fn breakers(&self) -> &[Arc<EndpointBreaker>] {
         &self.breakers
+    }
+
+    /// The route's telemetry (DESIGN §8).
+    pub fn telemetry(&self) -> &Arc<RouteTelemetry> {
+        &self.state.telemetry
     }
 
     /// Requests in flight on the route now.

@@ -19,6 +19,7 @@ use crate::{
     layer::{self, PolicyRequest},
     metrics::{DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
+    telemetry::Outcome,
     upstream::{Exchange, RequestHead, UpstreamIo},
 };
 
@@ -80,16 +81,22 @@ pub(crate) async fn proxy(
     );
     let request_id = added.request_id().clone();
 
+    let arrived = layer::now();
+    let telemetry = route.live().telemetry();
+    let sampled = telemetry.arrival(arrived);
     let request = PolicyRequest {
         route: route.clone(),
         head: Arc::new(RequestHead { parts, added }),
         body: Body::Streaming(body),
         client_ip: connection.forwarded.client_ip.clone(),
+        arrived,
+        sampled,
     };
     // Every layer is always ready (they reject in `call`), so no `poll_ready` is needed.
     let result = layer::stack().call(request).await;
 
     let metrics = route.metrics();
+    let mut outcome = None;
     let response = match result {
         Ok(Exchange {
             mut response,
@@ -117,9 +124,29 @@ pub(crate) async fn proxy(
         },
         Err(error) => {
             debug!(route = route.name(), %error, "answering with an error");
+            outcome = match error {
+                ProxyError::RateLimited(_) => Some(Outcome::RateLimited),
+                ProxyError::BreakerOpen(_) => Some(Outcome::BreakerOpen),
+                ProxyError::Shed(_) => Some(Outcome::Shed),
+                ProxyError::Timeout(_) | ProxyError::AttemptTimedOut(_) => Some(Outcome::Timeout),
+                _ => None,
+            };
             error.into_response()
         }
     };
+    let status = response.status();
+    let outcome = outcome.unwrap_or(if status.is_server_error() {
+        Outcome::ServerError
+    } else if status.is_client_error() {
+        Outcome::ClientError
+    } else {
+        Outcome::Success
+    });
+    telemetry.complete(
+        layer::now(),
+        outcome,
+        crate::policy::nanos(started.elapsed()),
+    );
     Ok(finish(metrics, response, version, request_id, started))
 }
 

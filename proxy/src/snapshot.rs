@@ -304,6 +304,11 @@ impl SnapshotHandle {
         })
     }
 
+    /// Read-only access to the routes' telemetry.
+    pub fn telemetry(&self) -> crate::TelemetryHandle {
+        crate::TelemetryHandle::new(self.clone())
+    }
+
     /// The handle that swaps route genomes on this snapshot.
     pub fn policies(&self) -> PolicyHandle {
         PolicyHandle {

@@ -18,6 +18,7 @@ use crate::{
     metrics::AttemptOutcome,
     policy::breaker::{Admission, AttemptResult},
     snapshot::Route,
+    telemetry::AttemptSample,
     upstream::Exchange,
 };
 
@@ -115,6 +116,8 @@ where
         attempt.endpoint = endpoint;
         let in_flight = upstream.endpoints()[endpoint].begin();
         let number = attempt.number;
+        let sampled = attempt.sampled;
+        let in_flight_at_start = policy.in_flight();
         let per_try_timeout = attempt.per_try_timeout;
         let inner = self.inner.call(attempt);
         Box::pin(async move {
@@ -147,6 +150,16 @@ where
             let policy = route.live();
             if let Some(outcome) = outcome {
                 route.metrics().record_attempt(outcome);
+                let sample = AttemptSample {
+                    start: started_at,
+                    endpoint: u16::try_from(endpoint).unwrap_or(u16::MAX),
+                    attempt: u8::try_from(number).unwrap_or(u8::MAX),
+                    in_flight: in_flight_at_start,
+                    latency: crate::policy::nanos(latency),
+                    outcome: outcome as u8,
+                    fault: false,
+                };
+                policy.telemetry().attempt(sample, sampled);
                 if let Some((params, breaker)) = policy.breaker(endpoint) {
                     let result = if outcome == AttemptOutcome::Success {
                         AttemptResult::Success(latency)

@@ -55,9 +55,11 @@ where
     }
 
     fn call(&mut self, request: PolicyRequest) -> Self::Future {
-        let Some((permit, in_flight)) = request.route.live().acquire() else {
+        let policy = request.route.live();
+        let Some((permit, in_flight)) = policy.acquire() else {
             return Box::pin(std::future::ready(Err(Shed.into())));
         };
+        policy.telemetry().in_flight(request.arrived, in_flight);
         let route = request.route.clone();
         let started = tokio::time::Instant::now();
         let inner = self.inner.call(request);

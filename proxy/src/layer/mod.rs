@@ -60,6 +60,10 @@ pub struct PolicyRequest {
     pub body: Body,
     /// The client's address (for `peer-ip` rate limits).
     pub client_ip: HeaderValue,
+    /// When it arrived (the policy clock).
+    pub arrived: Nanos,
+    /// Whether its attempts go into the telemetry's sample ring.
+    pub sampled: bool,
 }
 
 /// One attempt at the upstream, as the retry layer hands it down.
@@ -79,6 +83,8 @@ pub struct Attempt {
     pub per_try_timeout: Option<Duration>,
     /// The endpoint chosen, by index; set by the breaker layer.
     pub endpoint: usize,
+    /// Whether the attempt goes into the telemetry's sample ring.
+    pub sampled: bool,
 }
 
 /// The innermost service: sends an attempt to the endpoint the breaker layer chose.

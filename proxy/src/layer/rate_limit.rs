@@ -10,7 +10,7 @@ use std::{
 use rafael_config::RateLimitKey;
 use tower::{Layer, Service};
 
-use super::{PolicyRequest, ResponseFuture, now};
+use super::{PolicyRequest, ResponseFuture};
 use crate::{ProxyError, upstream::Exchange};
 
 /// The rate limit service.
@@ -73,7 +73,7 @@ where
                     .get(name.as_str())
                     .map(|v| v.as_bytes()),
             };
-            if let Err(retry_after) = policy.admit_rate(key, now()) {
+            if let Err(retry_after) = policy.admit_rate(key, request.arrived) {
                 return Box::pin(std::future::ready(Err(RateLimited { retry_after }.into())));
             }
         }

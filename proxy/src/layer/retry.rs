@@ -95,18 +95,24 @@ where
                 avoid: None,
                 per_try_timeout: None,
                 endpoint: 0,
+                sampled: request.sampled,
             });
         }
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let PolicyRequest {
-                route, head, body, ..
+                route,
+                head,
+                body,
+                arrived,
+                sampled,
+                ..
             } = request;
             let policy = route.live();
             let Some(genes) = policy.genome().retry.as_ref() else {
                 return Err(ProxyError::BadRequest("retry policy is gone"));
             };
-            policy.deposit(now());
+            policy.deposit(arrived);
             let idempotent = is_idempotent(&head.parts.method);
             let may_retry = genes.max_attempts > 1 && (idempotent || genes.retry_non_idempotent);
             let (first_body, replay) = if may_retry {
@@ -136,6 +142,7 @@ where
                         avoid,
                         per_try_timeout: genes.per_try_timeout.map(|t| t.get()),
                         endpoint: 0,
+                        sampled,
                     })
                     .await;
                 if !should_retry(&result, genes) || number >= genes.max_attempts {
