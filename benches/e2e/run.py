@@ -33,7 +33,7 @@ PINGORA_DIR = os.path.join(ROOT, "benches", "pingora-proxy")
 PINGORA_BIN = os.path.join(PINGORA_DIR, "target", "release", "pingora-bench-proxy")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOAD_CPU, PROXY_CPU = "0", "1"
-PEERS = ["direct", "rafael", "nginx", "haproxy", "pingora", "hyper-proxy"]
+PEERS = ["direct", "rafael", "rafael-policies", "nginx", "haproxy", "pingora", "hyper-proxy"]
 
 
 def sh(cmd, **kw):
@@ -120,10 +120,11 @@ class Peer:
         wait_ready(f"http://127.0.0.1:{self.port}/")
 
     def command(self):
-        if self.name == "rafael":
-            config = os.path.join(self.workdir, "rafael.toml")
+        if self.name in ("rafael", "rafael-policies"):
+            config = os.path.join(self.workdir, f"{self.name}.toml")
+            policies = RAFAEL_POLICIES if self.name == "rafael-policies" else ""
             with open(config, "w") as f:
-                f.write(RAFAEL_CONFIG.format(port=self.port, admin=free_port(), upstream=self.upstream))
+                f.write(RAFAEL_CONFIG.format(port=self.port, admin=free_port(), upstream=self.upstream) + policies)
             return [os.path.join(TARGET, "rafael"), "run", "--config", config]
         if self.name == "nginx":
             config = os.path.join(self.workdir, "nginx.conf")
@@ -221,6 +222,16 @@ listener = "in"
 upstream = "app"
 """
 
+# Every policy on, none of them binding on a healthy upstream: what the stack itself costs.
+RAFAEL_POLICIES = """
+[routes.policy]
+timeout = "2s"
+retry = { max_attempts = 3, per_try_timeout = "1s", retry_on = ["connect-failure", "reset", "5xx"] }
+circuit_breaker = { consecutive_failures = 5, failure_rate = 0.5, min_requests = 20 }
+rate_limit = { rps = 10000000, burst = 1000000 }
+concurrency = { max_in_flight = 10000 }
+"""
+
 NGINX_CONFIG = """
 worker_processes 1;
 daemon off;
@@ -303,9 +314,10 @@ def main():
     }
     direct = summary.get("direct", {}).get("rps")
     nginx = summary.get("nginx", {})
+    rafael = summary.get("rafael", {}).get("rps")
     lines = [
-        f"| peer | req/s | p50 ms | p99 ms | CPU us/req | vs direct | vs nginx req/s | vs nginx CPU/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| peer | req/s | p50 ms | p99 ms | CPU us/req | vs direct | vs rafael req/s | vs nginx req/s | vs nginx CPU/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in peers:
         s = summary[name]
@@ -313,9 +325,11 @@ def main():
         vs_nginx = s["rps"] / nginx["rps"] if nginx.get("rps") else None
         cpu_vs = (s["cpu_us_per_req"] / nginx["cpu_us_per_req"]
                   if s["cpu_us_per_req"] and nginx.get("cpu_us_per_req") else None)
+        vs_rafael = s["rps"] / rafael if rafael else None
         lines.append(
             f"| {name} | {s['rps']:.0f} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
-            f"{fmt(s['cpu_us_per_req'], '.2f')} | {fmt(vs_direct, '.2f')} | {fmt(vs_nginx, '.2f')} | {fmt(cpu_vs, '.2f')} |"
+            f"{fmt(s['cpu_us_per_req'], '.2f')} | {fmt(vs_direct, '.2f')} | {fmt(vs_rafael, '.2f')} | "
+            f"{fmt(vs_nginx, '.2f')} | {fmt(cpu_vs, '.2f')} |"
         )
     table = "\n".join(lines)
     print(table)
