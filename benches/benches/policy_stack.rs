@@ -94,13 +94,7 @@ fn head() -> Arc<RequestHead> {
         .expect("valid request")
         .into_parts();
     let forwarded = Forwarded::new("10.0.0.7".parse().expect("valid IP"), false);
-    let added = prepare_request(
-        &mut parts.headers,
-        parts.version,
-        None,
-        &forwarded,
-        false,
-    );
+    let added = prepare_request(&mut parts.headers, parts.version, None, &forwarded, false);
     Arc::new(RequestHead { parts, added })
 }
 
@@ -112,6 +106,8 @@ fn request(route: &Arc<Route>, head: &Arc<RequestHead>) -> PolicyRequest {
         client_ip: HeaderValue::from_static("10.0.0.7"),
         arrived: now(),
         sampled: false,
+        permit: None,
+        deadline: None,
     }
 }
 
@@ -127,7 +123,11 @@ fn policy_stack(c: &mut Criterion) {
     let plain = snapshot.route("plain").expect("plain route").clone();
     let full = snapshot.route("full").expect("full route").clone();
     let head = head();
-    let stack = || RateLimit::new(Concurrency::new(Timeout::new(Retry::new(Breaker::new(Healthy)))));
+    let stack = || {
+        RateLimit::new(Concurrency::new(Timeout::new(Retry::new(Breaker::new(
+            Healthy,
+        )))))
+    };
 
     let mut group = c.benchmark_group("policy_stack");
     group.bench_function("passthrough", |b| {
@@ -139,8 +139,11 @@ fn policy_stack(c: &mut Criterion) {
                 number: 1,
                 avoid: None,
                 per_try_timeout: None,
+                deadline: None,
                 endpoint: 0,
                 sampled: false,
+                permit: None,
+                in_flight: 1,
             };
             black_box(run(Healthy.call(attempt)).map(|e| e.endpoint))
         })

@@ -4,7 +4,7 @@
 //! The snapshot is loaded here, once per request, and everything after uses that one version:
 //! the route's policy layers ([`crate::layer`]) run between the header rewrite and the relay.
 
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -28,7 +28,7 @@ pub(crate) async fn proxy(
     connection: Arc<Connection>,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
+    let started = layer::now();
     let active = connection.activity.begin();
     let snapshot = connection.handle.load();
     let version = request.version();
@@ -44,7 +44,7 @@ pub(crate) async fn proxy(
             error.into_response(),
             version,
             headers::new_request_id(),
-            started,
+            Duration::from_nanos(layer::now().saturating_sub(started)),
         ));
     }
 
@@ -63,7 +63,7 @@ pub(crate) async fn proxy(
             error.into_response(),
             version,
             id,
-            started,
+            Duration::from_nanos(layer::now().saturating_sub(started)),
         ));
     };
 
@@ -81,7 +81,7 @@ pub(crate) async fn proxy(
     );
     let request_id = added.request_id().clone();
 
-    let arrived = layer::now();
+    let arrived = started;
     let telemetry = route.live().telemetry();
     let sampled = telemetry.arrival(arrived);
     let request = PolicyRequest {
@@ -91,6 +91,8 @@ pub(crate) async fn proxy(
         client_ip: connection.forwarded.client_ip.clone(),
         arrived,
         sampled,
+        permit: None,
+        deadline: None,
     };
     // Every layer is always ready (they reject in `call`), so no `poll_ready` is needed.
     let result = layer::stack().call(request).await;
@@ -142,12 +144,16 @@ pub(crate) async fn proxy(
     } else {
         Outcome::Success
     });
-    telemetry.complete(
-        layer::now(),
-        outcome,
-        crate::policy::nanos(started.elapsed()),
-    );
-    Ok(finish(metrics, response, version, request_id, started))
+    let finished = layer::now();
+    let elapsed = finished.saturating_sub(started);
+    telemetry.complete(finished, outcome, elapsed);
+    Ok(finish(
+        metrics,
+        response,
+        version,
+        request_id,
+        Duration::from_nanos(elapsed),
+    ))
 }
 
 /// Stamps the headers every response carries (relayed or made here) and records it.
@@ -156,10 +162,10 @@ fn finish(
     mut response: Response<Body>,
     version: Version,
     request_id: HeaderValue,
-    started: Instant,
+    elapsed: Duration,
 ) -> Response<Body> {
     headers::prepare_response(response.headers_mut(), version, request_id);
-    metrics.record_response(response.status(), started.elapsed());
+    metrics.record_response(response.status(), elapsed);
     response
 }
 

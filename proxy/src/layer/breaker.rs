@@ -7,6 +7,7 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tower::{Layer, Service};
@@ -16,7 +17,10 @@ use crate::{
     ProxyError,
     body::Body,
     metrics::AttemptOutcome,
-    policy::breaker::{Admission, AttemptResult},
+    policy::{
+        breaker::{Admission, AttemptResult},
+        nanos,
+    },
     snapshot::Route,
     telemetry::AttemptSample,
     upstream::Exchange,
@@ -117,8 +121,10 @@ where
         let in_flight = upstream.endpoints()[endpoint].begin();
         let number = attempt.number;
         let sampled = attempt.sampled;
-        let in_flight_at_start = policy.in_flight();
+        let in_flight_at_start = attempt.in_flight;
+        let permit = attempt.permit.take();
         let per_try_timeout = attempt.per_try_timeout;
+        let route_deadline = attempt.deadline;
         let inner = self.inner.call(attempt);
         Box::pin(async move {
             let mut pending = Pending {
@@ -127,20 +133,29 @@ where
                 probe,
                 finished: false,
             };
-            let started = tokio::time::Instant::now();
-            let result = match per_try_timeout {
-                None => inner.await,
-                Some(timeout) => {
-                    tokio::time::timeout(timeout, inner)
-                        .await
-                        .unwrap_or(Err(AttemptTimedOut {
-                            attempt: number,
-                            timeout,
-                        }
-                        .into()))
-                }
+            // One timer per attempt: the earlier of the per-try and the route deadline.
+            let per_try = per_try_timeout.map(|t| started_at.saturating_add(nanos(t)));
+            let deadline = match (per_try, route_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let latency = started.elapsed();
+            let result = match deadline {
+                None => inner.await,
+                Some(at) => tokio::time::timeout_at(super::instant(at), inner)
+                    .await
+                    .unwrap_or_else(|_| match (per_try_timeout, per_try) {
+                        (Some(timeout), Some(per_try)) if Some(per_try) == deadline => {
+                            Err(AttemptTimedOut {
+                                attempt: number,
+                                timeout,
+                            }
+                            .into())
+                        }
+                        _ => Err(super::retry::route_timeout(&pending.route)),
+                    }),
+            };
+            let finished_at = now();
+            let latency = Duration::from_nanos(finished_at.saturating_sub(started_at));
             let outcome = match &result {
                 Ok(exchange) => Some(AttemptOutcome::of_status(exchange.response.status())),
                 Err(error) => error.attempt_outcome(),
@@ -166,13 +181,17 @@ where
                     } else {
                         AttemptResult::Failure(latency)
                     };
-                    breaker.record(now(), params, probe, result);
+                    breaker.record(finished_at, params, probe, result);
+                }
+                if outcome == AttemptOutcome::Success {
+                    policy.sample_latency(finished_at, latency, in_flight_at_start);
                 }
             }
             let mut exchange = result?;
             exchange.endpoint = endpoint;
             if let Body::Upstream { guard, .. } = exchange.response.body_mut() {
                 guard.in_flight = Some(in_flight);
+                guard.permit = permit;
             }
             Ok(exchange)
         })

@@ -1,14 +1,15 @@
 //! The concurrency layer: at most `max_in_flight` requests of the route in flight (or the
 //! adaptive limit's current value); the excess is shed with [`Shed`] (503) at once. A slot is
 //! held until the response body ends, and every route counts its requests in flight
-//! (`rafael_in_flight`), limited or not.
+//! (`rafael_in_flight`), limited or not. The adaptive limit learns from attempt latencies,
+//! which the breaker layer measures.
 
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::{PolicyRequest, ResponseFuture, now};
-use crate::{ProxyError, body::Body, upstream::Exchange};
+use super::{PolicyRequest, ResponseFuture};
+use crate::{ProxyError, upstream::Exchange};
 
 /// The concurrency service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,25 +55,15 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: PolicyRequest) -> Self::Future {
+    fn call(&mut self, mut request: PolicyRequest) -> Self::Future {
         let policy = request.route.live();
         let Some((permit, in_flight)) = policy.acquire() else {
             return Box::pin(std::future::ready(Err(Shed.into())));
         };
         policy.telemetry().in_flight(request.arrived, in_flight);
-        let route = request.route.clone();
-        let started = tokio::time::Instant::now();
-        let inner = self.inner.call(request);
-        Box::pin(async move {
-            let mut exchange = inner.await?;
-            route
-                .live()
-                .sample_latency(now(), started.elapsed(), in_flight);
-            match exchange.response.body_mut() {
-                Body::Upstream { guard, .. } => guard.permit = Some(permit),
-                _ => drop(permit),
-            }
-            Ok(exchange)
-        })
+        // The slot travels with the request down to the response body that will hold it, which
+        // saves this layer a future of its own.
+        request.permit = Some(permit);
+        self.inner.call(request)
     }
 }

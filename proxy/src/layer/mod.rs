@@ -39,6 +39,7 @@ pub use timeout::{AttemptTimedOut, Timeout, TimeoutLayer};
 use crate::{
     Body, ProxyError,
     policy::Nanos,
+    route_policy::Permit,
     snapshot::Route,
     upstream::{Exchange, RequestHead},
 };
@@ -64,6 +65,11 @@ pub struct PolicyRequest {
     pub arrived: Nanos,
     /// Whether its attempts go into the telemetry's sample ring.
     pub sampled: bool,
+    /// The route's concurrency slot, taken by the concurrency layer and handed down to the
+    /// response body that ends the request.
+    pub permit: Option<Permit>,
+    /// The whole-request deadline, stamped by the timeout layer.
+    pub deadline: Option<Nanos>,
 }
 
 /// One attempt at the upstream, as the retry layer hands it down.
@@ -79,12 +85,19 @@ pub struct Attempt {
     pub number: u32,
     /// An endpoint to avoid (the one the previous attempt failed on), by index.
     pub avoid: Option<usize>,
-    /// The attempt's own deadline.
+    /// The attempt's own timeout.
     pub per_try_timeout: Option<Duration>,
+    /// The whole-request deadline; the attempt ends at it too.
+    pub deadline: Option<Nanos>,
     /// The endpoint chosen, by index; set by the breaker layer.
     pub endpoint: usize,
     /// Whether the attempt goes into the telemetry's sample ring.
     pub sampled: bool,
+    /// The request's concurrency slot, on the attempt whose response will be relayed (the last
+    /// one possible); the breaker layer puts it into the response body's guard.
+    pub permit: Option<Permit>,
+    /// Requests in flight on the route when the request was admitted (for the adaptive limit).
+    pub in_flight: u32,
 }
 
 /// The innermost service: sends an attempt to the endpoint the breaker layer chose.
@@ -101,17 +114,26 @@ pub fn stack() -> RouteStack {
 /// The data plane's clock for the policy engines: nanoseconds since a fixed origin, read from
 /// tokio's clock so tests with paused time drive the engines too.
 pub fn now() -> Nanos {
+    let elapsed = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(origin());
+    crate::policy::nanos(elapsed)
+}
+
+/// The tokio instant of `at` (a [`now`] reading): deadlines computed from a time already read
+/// cost no further clock read.
+pub fn instant(at: Nanos) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(origin() + Duration::from_nanos(at))
+}
+
+fn origin() -> std::time::Instant {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    let origin = ORIGIN.get_or_init(|| {
+    *ORIGIN.get_or_init(|| {
         // An hour back, so a paused tokio clock that started a moment before this first call
         // still reads after the origin.
         let now = std::time::Instant::now();
         now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
-    });
-    let elapsed = tokio::time::Instant::now()
-        .into_std()
-        .saturating_duration_since(*origin);
-    crate::policy::nanos(elapsed)
+    })
 }
 
 // === impl Forward ===

@@ -87,6 +87,7 @@ where
 
     fn call(&mut self, request: PolicyRequest) -> Self::Future {
         if request.route.live().genome().retry.is_none() {
+            let in_flight = request.route.live().in_flight();
             return self.inner.call(Attempt {
                 route: request.route,
                 head: request.head,
@@ -94,8 +95,11 @@ where
                 number: 1,
                 avoid: None,
                 per_try_timeout: None,
+                deadline: request.deadline,
                 endpoint: 0,
                 sampled: request.sampled,
+                in_flight,
+                permit: request.permit,
             });
         }
         let mut inner = self.inner.clone();
@@ -106,8 +110,11 @@ where
                 body,
                 arrived,
                 sampled,
+                mut permit,
+                deadline,
                 ..
             } = request;
+            let in_flight = route.live().in_flight();
             let policy = route.live();
             let Some(genes) = policy.genome().retry.as_ref() else {
                 return Err(ProxyError::BadRequest("retry policy is gone"));
@@ -115,14 +122,21 @@ where
             policy.deposit(arrived);
             let idempotent = is_idempotent(&head.parts.method);
             let may_retry = genes.max_attempts > 1 && (idempotent || genes.retry_non_idempotent);
-            let (first_body, replay) = if may_retry {
-                buffer(
-                    body,
-                    usize::try_from(genes.max_replay_bytes.bytes()).unwrap_or(usize::MAX),
-                )
-                .await?
-            } else {
+            let (first_body, replay) = if !may_retry {
                 (body, Replay::TooLarge)
+            } else if body.is_end_stream() {
+                (Body::Empty, Replay::Empty)
+            } else {
+                // Boxed: only requests with a body wait here, and the buffering future would
+                // otherwise make every request's retry future larger.
+                let limit = usize::try_from(genes.max_replay_bytes.bytes()).unwrap_or(usize::MAX);
+                let buffering = Box::pin(buffer(body, limit));
+                match deadline {
+                    None => buffering.await?,
+                    Some(at) => tokio::time::timeout_at(super::instant(at), buffering)
+                        .await
+                        .map_err(|_| route_timeout(&route))??,
+                }
             };
             let mut first_body = Some(first_body);
             let mut avoid = None;
@@ -141,28 +155,31 @@ where
                         number,
                         avoid,
                         per_try_timeout: genes.per_try_timeout.map(|t| t.get()),
+                        deadline,
                         endpoint: 0,
                         sampled,
+                        in_flight,
+                        permit: None,
                     })
                     .await;
                 if !should_retry(&result, genes) || number >= genes.max_attempts {
-                    return result;
+                    return hold(result, permit.take());
                 }
                 if !idempotent && !genes.retry_non_idempotent {
                     policy.skip(SkipReason::NonIdempotent);
-                    return result;
+                    return hold(result, permit.take());
                 }
                 if matches!(replay, Replay::TooLarge) {
                     policy.skip(SkipReason::BodyTooLarge);
-                    return result;
+                    return hold(result, permit.take());
                 }
                 let asked = result.as_ref().ok().and_then(retry_after);
                 if asked.is_some_and(|wait| wait > genes.backoff_max.get()) {
                     policy.skip(SkipReason::RetryAfter);
-                    return result;
+                    return hold(result, permit.take());
                 }
                 if !policy.withdraw(now()) {
-                    return result;
+                    return hold(result, permit.take());
                 }
                 avoid = match &result {
                     Ok(exchange) => Some(exchange.endpoint),
@@ -182,11 +199,40 @@ where
                     number,
                     fastrand::f64(),
                 );
-                tokio::time::sleep(jitter.max(asked.unwrap_or_default())).await;
+                let wait = jitter.max(asked.unwrap_or_default());
+                // Boxed for the same reason: only a retry waits.
+                let backoff = Box::pin(tokio::time::sleep(wait));
+                if let Some(at) = deadline {
+                    if tokio::time::timeout_at(super::instant(at), backoff)
+                        .await
+                        .is_err()
+                    {
+                        return Err(route_timeout(&route));
+                    }
+                } else {
+                    backoff.await;
+                }
                 number += 1;
             }
         })
     }
+}
+
+/// The error of a request whose route deadline passed.
+pub(crate) fn route_timeout(route: &crate::snapshot::Route) -> ProxyError {
+    ProxyError::Timeout(route.policy().timeout.map(|t| t.get()).unwrap_or_default())
+}
+
+/// Puts the request's concurrency slot into the guard of the response that will be relayed.
+fn hold(
+    result: Result<Exchange, ProxyError>,
+    permit: Option<crate::route_policy::Permit>,
+) -> Result<Exchange, ProxyError> {
+    let mut exchange = result?;
+    if let Body::Upstream { guard, .. } = exchange.response.body_mut() {
+        guard.permit = permit;
+    }
+    Ok(exchange)
 }
 
 /// RFC 9110 §9.2.2: the methods whose repetition has the effect of one request.

@@ -1,7 +1,13 @@
 //! The timeout layer: the route's whole-request deadline (`timeout`), every attempt and backoff
-//! included, from the request entering the stack to the response head. It fails with
-//! [`ProxyError::Timeout`] (504). The per-try deadline is applied by the breaker layer, which
-//! has to count a timed-out attempt as a failure; it fails with [`AttemptTimedOut`].
+//! included, from the request's arrival to the response head; past it the request fails with
+//! [`ProxyError::Timeout`] (504).
+//!
+//! This layer stamps the deadline on the request, and the layers below keep it: the retry layer
+//! bounds body buffering and backoff by it, and the breaker layer ends each attempt at the
+//! earlier of the deadline and the attempt's `per_try_timeout` (failing with
+//! [`AttemptTimedOut`] when the per-try one came first). So a request pays for one timer
+//! whatever its policies (timers are most of what a deadline costs), and an attempt cut off by
+//! the deadline counts against its endpoint's breaker like any other timeout.
 
 use std::{
     task::{Context, Poll},
@@ -11,7 +17,7 @@ use std::{
 use tower::{Layer, Service};
 
 use super::{PolicyRequest, ResponseFuture};
-use crate::{ProxyError, upstream::Exchange};
+use crate::{ProxyError, policy::nanos, upstream::Exchange};
 
 /// The timeout service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,16 +68,10 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: PolicyRequest) -> Self::Future {
-        let timeout = request.route.live().genome().timeout;
-        let inner = self.inner.call(request);
-        match timeout {
-            None => inner,
-            Some(timeout) => Box::pin(async move {
-                tokio::time::timeout(timeout.get(), inner)
-                    .await
-                    .unwrap_or(Err(ProxyError::Timeout(timeout.get())))
-            }),
+    fn call(&mut self, mut request: PolicyRequest) -> Self::Future {
+        if let Some(timeout) = request.route.live().genome().timeout {
+            request.deadline = Some(request.arrived.saturating_add(nanos(timeout.get())));
         }
+        self.inner.call(request)
     }
 }
