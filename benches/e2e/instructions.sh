@@ -3,6 +3,7 @@
 # time, this does not move with the load on a shared machine, so small changes can be compared.
 #
 #   benches/e2e/instructions.sh rafael      # target/release/rafael, one listener, one route
+#   benches/e2e/instructions.sh rafael-policies   # the same route with every policy on
 #   benches/e2e/instructions.sh nginx       # Debian's nginx, 1 worker, upstream keep-alive
 #
 # The proxy runs under valgrind on cpu 1 (so rafael picks its one-CPU scheduler, as in the
@@ -10,7 +11,7 @@
 # no load, is subtracted. Kernel work (the larger part of a proxy's CPU) is not counted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-peer=${1:?usage: instructions.sh rafael|nginx}
+peer=${1:?usage: instructions.sh rafael|rafael-policies|nginx}
 for tool in valgrind wrk; do
     command -v $tool >/dev/null || apt-get install -y -q $tool >/dev/null
 done
@@ -22,7 +23,7 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 upstream_port=18180 proxy_port=18181 admin_port=18182
 taskset -c 0 target/release/bench-upstream 127.0.0.1:$upstream_port &
 case $peer in
-rafael)
+rafael|rafael-policies)
     cat > "$work/rafael.toml" <<TOML
 [admin]
 bind = "127.0.0.1:$admin_port"
@@ -40,6 +41,17 @@ name = "all"
 listener = "in"
 upstream = "app"
 TOML
+    if [ "$peer" = rafael-policies ]; then
+        # Every policy on, none binding on a healthy upstream (as in run.py).
+        cat >> "$work/rafael.toml" <<TOML
+[routes.policy]
+timeout = "2s"
+retry = { max_attempts = 3, per_try_timeout = "1s", retry_on = ["connect-failure", "reset", "5xx"] }
+circuit_breaker = { consecutive_failures = 5, failure_rate = 0.5, min_requests = 20 }
+rate_limit = { rps = 10000000, burst = 1000000 }
+concurrency = { max_in_flight = 10000 }
+TOML
+    fi
     cmd=(target/release/rafael run --config "$work/rafael.toml") ;;
 nginx)
     cat > "$work/nginx.conf" <<CONF

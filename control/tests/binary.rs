@@ -202,6 +202,30 @@ upstream = "app"
     )
 }
 
+/// Fails unless `promtool check metrics` accepts the exposition.
+fn assert_promtool_accepts(metrics: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
@@ -347,27 +371,7 @@ fn serves_reports_metrics_promtool_accepts_and_stops_on_sigterm() {
     );
     assert!(metrics.contains(r#"rafael_connections_active{listener="in"}"#));
 
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
-    let mut promtool = promtool;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let output = promtool.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_promtool_accepts(&metrics);
 
     rafael.signal("TERM");
     assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
@@ -421,6 +425,69 @@ fn bad_requests_and_failing_upstreams_are_counted() {
         "{}",
         rafael.metrics()
     );
+}
+
+#[test]
+fn policy_metrics_report_retries_skips_breakers_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let policy = r#"
+[routes.policy]
+retry = { max_attempts = 3, backoff_base = "1ms", backoff_max = "1ms", retry_on = ["connect-failure"], budget_ratio = 0.0, budget_min_per_sec = 1 }
+circuit_breaker = { consecutive_failures = 3, open_for = "1h", open_for_max = "1h" }
+rate_limit = { rps = 0.01, burst = 6 }
+concurrency = { max_in_flight = 8 }
+"#;
+    let config = write_config(dir.path(), dead, policy);
+    let rafael = Rafael::start(&config);
+    let statuses: Vec<u16> = (0..7).map(|_| http_get(rafael.proxy, "/").0).collect();
+    // The first requests fail at the dead upstream (502), the breaker then answers (503), and
+    // the seventh is over the rate limit's burst of six (429).
+    assert_eq!(statuses[0], 502, "{statuses:?}");
+    assert_eq!(&statuses[3..], [503, 503, 503, 429], "{statuses:?}");
+
+    let metrics = rafael.metrics();
+    let value = |series: &str| metric_value(&metrics, series);
+    assert!(
+        value(r#"rafael_retries_total{route="main"}"#) >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        value(r#"rafael_retries_skipped_total{route="main",reason="budget"}"#) >= Some(1.0),
+        "{metrics}"
+    );
+    let endpoint = format!(r#"route="main",endpoint="{dead}""#);
+    assert_eq!(
+        value(&format!("rafael_circuit_breaker_state{{{endpoint}}}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&format!(
+            r#"rafael_circuit_breaker_transitions_total{{{endpoint},to="open"}}"#
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"rafael_rate_limited_total{route="main"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"rafael_concurrency_limit{route="main"}"#),
+        Some(8.0)
+    );
+    assert_eq!(value(r#"rafael_in_flight{route="main"}"#), Some(0.0));
+    assert_eq!(
+        value(r#"rafael_genome_generation{route="main"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"rafael_requests_total{route="main",code="429"}"#),
+        Some(1.0)
+    );
+    assert_promtool_accepts(&metrics);
 }
 
 #[test]
