@@ -45,6 +45,7 @@ impl Service<Attempt> for Healthy {
             response: Response::new(Body::Empty),
             upgraded: None,
             endpoint: 0,
+            answered_at: 0,
         })))
     }
 }
@@ -144,6 +145,7 @@ fn policy_stack(c: &mut Criterion) {
                 sampled: false,
                 permit: None,
                 in_flight: 1,
+                start: 0,
             };
             black_box(run(Healthy.call(attempt)).map(|e| e.endpoint))
         })

@@ -99,11 +99,13 @@ pub(crate) async fn proxy(
 
     let metrics = route.metrics();
     let mut outcome = None;
+    let answered_at = result.as_ref().map_or(0, |exchange| exchange.answered_at);
     let response = match result {
         Ok(Exchange {
             mut response,
             upgraded,
             endpoint,
+            ..
         }) => match (upgraded, downstream_upgrade) {
             (Some(upstream), Some(downstream)) => {
                 tunnel(&connection, downstream, upstream);
@@ -144,7 +146,13 @@ pub(crate) async fn proxy(
     } else {
         Outcome::Success
     });
-    let finished = layer::now();
+    // The response head's arrival is the end of the request's latency (the relay that follows
+    // is part of the response, not of the wait for it).
+    let finished = if answered_at == 0 {
+        layer::now()
+    } else {
+        answered_at
+    };
     let elapsed = finished.saturating_sub(started);
     telemetry.complete(finished, outcome, elapsed);
     Ok(finish(

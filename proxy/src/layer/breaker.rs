@@ -86,7 +86,11 @@ where
         let route = attempt.route.clone();
         let policy = route.live();
         let upstream = route.upstream();
-        let started_at = now();
+        let started_at = if attempt.start == 0 {
+            now()
+        } else {
+            attempt.start
+        };
         let breakers = policy.breakers();
         let chosen = if breakers.is_empty() {
             // The failed endpoint again, when it is the only one.
@@ -189,6 +193,7 @@ where
             }
             let mut exchange = result?;
             exchange.endpoint = endpoint;
+            exchange.answered_at = finished_at;
             if let Body::Upstream { guard, .. } = exchange.response.body_mut() {
                 guard.in_flight = Some(in_flight);
                 guard.permit = permit;

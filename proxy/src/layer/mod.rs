@@ -98,6 +98,8 @@ pub struct Attempt {
     pub permit: Option<Permit>,
     /// Requests in flight on the route when the request was admitted (for the adaptive limit).
     pub in_flight: u32,
+    /// When the attempt starts, if the caller just read the clock (0: read it).
+    pub start: Nanos,
 }
 
 /// The innermost service: sends an attempt to the endpoint the breaker layer chose.

@@ -99,6 +99,7 @@ where
                 endpoint: 0,
                 sampled: request.sampled,
                 in_flight,
+                start: request.arrived,
                 permit: request.permit,
             });
         }
@@ -122,6 +123,7 @@ where
             policy.deposit(arrived);
             let idempotent = is_idempotent(&head.parts.method);
             let may_retry = genes.max_attempts > 1 && (idempotent || genes.retry_non_idempotent);
+            let buffered = may_retry && !body.is_end_stream();
             let (first_body, replay) = if !may_retry {
                 (body, Replay::TooLarge)
             } else if body.is_end_stream() {
@@ -159,6 +161,8 @@ where
                         endpoint: 0,
                         sampled,
                         in_flight,
+                        // A first attempt that did not wait for a body starts at arrival.
+                        start: if number == 1 && !buffered { arrived } else { 0 },
                         permit: None,
                     })
                     .await;

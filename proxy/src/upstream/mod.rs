@@ -117,6 +117,9 @@ pub struct Exchange {
     pub upgraded: Option<(UpstreamIo, bytes::Bytes)>,
     /// Index of the endpoint that answered.
     pub endpoint: usize,
+    /// When the response head arrived (the policy clock; 0 when not read), so the request
+    /// path does not read the clock again for the same moment.
+    pub answered_at: u64,
 }
 
 // === impl Upstream ===
@@ -284,6 +287,7 @@ impl Upstream {
                     response,
                     upgraded: Some((*conn).into_upgraded()),
                     endpoint: 0,
+                    answered_at: 0,
                 });
             }
             let pool = h1::PoolReturn {
@@ -299,6 +303,7 @@ impl Upstream {
                 response,
                 upgraded: None,
                 endpoint: 0,
+                answered_at: 0,
             });
         }
     }
@@ -335,6 +340,7 @@ impl Upstream {
                 }),
                 upgraded: None,
                 endpoint: 0,
+                answered_at: 0,
             }),
             Err(error) => Err(self.failed(endpoint, &error)),
         }
