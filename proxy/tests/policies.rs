@@ -608,3 +608,73 @@ async fn an_invalid_genome_is_refused_and_changes_nothing() {
     assert_eq!(proxy.handle.load().version(), version);
     assert!(policies.swap("nope", Genome::default()).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_falls_when_the_upstream_queues() {
+    // An upstream with room for 8 requests at once: beyond that, each one waits behind the rest.
+    let busy = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let busy = busy.clone();
+        upstream(Proto::Http1, None, move |_| {
+            let busy = busy.clone();
+            async move {
+                let ahead = busy.fetch_add(1, Ordering::SeqCst);
+                let queue = ahead.saturating_sub(8) as u64;
+                tokio::time::sleep(Duration::from_millis(5 + 5 * queue)).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                text(200, "ok")
+            }
+        })
+        .await
+    };
+    let proxy = proxy(&simple_config(
+        app.addr,
+        r#"[routes.policy]
+concurrency = { max_in_flight = 256, adaptive = true }"#,
+    ))
+    .await;
+    let limit = || {
+        let snapshot = proxy.handle.load();
+        snapshot
+            .route("r")
+            .unwrap()
+            .live()
+            .adaptive_limit()
+            .unwrap()
+    };
+    assert_eq!(limit(), 256);
+    let run = |workers: usize, requests: usize| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let url = proxy.url("/");
+                tokio::spawn(async move {
+                    let client = h1_client();
+                    let mut shed = 0;
+                    for _ in 0..requests {
+                        match get(&client, &url).await.0 {
+                            StatusCode::OK => {}
+                            StatusCode::SERVICE_UNAVAILABLE => shed += 1,
+                            other => panic!("unexpected {other}"),
+                        }
+                    }
+                    shed
+                })
+            })
+            .collect();
+        async move {
+            let mut shed = 0;
+            for handle in handles {
+                shed += handle.await.unwrap();
+            }
+            shed
+        }
+    };
+    // Light load teaches the limit the upstream's unloaded latency...
+    assert_eq!(run(4, 200).await, 0);
+    assert_eq!(limit(), 256);
+    // ...then 64 clients at once build a queue upstream, and the limit comes down toward the
+    // upstream's capacity.
+    run(64, 60).await;
+    let after = limit();
+    assert!(after < 128, "the limit stayed at {after}");
+}
