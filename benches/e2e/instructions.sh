@@ -105,4 +105,6 @@ measure() {
 }
 read -r _ idle < <(measure 0)
 read -r requests loaded < <(measure 5)
+# KEEP=DIR keeps the loaded run's callgrind files, for callgrind_annotate.
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.* "$KEEP"/; fi
 echo "$peer: $(( (loaded - idle) / requests )) instructions per request ($requests requests)"

@@ -188,20 +188,21 @@ retry = { max_attempts = 3, backoff_max = "1s", retry_on = ["503"] }"#,
     assert_eq!(app.requests(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_at_its_threshold_sheds_load_and_recovers_through_half_open() {
     let failing = Arc::new(AtomicBool::new(true));
     let app = switchable(failing.clone()).await;
     let proxy = proxy(&simple_config(
         app.addr,
         r#"[routes.policy]
-circuit_breaker = { consecutive_failures = 5, open_for = "200ms", half_open_probes = 2 }"#,
+circuit_breaker = { consecutive_failures = 5, open_for = "5s", half_open_probes = 2 }"#,
     ))
     .await;
     let client = h1_client();
     for _ in 0..5 {
         assert_eq!(get(&client, &proxy.url("/")).await.0, 500);
     }
+    let opened = tokio::time::Instant::now();
     // Open: rafael answers itself and the upstream sees nothing more.
     for _ in 0..20 {
         let (status, _, body) = get(&client, &proxy.url("/")).await;
@@ -216,6 +217,11 @@ circuit_breaker = { consecutive_failures = 5, open_for = "200ms", half_open_prob
     loop {
         let (status, _, _) = get(&client, &proxy.url("/")).await;
         if status == StatusCode::OK {
+            let open_for = opened.elapsed();
+            assert!(
+                open_for >= Duration::from_secs(5) && open_for < Duration::from_millis(5_100),
+                "half-opened after {open_for:?}"
+            );
             break;
         }
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -228,6 +228,10 @@ impl Breaker {
         bucket.total += 1;
         bucket.failures += u32::from(failed);
         bucket.slow += u32::from(slow);
+        if !failed && !slow {
+            // A fast success lowers both shares: it cannot open the breaker.
+            return None;
+        }
         let (total, failures, slow_calls) = self.window_counts(now);
         let over_rates = total >= params.min_requests
             && (f64::from(failures) >= params.failure_rate * f64::from(total)
