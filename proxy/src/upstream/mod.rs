@@ -249,7 +249,9 @@ impl Upstream {
             UpstreamProtocol::Http2 => {
                 let mut request = Request::from_parts(head.parts.clone(), body);
                 head.added.insert_into(request.headers_mut());
-                self.send_http2(endpoint, request).await
+                // Boxed: hyper's HTTP/2 request state would otherwise set the size of every
+                // request's future, HTTP/1.1 ones included.
+                Box::pin(self.send_http2(endpoint, request)).await
             }
         }
     }
