@@ -50,7 +50,10 @@ impl Service<Attempt> for Healthy {
     }
 }
 
-const CONFIG: &str = r#"
+/// Two routes on one upstream: "plain" without a genome, "full" with every policy on (the
+/// genome the end-to-end harness's `rafael-policies` peer runs).
+const CONFIG: &str = concat!(
+    r#"
 [[listeners]]
 name = "in"
 bind = "127.0.0.1:0"
@@ -69,13 +72,9 @@ match = { path_prefix = "/plain" }
 name = "full"
 listener = "in"
 upstream = "app"
-[routes.policy]
-timeout = "2s"
-retry = { max_attempts = 3, per_try_timeout = "1s", retry_on = ["connect-failure", "reset", "5xx"] }
-circuit_breaker = { consecutive_failures = 5, failure_rate = 0.5, min_requests = 20 }
-rate_limit = { rps = 10000000, burst = 1000000 }
-concurrency = { max_in_flight = 10000 }
-"#;
+"#,
+    include_str!("../e2e/rafael-policies.toml")
+);
 
 /// Polls a future that completes without waiting (the upstream answers at once).
 fn run<F: Future>(future: F) -> F::Output {

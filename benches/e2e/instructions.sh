@@ -42,15 +42,7 @@ listener = "in"
 upstream = "app"
 TOML
     if [ "$peer" = rafael-policies ]; then
-        # Every policy on, none binding on a healthy upstream (as in run.py).
-        cat >> "$work/rafael.toml" <<TOML
-[routes.policy]
-timeout = "2s"
-retry = { max_attempts = 3, per_try_timeout = "1s", retry_on = ["connect-failure", "reset", "5xx"] }
-circuit_breaker = { consecutive_failures = 5, failure_rate = 0.5, min_requests = 20 }
-rate_limit = { rps = 10000000, burst = 1000000 }
-concurrency = { max_in_flight = 10000 }
-TOML
+        cat benches/e2e/rafael-policies.toml >> "$work/rafael.toml"
     fi
     cmd=(target/release/rafael run --config "$work/rafael.toml") ;;
 nginx)

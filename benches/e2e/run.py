@@ -223,14 +223,8 @@ upstream = "app"
 """
 
 # Every policy on, none of them binding on a healthy upstream: what the stack itself costs.
-RAFAEL_POLICIES = """
-[routes.policy]
-timeout = "2s"
-retry = { max_attempts = 3, per_try_timeout = "1s", retry_on = ["connect-failure", "reset", "5xx"] }
-circuit_breaker = { consecutive_failures = 5, failure_rate = 0.5, min_requests = 20 }
-rate_limit = { rps = 10000000, burst = 1000000 }
-concurrency = { max_in_flight = 10000 }
-"""
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "rafael-policies.toml")) as f:
+    RAFAEL_POLICIES = f.read()
 
 NGINX_CONFIG = """
 worker_processes 1;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{Attempt, AttemptTimedOut, ResponseFuture, now};
 use crate::{
@@ -26,15 +26,12 @@ use crate::{
     upstream::Exchange,
 };
 
-/// The breaker service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Breaker<S> {
-    inner: S,
-}
-
-/// Its layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BreakerLayer;
+policy_layer!(
+    /// The breaker service.
+    Breaker,
+    /// Its layer.
+    BreakerLayer
+);
 
 /// Every endpoint of the route's upstream has its circuit breaker open.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,21 +51,6 @@ struct Pending {
 }
 
 // === impl Breaker ===
-
-impl<S> Breaker<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S> Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Breaker::new(inner)
-    }
-}
 
 impl<S> Service<Attempt> for Breaker<S>
 where

@@ -6,20 +6,17 @@
 
 use std::task::{Context, Poll};
 
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{PolicyRequest, ResponseFuture};
 use crate::{ProxyError, upstream::Exchange};
 
-/// The concurrency service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Concurrency<S> {
-    inner: S,
-}
-
-/// Its layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConcurrencyLayer;
+policy_layer!(
+    /// The concurrency service.
+    Concurrency,
+    /// Its layer.
+    ConcurrencyLayer
+);
 
 /// The route is at its concurrency limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -27,21 +24,6 @@ pub struct ConcurrencyLayer;
 pub struct Shed;
 
 // === impl Concurrency ===
-
-impl<S> Concurrency<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = Concurrency<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Concurrency::new(inner)
-    }
-}
 
 impl<S> Service<PolicyRequest> for Concurrency<S>
 where

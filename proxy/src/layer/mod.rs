@@ -13,6 +13,37 @@
 //! typed error that the rescue turns into a response. Queuing silently inside a sidecar would
 //! hide overload from the client and from the metrics.
 
+/// Declares a layer's service (a wrapper around the inner service), its constructor and its
+/// tower `Layer`: the same for every layer, so each layer's file holds only what it decides.
+macro_rules! policy_layer {
+    ($(#[$service_doc:meta])* $service:ident, $(#[$layer_doc:meta])* $layer:ident) => {
+        $(#[$service_doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $service<S> {
+            inner: S,
+        }
+
+        $(#[$layer_doc])*
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $layer;
+
+        impl<S> $service<S> {
+            /// Wraps `inner`.
+            pub fn new(inner: S) -> Self {
+                Self { inner }
+            }
+        }
+
+        impl<S> tower::Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $service::new(inner)
+            }
+        }
+    };
+}
+
 pub mod breaker;
 pub mod concurrency;
 pub mod rate_limit;

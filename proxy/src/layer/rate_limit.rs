@@ -8,20 +8,17 @@ use std::{
 };
 
 use rafael_config::RateLimitKey;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{PolicyRequest, ResponseFuture};
 use crate::{ProxyError, upstream::Exchange};
 
-/// The rate limit service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RateLimit<S> {
-    inner: S,
-}
-
-/// Its layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RateLimitLayer;
+policy_layer!(
+    /// The rate limit service.
+    RateLimit,
+    /// Its layer.
+    RateLimitLayer
+);
 
 /// The route (or this client's key) is over its rate.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -32,21 +29,6 @@ pub struct RateLimited {
 }
 
 // === impl RateLimit ===
-
-impl<S> RateLimit<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner)
-    }
-}
 
 impl<S> Service<PolicyRequest> for RateLimit<S>
 where

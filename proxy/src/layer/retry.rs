@@ -25,22 +25,19 @@ use http::{Method, StatusCode, header::RETRY_AFTER};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use rafael_config::{RetryCondition, RetryGenes};
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
     ProxyError, body::Body, metrics::SkipReason, policy::backoff::full_jitter, upstream::Exchange,
 };
 
-/// The retry service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Retry<S> {
-    inner: S,
-}
-
-/// Its layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RetryLayer;
+policy_layer!(
+    /// The retry service.
+    Retry,
+    /// Its layer.
+    RetryLayer
+);
 
 /// What later attempts can send.
 #[derive(Debug)]
@@ -54,21 +51,6 @@ enum Replay {
 }
 
 // === impl Retry ===
-
-impl<S> Retry<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner)
-    }
-}
 
 impl<S> Service<PolicyRequest> for Retry<S>
 where

@@ -14,20 +14,17 @@ use std::{
     time::Duration,
 };
 
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{PolicyRequest, ResponseFuture};
 use crate::{ProxyError, policy::nanos, upstream::Exchange};
 
-/// The timeout service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timeout<S> {
-    inner: S,
-}
-
-/// Its layer.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TimeoutLayer;
+policy_layer!(
+    /// The timeout service.
+    Timeout,
+    /// Its layer.
+    TimeoutLayer
+);
 
 /// One attempt took longer than the route's `per_try_timeout`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -40,21 +37,6 @@ pub struct AttemptTimedOut {
 }
 
 // === impl Timeout ===
-
-impl<S> Timeout<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner)
-    }
-}
 
 impl<S> Service<PolicyRequest> for Timeout<S>
 where
