@@ -88,6 +88,9 @@ pub struct BreakerGenes {
     pub open_for_max: HumanDuration,
     /// Probes admitted while half-open.
     pub half_open_probes: u32,
+    /// Which attempt outcomes count as failures (the vocabulary of `retry_on`; `timeout`
+    /// covers both the per-try and the route deadline).
+    pub failure_on: Vec<RetryCondition>,
 }
 
 /// GCRA rate limit, per route or per client key.
@@ -239,16 +242,7 @@ impl RetryGenes {
             0,
             100_000,
         );
-        for (i, condition) in self.retry_on.iter().enumerate() {
-            if let RetryCondition::Status(code) = condition {
-                if !(100..=599).contains(code) {
-                    errors.push(
-                        format!("{path}.retry_on[{i}]"),
-                        format!("must be an HTTP status code 100..=599, got {code}"),
-                    );
-                }
-            }
-        }
+        check_statuses(errors, &format!("{path}.retry_on"), &self.retry_on);
     }
 }
 
@@ -341,6 +335,12 @@ impl Default for BreakerGenes {
             open_for: HumanDuration::from_secs(5),
             open_for_max: HumanDuration::from_secs(60),
             half_open_probes: 3,
+            failure_on: vec![
+                RetryCondition::ServerError,
+                RetryCondition::ConnectFailure,
+                RetryCondition::Reset,
+                RetryCondition::Timeout,
+            ],
         }
     }
 }
@@ -419,6 +419,7 @@ impl BreakerGenes {
             1,
             1_000,
         );
+        check_statuses(errors, &format!("{path}.failure_on"), &self.failure_on);
     }
 }
 
@@ -496,6 +497,20 @@ impl Default for ConcurrencyGenes {
 }
 
 // === bounds checks ===
+
+/// Status-code conditions must be HTTP status codes.
+fn check_statuses(errors: &mut ConfigErrors, path: &str, conditions: &[RetryCondition]) {
+    for (i, condition) in conditions.iter().enumerate() {
+        if let RetryCondition::Status(code) = condition {
+            if !(100..=599).contains(code) {
+                errors.push(
+                    format!("{path}[{i}]"),
+                    format!("must be an HTTP status code 100..=599, got {code}"),
+                );
+            }
+        }
+    }
+}
 
 /// True when `name` is a valid HTTP header name (an RFC 9110 token).
 pub(crate) fn http_token(name: &str) -> bool {

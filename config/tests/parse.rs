@@ -154,7 +154,8 @@ listener = "nowhere"
 upstream = "ghost"
 match = { path_prefix = "orders", methods = ["get"] }
 [routes.policy]
-retry = { max_attempts = 0, backoff_base = "1s", backoff_max = "10ms" }
+retry = { max_attempts = 0, backoff_base = "1s", backoff_max = "10ms", retry_on = [700] }
+circuit_breaker = { failure_on = ["5xx", 42] }
 "#;
     let errors = errors_of(text);
     for expected in [
@@ -168,6 +169,8 @@ retry = { max_attempts = 0, backoff_base = "1s", backoff_max = "10ms" }
         "routes[0].match.methods[0]: must be an upper-case HTTP method",
         "routes[0].policy.retry.max_attempts: must be 1..=10, got 0",
         "routes[0].policy.retry.backoff_max: must be at least backoff_base",
+        "routes[0].policy.retry.retry_on[0]: must be an HTTP status code 100..=599, got 700",
+        "routes[0].policy.circuit_breaker.failure_on[1]: must be an HTTP status code",
     ] {
         assert!(
             errors.iter().any(|e| e.starts_with(expected)),

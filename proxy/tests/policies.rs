@@ -244,6 +244,24 @@ circuit_breaker = { consecutive_failures = 5, open_for = "5s", half_open_probes 
 }
 
 #[tokio::test]
+async fn failure_on_decides_what_the_breaker_counts() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let app = switchable(failing).await;
+    // 500s come from the handler, not from an unhealthy endpoint: this route does not count them.
+    let proxy = proxy(&simple_config(
+        app.addr,
+        r#"[routes.policy]
+circuit_breaker = { consecutive_failures = 2, failure_on = ["gateway-error", "connect-failure", "reset", "timeout"] }"#,
+    ))
+    .await;
+    let client = h1_client();
+    for _ in 0..10 {
+        assert_eq!(get(&client, &proxy.url("/")).await.0, 500);
+    }
+    assert_eq!(app.requests(), 10);
+}
+
+#[tokio::test]
 async fn the_balancer_skips_an_endpoint_whose_breaker_is_open() {
     let healthy = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
     // A port with nothing listening: connections are refused.

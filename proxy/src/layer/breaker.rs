@@ -12,7 +12,7 @@ use std::{
 
 use tower::Service;
 
-use super::{Attempt, AttemptTimedOut, ResponseFuture, now};
+use super::{Attempt, AttemptTimedOut, ResponseFuture, now, retry::outcome_matches};
 use crate::{
     ProxyError,
     body::Body,
@@ -162,10 +162,20 @@ where
                 };
                 policy.telemetry().attempt(sample, sampled);
                 if let Some((params, breaker)) = policy.breaker(endpoint) {
-                    let result = if outcome == AttemptOutcome::Success {
-                        AttemptResult::Success(latency)
-                    } else {
+                    let failed = policy
+                        .genome()
+                        .circuit_breaker
+                        .as_ref()
+                        .is_some_and(|genes| {
+                            genes
+                                .failure_on
+                                .iter()
+                                .any(|condition| outcome_matches(condition, &result))
+                        });
+                    let result = if failed {
                         AttemptResult::Failure(latency)
+                    } else {
+                        AttemptResult::Success(latency)
                     };
                     breaker.record(finished_at, params, probe, result);
                 }

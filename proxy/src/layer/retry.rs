@@ -229,9 +229,20 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// True when the attempt's outcome is one the route retries.
+/// True when the attempt's outcome is one the route retries. Past the route deadline nothing
+/// is: another attempt would have no time at all.
 fn should_retry(result: &Result<Exchange, ProxyError>, genes: &RetryGenes) -> bool {
-    genes.retry_on.iter().any(|condition| match result {
+    !matches!(result, Err(ProxyError::Timeout(_)))
+        && genes.retry_on.iter().any(|c| outcome_matches(c, result))
+}
+
+/// True when an attempt's outcome meets `condition` (the vocabulary of `retry_on` and of the
+/// breaker's `failure_on`).
+pub(crate) fn outcome_matches(
+    condition: &RetryCondition,
+    result: &Result<Exchange, ProxyError>,
+) -> bool {
+    match result {
         Ok(exchange) => {
             let status = exchange.response.status();
             match condition {
@@ -252,9 +263,12 @@ fn should_retry(result: &Result<Exchange, ProxyError>, genes: &RetryGenes) -> bo
                 RetryCondition::ConnectFailure,
                 ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
             ) | (RetryCondition::Reset, ProxyError::Upstream { .. })
-                | (RetryCondition::Timeout, ProxyError::AttemptTimedOut(_))
+                | (
+                    RetryCondition::Timeout,
+                    ProxyError::AttemptTimedOut(_) | ProxyError::Timeout(_)
+                )
         ),
-    })
+    }
 }
 
 /// The wait a `Retry-After` field asks for (delta-seconds or an HTTP date).
