@@ -46,7 +46,13 @@ pub const IN_FLIGHT: &str = "rafael_in_flight";
 pub const GENOME_GENERATION: &str = "rafael_genome_generation";
 
 /// Why a retry was not made: the `reason` label of `rafael_retries_skipped_total`.
-pub const SKIP_REASONS: [&str; 4] = ["budget", "body_too_large", "non_idempotent", "retry_after"];
+pub const SKIP_REASONS: [&str; 5] = [
+    "budget",
+    "body_too_large",
+    "non_idempotent",
+    "retry_after",
+    "deadline",
+];
 
 /// Index of a reason in [`SKIP_REASONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +65,8 @@ pub enum SkipReason {
     NonIdempotent = 2,
     /// The upstream's `Retry-After` asked for a longer wait than `backoff_max`.
     RetryAfter = 3,
+    /// The backoff would end past the route's deadline.
+    Deadline = 4,
 }
 
 /// The `route` label of requests no route took.

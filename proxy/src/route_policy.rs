@@ -4,7 +4,8 @@
 //!
 //! Parameters belong to a snapshot; state outlives it. When a snapshot is rebuilt (a reload or
 //! a genome swap) each route's state is carried over from the previous snapshot's route of the
-//! same name: kept as it is when its parameters did not change, rescaled when they did (a
+//! same name, when the new snapshot goes live ([`RoutePolicy::activate`]; a rejected one changes
+//! nothing): kept as it is when its parameters did not change, rescaled when they did (a
 //! rate-limited route stays limited, a breaker keeps its window and its open state, the learned
 //! concurrency limit stays within the new ceiling), and reset only when its meaning changed
 //! (a per-key limit that now keys on something else).
@@ -12,7 +13,7 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -22,8 +23,9 @@ use rafael_config::{Genome, RateLimitKey, RetryGenes};
 
 use crate::{
     metrics::{
-        BREAKER_STATE, BREAKER_TRANSITIONS_TOTAL, CONCURRENCY_LIMIT, IN_FLIGHT, RATE_LIMITED_TOTAL,
-        RETRIES_SKIPPED_TOTAL, RETRIES_TOTAL, SHED_TOTAL, SKIP_REASONS, SkipReason,
+        BREAKER_STATE, BREAKER_TRANSITIONS_TOTAL, CONCURRENCY_LIMIT, GENOME_GENERATION, IN_FLIGHT,
+        RATE_LIMITED_TOTAL, RETRIES_SKIPPED_TOTAL, RETRIES_TOTAL, SHED_TOTAL, SKIP_REASONS,
+        SkipReason,
     },
     policy::{
         Nanos,
@@ -43,6 +45,8 @@ pub struct RoutePolicy {
     /// Bumped each time the genome changes (a swap or a reload that changed it).
     generation: u64,
     gcra: Option<Gcra>,
+    /// The limit of the policy this one replaces, to rescale the shared bucket from.
+    previous_gcra: Option<Gcra>,
     budget: Option<BudgetParams>,
     breaker: Option<BreakerParams>,
     state: Arc<PolicyState>,
@@ -65,8 +69,9 @@ struct PolicyState {
 #[derive(Debug)]
 pub struct EndpointBreaker {
     address: String,
-    /// The engine's state, readable without the lock (the closed fast path).
-    state: AtomicU8,
+    /// The engine's state and epoch (`state | epoch << 8`), readable without the lock: the
+    /// closed fast path.
+    state: AtomicU64,
     engine: Mutex<Breaker>,
     state_gauge: Gauge,
     /// Transitions to closed, half-open and open.
@@ -88,6 +93,7 @@ struct PolicyMetrics {
     shed: Counter,
     limit: Gauge,
     in_flight: Gauge,
+    generation: Gauge,
 }
 
 // === impl RoutePolicy ===
@@ -100,7 +106,6 @@ impl RoutePolicy {
         genome: &Genome,
         upstream: &Upstream,
         previous: Option<&RoutePolicy>,
-        now: Nanos,
     ) -> Self {
         let gcra = genome.rate_limit.as_ref().map(Gcra::from_genes);
         let budget = genome.retry.as_ref().map(budget_params);
@@ -114,41 +119,6 @@ impl RoutePolicy {
             Some(p) => p.generation + 1,
             None => 1,
         };
-
-        // Rate limit: rescale the backlog to the new rate; a new key kind starts a new table.
-        if let (Some(before), Some(after)) = (previous.and_then(|p| p.gcra), gcra) {
-            state.rate_limit.rescale(&before, &after, now);
-        }
-        {
-            let mut keyed = state.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-            *keyed = match (genome.rate_limit.as_ref(), keyed.take()) {
-                (Some(genes), Some((key, table))) if genes.key.as_ref() == Some(&key) => {
-                    if let (Some(before), Some(after)) = (previous.and_then(|p| p.gcra), gcra) {
-                        table.rescale(&before, &after, genes.max_keys, now);
-                    }
-                    Some((key, table))
-                }
-                (Some(genes), _) => genes
-                    .key
-                    .clone()
-                    .map(|key| (key, Arc::new(KeyedRateLimit::new(genes.max_keys)))),
-                (None, _) => None,
-            };
-        }
-        {
-            let mut adaptive = state
-                .adaptive
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *adaptive = match (genome.concurrency.as_ref(), adaptive.take()) {
-                (Some(genes), Some(mut limit)) if genes.adaptive => {
-                    limit.rescale(genes.max_in_flight);
-                    Some(limit)
-                }
-                (Some(genes), _) if genes.adaptive => Some(AdaptiveLimit::new(genes.max_in_flight)),
-                _ => None,
-            };
-        }
 
         // Breakers: one per endpoint, kept by address (params are per call, so a changed genome
         // rescales them lazily; see `Breaker::record`).
@@ -166,26 +136,69 @@ impl RoutePolicy {
                 .collect(),
         };
 
-        let metrics = PolicyMetrics::new(name);
-        let limit = match genome.concurrency.as_ref() {
-            Some(genes) => state
-                .adaptive
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .map_or(genes.max_in_flight, AdaptiveLimit::limit),
-            None => 0,
-        };
-        metrics.limit.set(f64::from(limit));
         Self {
             genome: genome.clone(),
             generation,
             gcra,
+            previous_gcra: previous.and_then(|p| p.gcra),
             budget,
             breaker,
             state,
             breakers,
-            metrics,
+            metrics: PolicyMetrics::new(name),
+        }
+    }
+
+    /// Makes this policy the live one: carries the shared engine state over to its parameters
+    /// (see the module doc) and publishes its gauges. Called once, just before its snapshot is
+    /// stored; a snapshot that is built and then rejected never touches the live state.
+    pub fn activate(&self, now: Nanos) {
+        let genome = &self.genome;
+        let state = &self.state;
+        // Rate limit: rescale the backlog to the new rate; a new key kind starts a new table.
+        if let (Some(before), Some(after)) = (self.previous_gcra, self.gcra) {
+            state.rate_limit.rescale(&before, &after, now);
+        }
+        {
+            let mut keyed = state.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+            *keyed = match (genome.rate_limit.as_ref(), keyed.take()) {
+                (Some(genes), Some((key, table))) if genes.key.as_ref() == Some(&key) => {
+                    if let (Some(before), Some(after)) = (self.previous_gcra, self.gcra) {
+                        table.rescale(&before, &after, genes.max_keys, now);
+                    }
+                    Some((key, table))
+                }
+                (Some(genes), _) => genes
+                    .key
+                    .clone()
+                    .map(|key| (key, Arc::new(KeyedRateLimit::new(genes.max_keys)))),
+                (None, _) => None,
+            };
+        }
+        let limit = {
+            let mut adaptive = state
+                .adaptive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *adaptive = match (genome.concurrency.as_ref(), adaptive.take()) {
+                (Some(genes), Some(mut limit)) if genes.adaptive => {
+                    limit.rescale(genes.max_in_flight);
+                    Some(limit)
+                }
+                (Some(genes), _) if genes.adaptive => Some(AdaptiveLimit::new(genes.max_in_flight)),
+                _ => None,
+            };
+            match genome.concurrency.as_ref() {
+                Some(genes) => adaptive
+                    .as_ref()
+                    .map_or(genes.max_in_flight, AdaptiveLimit::limit),
+                None => 0,
+            }
+        };
+        self.metrics.limit.set(f64::from(limit));
+        self.metrics.generation.set(self.generation as f64);
+        for breaker in self.breakers.iter() {
+            breaker.state_gauge.set(f64::from(breaker.state() as u8));
         }
     }
 
@@ -342,10 +355,9 @@ impl EndpointBreaker {
         let labels = |to: &'static str| counter!(BREAKER_TRANSITIONS_TOTAL, "route" => route.to_owned(), "endpoint" => address.to_owned(), "to" => to);
         let state_gauge =
             gauge!(BREAKER_STATE, "route" => route.to_owned(), "endpoint" => address.to_owned());
-        state_gauge.set(0.0);
         Self {
             address: address.to_owned(),
-            state: AtomicU8::new(BreakerState::Closed as u8),
+            state: AtomicU64::new(BreakerState::Closed as u64),
             engine: Mutex::new(Breaker::default()),
             state_gauge,
             transitions: [labels("closed"), labels("half_open"), labels("open")],
@@ -359,7 +371,7 @@ impl EndpointBreaker {
 
     /// The state now (an open breaker whose time is up reads open until an attempt tries it).
     pub fn state(&self) -> BreakerState {
-        match self.state.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) & 0xFF {
             0 => BreakerState::Closed,
             1 => BreakerState::HalfOpen,
             _ => BreakerState::Open,
@@ -373,8 +385,11 @@ impl EndpointBreaker {
 
     /// Decides one attempt.
     pub fn admit(&self, now: Nanos, params: &BreakerParams) -> Admission {
-        if self.state() == BreakerState::Closed {
-            return Admission::Allowed;
+        let mirror = self.state.load(Ordering::Acquire);
+        if mirror & 0xFF == BreakerState::Closed as u64 {
+            return Admission::Allowed {
+                epoch: (mirror >> 8) as u32,
+            };
         }
         let mut engine = self.lock();
         let (admission, transition) = engine.admit(now, params);
@@ -382,10 +397,16 @@ impl EndpointBreaker {
         admission
     }
 
-    /// Records how an admitted attempt ended.
-    pub fn record(&self, now: Nanos, params: &BreakerParams, probe: bool, result: AttemptResult) {
+    /// Records how an attempt admitted as `admission` ended.
+    pub fn record(
+        &self,
+        now: Nanos,
+        params: &BreakerParams,
+        admission: Admission,
+        result: AttemptResult,
+    ) {
         let mut engine = self.lock();
-        let transition = engine.record(now, params, probe, result);
+        let transition = engine.record(now, params, admission, result);
         self.publish(&engine, transition);
     }
 
@@ -396,12 +417,12 @@ impl EndpointBreaker {
     fn publish(&self, engine: &Breaker, transition: Option<Transition>) {
         if let Some(transition) = transition {
             let to = transition.to as u8;
-            self.state.store(to, Ordering::Release);
+            let mirror = u64::from(to) | u64::from(engine.epoch()) << 8;
+            self.state.store(mirror, Ordering::Release);
             self.state_gauge.set(f64::from(to));
             self.transitions[usize::from(to)].increment(1);
             tracing::info!(endpoint = %self.address, from = ?transition.from, to = ?transition.to, "circuit breaker");
         }
-        debug_assert_eq!(engine.state() as u8, self.state.load(Ordering::Acquire));
     }
 }
 
@@ -427,7 +448,8 @@ impl PolicyMetrics {
             rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.clone()),
             shed: counter!(SHED_TOTAL, "route" => route.clone()),
             limit: gauge!(CONCURRENCY_LIMIT, "route" => route.clone()),
-            in_flight: gauge!(IN_FLIGHT, "route" => route),
+            in_flight: gauge!(IN_FLIGHT, "route" => route.clone()),
+            generation: gauge!(GENOME_GENERATION, "route" => route),
         }
     }
 }

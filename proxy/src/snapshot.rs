@@ -11,13 +11,12 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Uri};
 use hyper_util::{rt::TokioExecutor, server::conn::auto};
-use metrics::gauge;
 use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     layer,
-    metrics::{GENOME_GENERATION, POLICY_VERSION, RouteMetrics},
+    metrics::{POLICY_VERSION, RouteMetrics},
     route_policy::RoutePolicy,
     router::Matcher,
     server, tls,
@@ -71,7 +70,7 @@ pub struct SnapshotHandle {
 /// the admin API) uses to apply a genome. A swap builds a new snapshot that differs in that one
 /// route and stores it atomically: requests in flight finish on the version they loaded, new
 /// ones get the new genome, and the route's engine state is carried over (see
-/// [`RoutePolicy::build`]). A later config reload applies the file's genomes again.
+/// [`RoutePolicy::activate`]). A later config reload applies the file's genomes again.
 #[derive(Debug, Clone)]
 pub struct PolicyHandle {
     snapshots: SnapshotHandle,
@@ -101,7 +100,6 @@ impl Snapshot {
             }
         }
 
-        let now = layer::now();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let Some(upstream) = upstreams.iter().find(|u| u.name() == route.upstream) else {
@@ -114,10 +112,7 @@ impl Snapshot {
                 &route.policy,
                 upstream,
                 before.map(|r| &r.policy),
-                now,
             );
-            gauge!(GENOME_GENERATION, "route" => route.name.clone())
-                .set(policy.generation() as f64);
             routes.push(Arc::new(Route {
                 name: Arc::from(route.name.as_str()),
                 matcher: Matcher::new(&route.match_),
@@ -200,9 +195,8 @@ impl Snapshot {
             &config.routes[index].policy,
             &old.upstream,
             Some(&old.policy),
-            layer::now(),
         );
-        gauge!(GENOME_GENERATION, "route" => old.name.to_string()).set(policy.generation() as f64);
+        policy.activate(layer::now());
         let new = Arc::new(Route {
             name: old.name.clone(),
             matcher: old.matcher.clone(),
@@ -231,6 +225,15 @@ impl Snapshot {
             routes: self.routes.iter().map(replace).collect(),
             upstreams: self.upstreams.clone(),
             unmatched: RouteMetrics::unmatched(),
+        }
+    }
+
+    /// Makes every route's policy the live one (see [`RoutePolicy::activate`]): called once,
+    /// just before the snapshot is stored.
+    fn activate(&self) {
+        let now = layer::now();
+        for route in self.routes.iter() {
+            route.policy.activate(now);
         }
     }
 
@@ -296,6 +299,7 @@ impl SnapshotHandle {
     /// Builds version 1 from `config`.
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
         let snapshot = Snapshot::build(config, 1, None)?;
+        snapshot.activate();
         metrics::gauge!(POLICY_VERSION).set(1.0);
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -356,6 +360,7 @@ impl SnapshotHandle {
         }
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snapshot = Snapshot::build(config, version, Some(&current))?;
+        snapshot.activate();
         self.current.store(Arc::new(snapshot));
         metrics::gauge!(POLICY_VERSION).set(version as f64);
         Ok(version)

@@ -702,3 +702,63 @@ concurrency = { max_in_flight = 256, adaptive = true }"#,
     let after = limit();
     assert!(after < 128, "the limit stayed at {after}");
 }
+
+#[tokio::test]
+async fn a_rejected_reload_leaves_the_live_policy_state_alone() {
+    let app = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
+    let config = |rps: &str, tls: &str| {
+        config_with(
+            app.addr,
+            tls,
+            "",
+            &format!("[routes.policy]\nrate_limit = {{ rps = {rps}, burst = 3 }}"),
+        )
+    };
+    let proxy = proxy(&config("0.01", "")).await;
+    let client = h1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&client, &proxy.url("/")).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&client, &proxy.url("/")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A new rate in a file that fails as a whole (its listener's certificate cannot be read,
+    // which is found after the routes are built): the bucket must not have been rescaled to a
+    // rate that never went live.
+    let rejected = rafael_config::parse(&config(
+        "1000",
+        r#"tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" }"#,
+    ))
+    .unwrap();
+    assert!(proxy.handle.reload(rejected).is_err());
+    assert_eq!(
+        get(&client, &proxy.url("/")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_that_would_outlast_the_deadline_relays_the_answer_at_hand() {
+    let app = upstream(Proto::Http1, None, |_| async {
+        http::Response::builder()
+            .status(503)
+            .header("retry-after", "2")
+            .body(full("busy"))
+            .unwrap()
+    })
+    .await;
+    let proxy = proxy(&simple_config(
+        app.addr,
+        r#"[routes.policy]
+timeout = "1s"
+retry = { max_attempts = 3, backoff_max = "5s", retry_on = ["503"] }"#,
+    ))
+    .await;
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = get(&h1_client(), &proxy.url("/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert_eq!(body, "busy");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(app.requests(), 1);
+}

@@ -18,6 +18,7 @@ use crate::{
     body::Body,
     metrics::AttemptOutcome,
     policy::{
+        Nanos,
         breaker::{Admission, AttemptResult},
         nanos,
     },
@@ -41,12 +42,13 @@ pub struct BreakerOpen {
     pub upstream: String,
 }
 
-/// Reports an attempt abandoned mid-way (the client left, or the route deadline passed) to the
-/// breaker, so a half-open probe slot is not lost.
+/// Reports an attempt that ended without an outcome for the breaker (the client left, its body
+/// failed, or the route deadline cut short an attempt that started late) as cancelled, so a
+/// half-open probe slot is not lost.
 struct Pending {
     route: Arc<Route>,
     endpoint: usize,
-    probe: bool,
+    admission: Admission,
     finished: bool,
 }
 
@@ -66,42 +68,17 @@ where
 
     fn call(&mut self, mut attempt: Attempt) -> Self::Future {
         let route = attempt.route.clone();
-        let policy = route.live();
         let upstream = route.upstream();
         let started_at = if attempt.start == 0 {
             now()
         } else {
             attempt.start
         };
-        let breakers = policy.breakers();
-        let chosen = if breakers.is_empty() {
-            // The failed endpoint again, when it is the only one.
-            upstream
-                .pick_index(|i| Some(i) != attempt.avoid)
-                .or(attempt.avoid)
-        } else {
-            let available = |i: usize| {
-                policy
-                    .breaker(i)
-                    .is_some_and(|(params, breaker)| breaker.available(started_at, params))
+        let Some((endpoint, admission)) = choose(&route, attempt.avoid, started_at) else {
+            let error = BreakerOpen {
+                upstream: upstream.name().to_owned(),
             };
-            upstream
-                .pick_index(|i| Some(i) != attempt.avoid && available(i))
-                .or_else(|| attempt.avoid.filter(|&i| available(i)))
-        };
-        let admission = chosen.map(|i| match policy.breaker(i) {
-            Some((params, breaker)) => breaker.admit(started_at, params),
-            None => Admission::Allowed,
-        });
-        let (endpoint, probe) = match (chosen, admission) {
-            (Some(i), Some(Admission::Allowed)) => (i, false),
-            (Some(i), Some(Admission::Probe)) => (i, true),
-            _ => {
-                let error = BreakerOpen {
-                    upstream: upstream.name().to_owned(),
-                };
-                return Box::pin(std::future::ready(Err(error.into())));
-            }
+            return Box::pin(std::future::ready(Err(error.into())));
         };
         attempt.endpoint = endpoint;
         let in_flight = upstream.endpoints()[endpoint].begin();
@@ -111,14 +88,16 @@ where
         let permit = attempt.permit.take();
         let per_try_timeout = attempt.per_try_timeout;
         let route_deadline = attempt.deadline;
+        // Made before the future, so an attempt dropped before it ever runs still gives back
+        // what the breaker lent it.
+        let mut pending = Pending {
+            route,
+            endpoint,
+            admission,
+            finished: false,
+        };
         let inner = self.inner.call(attempt);
         Box::pin(async move {
-            let mut pending = Pending {
-                route,
-                endpoint,
-                probe,
-                finished: false,
-            };
             // One timer per attempt: the earlier of the per-try and the route deadline.
             let per_try = per_try_timeout.map(|t| started_at.saturating_add(nanos(t)));
             let deadline = match (per_try, route_deadline) {
@@ -140,15 +119,26 @@ where
                         _ => Err(super::retry::route_timeout(&pending.route)),
                     }),
             };
+            // Cut off by the route deadline after a fair share of it (half the route timeout or
+            // more), the attempt is charged to its endpoint like any timeout; cut off after
+            // starting late (a retry with little time left), it says nothing about the endpoint.
+            let fair_share = match (&result, route_deadline) {
+                (Err(ProxyError::Timeout(timeout)), Some(at)) => {
+                    at.saturating_sub(started_at) >= nanos(*timeout) / 2
+                }
+                _ => true,
+            };
             let finished_at = now();
             let latency = Duration::from_nanos(finished_at.saturating_sub(started_at));
             let outcome = match &result {
                 Ok(exchange) => Some(AttemptOutcome::of_status(exchange.response.status())),
                 Err(error) => error.attempt_outcome(),
             };
-            pending.finished = true;
-            let route = &pending.route;
+            let route = pending.route.clone();
             let policy = route.live();
+            if outcome.is_some() && fair_share {
+                pending.finished = true;
+            }
             if let Some(outcome) = outcome {
                 route.metrics().record_attempt(outcome);
                 let sample = AttemptSample {
@@ -161,7 +151,7 @@ where
                     fault: false,
                 };
                 policy.telemetry().attempt(sample, sampled);
-                if let Some((params, breaker)) = policy.breaker(endpoint) {
+                if let Some((params, breaker)) = policy.breaker(endpoint).filter(|_| fair_share) {
                     let failed = policy
                         .genome()
                         .circuit_breaker
@@ -177,12 +167,15 @@ where
                     } else {
                         AttemptResult::Success(latency)
                     };
-                    breaker.record(finished_at, params, probe, result);
+                    breaker.record(finished_at, params, admission, result);
                 }
                 if outcome == AttemptOutcome::Success {
                     policy.sample_latency(finished_at, latency, in_flight_at_start);
                 }
             }
+            // An attempt that ended without an outcome for the breaker (a client body that
+            // failed, say) is reported as cancelled when `pending` drops here.
+            drop(pending);
             let mut exchange = result?;
             exchange.endpoint = endpoint;
             exchange.answered_at = finished_at;
@@ -195,6 +188,40 @@ where
     }
 }
 
+/// Picks the attempt's endpoint and has its breaker admit it: power of two choices among
+/// endpoints other than `avoid` whose breaker would admit, then `avoid` itself; an endpoint
+/// whose breaker refuses at the last moment (its last probe slot just went) is passed over for
+/// the next one. `None` when no breaker admits.
+fn choose(route: &Route, avoid: Option<usize>, now: Nanos) -> Option<(usize, Admission)> {
+    let policy = route.live();
+    let upstream = route.upstream();
+    if policy.breakers().is_empty() {
+        // Without breakers every endpoint takes attempts; the failed one again when it is the
+        // only one.
+        let chosen = upstream.pick_index(|i| Some(i) != avoid).or(avoid)?;
+        return Some((chosen, Admission::Allowed { epoch: 0 }));
+    }
+    let available = |i: usize| {
+        policy
+            .breaker(i)
+            .is_some_and(|(params, breaker)| breaker.available(now, params))
+    };
+    let admit = |i: usize| {
+        let (params, breaker) = policy.breaker(i)?;
+        let admission = breaker.admit(now, params);
+        (admission != Admission::Refused).then_some((i, admission))
+    };
+    let first = upstream
+        .pick_index(|i| Some(i) != avoid && available(i))
+        .or_else(|| avoid.filter(|&i| available(i)))?;
+    admit(first).or_else(|| {
+        let count = upstream.endpoints().len();
+        (1..count)
+            .map(|step| (first + step) % count)
+            .find_map(|i| if available(i) { admit(i) } else { None })
+    })
+}
+
 // === impl Pending ===
 
 impl Drop for Pending {
@@ -204,7 +231,7 @@ impl Drop for Pending {
         }
         let policy = self.route.live();
         if let Some((params, breaker)) = policy.breaker(self.endpoint) {
-            breaker.record(now(), params, self.probe, AttemptResult::Cancelled);
+            breaker.record(now(), params, self.admission, AttemptResult::Cancelled);
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   once and cannot be sent again;
 //! - `retry_after`: the upstream's `Retry-After` asks for a longer wait than `backoff_max`
 //!   (retrying sooner than the upstream asked would only earn the same answer);
+//! - `deadline`: the backoff would end past the route's deadline (the answer at hand is
+//!   relayed rather than a 504 later);
 //! - `budget`: the route's retry budget is spent.
 //!
 //! Bodies that may be retried are read into a replay buffer before the first attempt, up to
@@ -29,7 +31,11 @@ use tower::Service;
 
 use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
-    ProxyError, body::Body, metrics::SkipReason, policy::backoff::full_jitter, upstream::Exchange,
+    ProxyError,
+    body::Body,
+    metrics::SkipReason,
+    policy::{backoff::full_jitter, nanos},
+    upstream::Exchange,
 };
 
 policy_layer!(
@@ -164,7 +170,20 @@ where
                     policy.skip(SkipReason::RetryAfter);
                     return hold(result, permit.take());
                 }
-                if !policy.withdraw(now()) {
+                let jitter = full_jitter(
+                    genes.backoff_base.get(),
+                    genes.backoff_max.get(),
+                    number,
+                    fastrand::f64(),
+                );
+                let wait = jitter.max(asked.unwrap_or_default());
+                let at = now();
+                if deadline.is_some_and(|deadline| at.saturating_add(nanos(wait)) >= deadline) {
+                    // No time left for another attempt: the answer we have beats a 504.
+                    policy.skip(SkipReason::Deadline);
+                    return hold(result, permit.take());
+                }
+                if !policy.withdraw(at) {
                     return hold(result, permit.take());
                 }
                 avoid = match &result {
@@ -179,25 +198,8 @@ where
                 };
                 // The failed response (and its connection) goes before the wait.
                 drop(result);
-                let jitter = full_jitter(
-                    genes.backoff_base.get(),
-                    genes.backoff_max.get(),
-                    number,
-                    fastrand::f64(),
-                );
-                let wait = jitter.max(asked.unwrap_or_default());
-                // Boxed for the same reason: only a retry waits.
-                let backoff = Box::pin(tokio::time::sleep(wait));
-                if let Some(at) = deadline {
-                    if tokio::time::timeout_at(super::instant(at), backoff)
-                        .await
-                        .is_err()
-                    {
-                        return Err(route_timeout(&route));
-                    }
-                } else {
-                    backoff.await;
-                }
+                // Boxed for the same reason: only a retry waits. The deadline was checked above.
+                Box::pin(tokio::time::sleep(wait)).await;
                 number += 1;
             }
         })

@@ -6,8 +6,9 @@
 //! bounds body buffering and backoff by it, and the breaker layer ends each attempt at the
 //! earlier of the deadline and the attempt's `per_try_timeout` (failing with
 //! [`AttemptTimedOut`] when the per-try one came first). So a request pays for one timer
-//! whatever its policies (timers are most of what a deadline costs), and an attempt cut off by
-//! the deadline counts against its endpoint's breaker like any other timeout.
+//! whatever its policies (timers are most of what a deadline costs). An attempt cut off by the
+//! deadline counts against its endpoint's breaker like any other timeout when it had at least
+//! half the route timeout to answer in.
 
 use std::{
     task::{Context, Poll},

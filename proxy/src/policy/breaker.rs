@@ -7,8 +7,10 @@
 //! half-open: it admits `half_open_probes` probes; all of them succeeding closes it, any one
 //! failing opens it again. The only transitions are closed -> open -> half-open -> closed|open.
 //!
-//! Outcomes of attempts admitted in an earlier state (a request that left before the breaker
-//! opened) are ignored, and a probe that never finishes gives its slot back.
+//! Every admission carries the breaker's epoch (bumped on each transition), and its outcome is
+//! reported with that admission: outcomes of attempts admitted in an earlier epoch (a request
+//! that left before the breaker opened, a probe of an earlier half-open period) are ignored,
+//! and a probe that never finishes gives its slot back to its own period only.
 
 use std::time::Duration;
 
@@ -53,13 +55,20 @@ pub struct BreakerParams {
     pub half_open_probes: u32,
 }
 
-/// What the breaker says to an attempt.
+/// What the breaker says to an attempt. An admitted attempt reports its outcome with this
+/// value (see [`Breaker::record`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Closed: go ahead.
-    Allowed,
-    /// Half-open: go ahead as a probe, and report the outcome with `probe = true`.
-    Probe,
+    Allowed {
+        /// The breaker's epoch at admission.
+        epoch: u32,
+    },
+    /// Half-open: go ahead as a probe.
+    Probe {
+        /// The breaker's epoch at admission.
+        epoch: u32,
+    },
     /// Open (or half-open with every probe slot taken).
     Refused,
 }
@@ -71,8 +80,8 @@ pub enum AttemptResult {
     Success(Duration),
     /// A failure (5xx, connect error, reset, timeout), after this long.
     Failure(Duration),
-    /// Abandoned before it ended (the client left, or the whole-request deadline passed); it
-    /// says nothing about the endpoint.
+    /// Abandoned before it ended (the client left, or the route deadline cut short an attempt
+    /// that started late); it says nothing about the endpoint.
     Cancelled,
 }
 
@@ -97,6 +106,7 @@ pub struct Breaker {
     closed_at: Nanos,
     probes_admitted: u32,
     probes_succeeded: u32,
+    epoch: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -144,6 +154,7 @@ impl Default for Breaker {
             closed_at: 0,
             probes_admitted: 0,
             probes_succeeded: 0,
+            epoch: 0,
         }
     }
 }
@@ -153,6 +164,11 @@ impl Breaker {
     /// [`Breaker::admit`]).
     pub fn state(&self) -> BreakerState {
         self.state
+    }
+
+    /// Bumped on every transition; admissions carry it.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
     }
 
     /// True when an attempt at `now` would be admitted, without admitting it.
@@ -175,39 +191,46 @@ impl Breaker {
             self.probes_admitted = 0;
             self.probes_succeeded = 0;
         }
+        let epoch = self.epoch;
         let admission = match self.state {
-            BreakerState::Closed => Admission::Allowed,
+            BreakerState::Closed => Admission::Allowed { epoch },
             BreakerState::HalfOpen if self.probes_admitted < params.half_open_probes => {
                 self.probes_admitted += 1;
-                Admission::Probe
+                Admission::Probe { epoch }
             }
             BreakerState::HalfOpen | BreakerState::Open => Admission::Refused,
         };
         (admission, transition)
     }
 
-    /// Records how an admitted attempt ended; `probe` is whether it was admitted as one.
+    /// Records how an attempt admitted as `admission` ended. Outcomes from an earlier epoch
+    /// are ignored.
     pub fn record(
         &mut self,
         now: Nanos,
         params: &BreakerParams,
-        probe: bool,
+        admission: Admission,
         result: AttemptResult,
     ) -> Option<Transition> {
+        let (probe, epoch) = match admission {
+            Admission::Allowed { epoch } => (false, epoch),
+            Admission::Probe { epoch } => (true, epoch),
+            Admission::Refused => return None,
+        };
+        if epoch != self.epoch {
+            return None;
+        }
         let (failed, slow) = match result {
             AttemptResult::Success(latency) => (false, nanos(latency) >= params.slow_call),
             AttemptResult::Failure(latency) => (true, nanos(latency) >= params.slow_call),
             AttemptResult::Cancelled => {
-                if probe && self.state == BreakerState::HalfOpen {
+                if probe {
                     self.probes_admitted = self.probes_admitted.saturating_sub(1);
                 }
                 return None;
             }
         };
         if probe {
-            if self.state != BreakerState::HalfOpen {
-                return None;
-            }
             if failed || slow {
                 return Some(self.trip(now, params));
             }
@@ -218,9 +241,6 @@ impl Breaker {
                 self.closed_at = now;
                 return Some(self.enter(BreakerState::Closed));
             }
-            return None;
-        }
-        if self.state != BreakerState::Closed {
             return None;
         }
         self.consecutive = if failed { self.consecutive + 1 } else { 0 };
@@ -272,6 +292,7 @@ impl Breaker {
 
     fn enter(&mut self, to: BreakerState) -> Transition {
         let from = std::mem::replace(&mut self.state, to);
+        self.epoch = self.epoch.wrapping_add(1);
         Transition { from, to }
     }
 

@@ -52,12 +52,14 @@ pub struct AdaptiveLimit {
 impl InFlightCount {
     /// Takes a slot if fewer than `limit` are taken; returns the count including it.
     pub fn try_acquire(&self, limit: u32) -> Option<u32> {
-        let previous = self.count.fetch_add(1, Ordering::AcqRel);
-        if previous >= limit {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(previous + 1)
+        // A compare-and-swap rather than add-then-undo: concurrent callers at the limit never
+        // see a count inflated by each other's refused attempts.
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                (count < limit).then_some(count + 1)
+            })
+            .ok()
+            .map(|previous| previous + 1)
     }
 
     /// Takes a slot whatever the count (for routes without a limit, to keep the count true).
@@ -131,8 +133,8 @@ impl AdaptiveLimit {
             };
             self.long_rtt += (short_rtt - self.long_rtt) * weight;
         }
-        // After a lasting shift to a slower upstream, let the baseline follow faster, so the
-        // limit does not stay pinned low forever.
+        // The upstream got faster (or the baseline learned a queue): let the baseline come
+        // down quickly, so the gradient compares against what the upstream does now.
         if self.long_rtt > 2.0 * short_rtt {
             self.long_rtt *= 0.95;
         }

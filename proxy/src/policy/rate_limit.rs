@@ -9,10 +9,13 @@
 //! Per-key limits ([`KeyedRateLimit`]) keep one TAT per key in a bounded table of two
 //! generations: a flood of distinct keys turns generations over instead of growing memory, and
 //! a key that keeps sending is moved to the young generation each time, so it is never evicted
-//! while it is being limited.
+//! while it is being limited. Keys are stored as 64-bit keyed hashes (SipHash with a random
+//! key per table), so a table costs the same whatever the clients send as keys, and nobody can
+//! craft keys that collide.
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -47,13 +50,14 @@ pub struct RateLimitState {
 /// One limit per client key, in a table bounded by `max_keys`.
 #[derive(Debug)]
 pub struct KeyedRateLimit {
+    hasher: RandomState,
     table: Mutex<KeyTable>,
 }
 
 #[derive(Debug)]
 struct KeyTable {
-    young: HashMap<Box<[u8]>, Nanos>,
-    old: HashMap<Box<[u8]>, Nanos>,
+    young: HashMap<u64, Nanos>,
+    old: HashMap<u64, Nanos>,
     generation: usize,
 }
 
@@ -142,6 +146,7 @@ impl KeyedRateLimit {
     pub fn new(max_keys: u32) -> Self {
         let generation = (max_keys as usize / 2).max(1);
         Self {
+            hasher: RandomState::new(),
             table: Mutex::new(KeyTable {
                 young: HashMap::with_capacity(generation.min(1024)),
                 old: HashMap::new(),
@@ -152,8 +157,10 @@ impl KeyedRateLimit {
 
     /// Admits or refuses one arrival of `key` at `now`.
     pub fn admit(&self, gcra: &Gcra, key: &[u8], now: Nanos) -> Result<(), Refused> {
+        // Hashed before the lock is taken: a long key does not hold other clients up.
+        let key = self.hasher.hash_one(key);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let tat = match table.young.get_mut(key) {
+        let tat = match table.young.get_mut(&key) {
             Some(tat) => {
                 let result = gcra.check(*tat, now);
                 if let Ok(next) = result {
@@ -161,7 +168,7 @@ impl KeyedRateLimit {
                 }
                 return result.map(drop);
             }
-            None => table.old.remove(key).unwrap_or(0),
+            None => table.old.remove(&key).unwrap_or(0),
         };
         let result = gcra.check(tat, now);
         // Refused or not, the key was just seen: it moves to the young generation.
@@ -200,12 +207,12 @@ impl KeyedRateLimit {
 // === impl KeyTable ===
 
 impl KeyTable {
-    fn insert(&mut self, key: &[u8], tat: Nanos) {
+    fn insert(&mut self, key: u64, tat: Nanos) {
         if self.young.len() >= self.generation {
             // The old generation holds keys not seen for a whole generation: drop them.
             self.old = std::mem::take(&mut self.young);
         }
-        self.young.insert(key.into(), tat);
+        self.young.insert(key, tat);
     }
 }
 

@@ -22,7 +22,11 @@ fn params() -> BreakerParams {
 fn attempt(breaker: &mut Breaker, now: Nanos, result: AttemptResult) -> Option<Transition> {
     let (admission, _) = breaker.admit(now, &params());
     assert_ne!(admission, Admission::Refused);
-    breaker.record(now, &params(), admission == Admission::Probe, result)
+    breaker.record(now, &params(), admission, result)
+}
+
+fn is_probe(admission: Admission) -> bool {
+    matches!(admission, Admission::Probe { .. })
 }
 
 #[test]
@@ -39,20 +43,20 @@ fn consecutive_failures_open_it_and_probes_close_it() {
     assert_eq!(breaker.admit(5_000 * MS, &params()).0, Admission::Refused);
 
     let now = 4 * MS + 5_000 * MS;
-    let (admission, transition) = breaker.admit(now, &params());
-    assert_eq!(admission, Admission::Probe);
+    let (probe, transition) = breaker.admit(now, &params());
+    assert!(is_probe(probe));
     assert_eq!(transition.map(|t| t.to), Some(BreakerState::HalfOpen));
-    assert_eq!(breaker.admit(now, &params()).0, Admission::Probe);
-    assert_eq!(breaker.admit(now, &params()).0, Admission::Probe);
+    assert!(is_probe(breaker.admit(now, &params()).0));
+    assert!(is_probe(breaker.admit(now, &params()).0));
     // Three probes out: a fourth attempt waits for their outcome.
     assert_eq!(breaker.admit(now, &params()).0, Admission::Refused);
     for _ in 0..2 {
         assert_eq!(
-            breaker.record(now, &params(), true, AttemptResult::Success(FAST)),
+            breaker.record(now, &params(), probe, AttemptResult::Success(FAST)),
             None
         );
     }
-    let closed = breaker.record(now, &params(), true, AttemptResult::Success(FAST));
+    let closed = breaker.record(now, &params(), probe, AttemptResult::Success(FAST));
     assert_eq!(closed.map(|t| t.to), Some(BreakerState::Closed));
 }
 
@@ -117,11 +121,15 @@ fn repeated_trips_double_the_open_time_up_to_the_cap() {
     for _ in 0..6 {
         let opened_at = now;
         // Find when it lets a probe through, in 100 ms steps.
-        while breaker.admit(now, &params()).0 != Admission::Probe {
+        let probe = loop {
+            let (admission, _) = breaker.admit(now, &params());
+            if is_probe(admission) {
+                break admission;
+            }
             now += 100 * MS;
-        }
+        };
         open_times.push((now - opened_at) / MS);
-        breaker.record(now, &params(), true, AttemptResult::Failure(FAST));
+        breaker.record(now, &params(), probe, AttemptResult::Failure(FAST));
     }
     assert_eq!(open_times, [5_000, 10_000, 20_000, 40_000, 60_000, 60_000]);
 }
@@ -133,12 +141,40 @@ fn an_abandoned_probe_gives_its_slot_back() {
         attempt(&mut breaker, i, AttemptResult::Failure(FAST));
     }
     let now = 6_000 * MS;
-    for _ in 0..3 {
-        assert_eq!(breaker.admit(now, &params()).0, Admission::Probe);
-    }
+    let probes: Vec<Admission> = (0..3).map(|_| breaker.admit(now, &params()).0).collect();
+    assert!(probes.iter().copied().all(is_probe));
     assert_eq!(breaker.admit(now, &params()).0, Admission::Refused);
-    breaker.record(now, &params(), true, AttemptResult::Cancelled);
-    assert_eq!(breaker.admit(now, &params()).0, Admission::Probe);
+    breaker.record(now, &params(), probes[0], AttemptResult::Cancelled);
+    assert!(is_probe(breaker.admit(now, &params()).0));
+}
+
+#[test]
+fn late_probes_do_not_count_in_a_later_half_open_period() {
+    let mut breaker = Breaker::default();
+    for i in 0..5 {
+        attempt(&mut breaker, i, AttemptResult::Failure(FAST));
+    }
+    let now = 6_000 * MS;
+    let probes: Vec<Admission> = (0..3).map(|_| breaker.admit(now, &params()).0).collect();
+    // One fails: open again (10 s on the second trip).
+    let reopened = breaker.record(now, &params(), probes[0], AttemptResult::Failure(FAST));
+    assert_eq!(reopened.map(|t| t.to), Some(BreakerState::Open));
+    let later = now + 10_000 * MS;
+    let fresh = breaker.admit(later, &params()).0;
+    assert!(is_probe(fresh));
+    // The two probes of the earlier period finish now: they neither close the breaker nor
+    // free slots of this period.
+    for late in &probes[1..] {
+        assert_eq!(
+            breaker.record(later, &params(), *late, AttemptResult::Success(FAST)),
+            None
+        );
+        breaker.record(later, &params(), *late, AttemptResult::Cancelled);
+    }
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    assert!(is_probe(breaker.admit(later, &params()).0));
+    assert!(is_probe(breaker.admit(later, &params()).0));
+    assert_eq!(breaker.admit(later, &params()).0, Admission::Refused);
 }
 
 #[derive(Debug, Clone)]
@@ -219,10 +255,10 @@ proptest! {
                 (false, false) => AttemptResult::Success(latency),
             };
             // Outcomes arrive out of order: some now, some after later admissions.
-            pending.push((admission == Admission::Probe, result));
+            pending.push((admission, result));
             if pending.len() > 2 || gap % 3 == 0 {
-                let (probe, result) = pending.remove(0);
-                check(breaker.record(now, &params, probe, result))?;
+                let (admission, result) = pending.remove(0);
+                check(breaker.record(now, &params, admission, result))?;
             }
         }
     }
