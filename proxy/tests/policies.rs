@@ -762,3 +762,50 @@ retry = { max_attempts = 3, backoff_max = "5s", retry_on = ["503"] }"#,
     assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(app.requests(), 1);
 }
+
+#[tokio::test]
+async fn retries_replay_bodies_over_http2_both_ways() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = {
+        let bodies = bodies.clone();
+        upstream(Proto::Http2, None, move |request| {
+            let fail = count.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+            let bodies = bodies.clone();
+            async move {
+                use http_body_util::BodyExt;
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                bodies.lock().unwrap().push(body);
+                if fail {
+                    text(502, "bad gateway")
+                } else {
+                    text(200, "stored")
+                }
+            }
+        })
+        .await
+    };
+    let proxy = proxy(&config_with(
+        app.addr,
+        "",
+        r#"protocol = "http2""#,
+        r#"[routes.policy]
+retry = { max_attempts = 2, backoff_base = "1ms", backoff_max = "1ms", retry_on = ["gateway-error"], budget_ratio = 1.0 }"#,
+    ))
+    .await;
+    let client = h2c_client();
+    for i in 0..5 {
+        let request = Request::put(proxy.url("/doc"))
+            .body(full(format!("document {i}")))
+            .unwrap();
+        let (status, _, body) = send(&client, request).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"stored"[..]));
+    }
+    // Each document reached the upstream twice, whole both times.
+    let bodies = bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 10);
+    for (i, pair) in bodies.chunks(2).enumerate() {
+        let expected = format!("document {i}");
+        assert_eq!(pair, [expected.as_bytes(), expected.as_bytes()]);
+    }
+}
