@@ -5,7 +5,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod demo;
 pub mod reload;
+pub mod store;
 
 pub use app::{App, AppOptions};
