@@ -17,7 +17,12 @@ use rafael_proxy::{Server, SnapshotHandle, bind_listeners, server::DrainOutcome}
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::{admin, reload::Reloader};
+use crate::{
+    admin,
+    audit::AuditLog,
+    reload::Reloader,
+    store::{Store, StoreError},
+};
 
 /// How to start an [`App`].
 #[derive(Debug, Clone, Default)]
@@ -36,6 +41,7 @@ pub struct App {
     reloader: Option<JoinHandle<()>>,
     ready: Arc<AtomicBool>,
     drain_timeout: Duration,
+    audit: AuditLog,
 }
 
 // === impl App ===
@@ -49,14 +55,18 @@ impl App {
         let watch = config.runtime.watch_config;
         let admin_bind = config.admin.bind;
         warn_unapplied_policies(&config);
+        let store = open_store(&config, options.config_path.as_deref())?;
+        let audit = AuditLog::new(Arc::new(store));
 
         let snapshot = SnapshotHandle::new(config)
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
         // The reloader installs its SIGHUP handler now, before any socket is bound: from the
         // moment rafael can be seen running, a SIGHUP reloads it rather than killing it.
-        let reloader = options
-            .config_path
-            .map(|path| Reloader::new(path, snapshot.clone()).spawn(watch));
+        let reloader = options.config_path.map(|path| {
+            Reloader::new(path, snapshot.clone())
+                .with_audit(audit.clone())
+                .spawn(watch)
+        });
         let bound = async {
             let listeners = bind_listeners(snapshot.load().config()).await?;
             let admin_socket = TcpListener::bind(admin_bind)
@@ -104,6 +114,7 @@ impl App {
             reloader,
             ready,
             drain_timeout,
+            audit,
         })
     }
 
@@ -120,6 +131,11 @@ impl App {
     /// Address of the admin listener.
     pub fn admin_address(&self) -> SocketAddr {
         self.admin_address
+    }
+
+    /// The audit log in the store.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// The live snapshot handle.
@@ -213,6 +229,25 @@ fn metrics_handle() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Opens the store at `[store].path`, relative to the config file's directory (so a sidecar's
+/// state sits beside its config whatever its working directory). Without a config file (the
+/// demo) the store lives in memory.
+pub fn open_store(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+) -> Result<Store, StoreError> {
+    match config_path {
+        None => Store::in_memory(),
+        Some(file) => Store::open(&store_path(config, file)),
+    }
+}
+
+/// Where `[store].path` points, for a config read from `file`.
+pub fn store_path(config: &Config, file: &std::path::Path) -> PathBuf {
+    let dir = file.parent().unwrap_or_else(|| std::path::Path::new("."));
+    dir.join(&config.store.path)
 }
 
 /// `[[faults]]` are parsed and validated, but fault injection arrives with the Chaos Forge;

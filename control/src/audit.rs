@@ -89,8 +89,8 @@ impl AuditLog {
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let details_text = details.to_string();
         let entry = self.store.with(|connection| {
-            let transaction = connection
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let last: Option<(i64, String)> = transaction
                 .query_row(
                     "SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1",
@@ -306,12 +306,19 @@ mod tests {
         // Change entry 2 and recompute its own hash: entry 3 still points at the old one.
         log.store
             .with(|c| {
-                let (prev, at): (String, String) = c.query_row(
-                    "SELECT prev_hash, at FROM audit WHERE id = 2",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                let forged = entry_hash(&prev, 2, &at, "mallory", "experiment.started", "exp-1", "{}");
+                let (prev, at): (String, String) =
+                    c.query_row("SELECT prev_hash, at FROM audit WHERE id = 2", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                let forged = entry_hash(
+                    &prev,
+                    2,
+                    &at,
+                    "mallory",
+                    "experiment.started",
+                    "exp-1",
+                    "{}",
+                );
                 c.execute(
                     "UPDATE audit SET actor = 'mallory', details = '{}', hash = ?1 WHERE id = 2",
                     [forged],

@@ -62,6 +62,33 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Read and check the audit log (reads the store of the config given, offline).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print entries, oldest first, one JSON object per line.
+    List {
+        /// Config file whose `[store].path` holds the log.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only entries with an id above this.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Recompute the hash chain: exit 0 when it holds, 1 naming the first broken entry.
+    Verify {
+        /// Config file whose `[store].path` holds the log.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +123,7 @@ fn main() -> ExitCode {
                 ),
             )
         }
+        Command::Audit { command } => audit(command),
         Command::Demo {
             listen,
             admin,
@@ -165,6 +193,79 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     // Building the snapshot loads TLS material and compiles routes: catch those errors here too.
     Snapshot::build(config.clone(), 0, None).map_err(|errors| report(&errors))?;
     Ok(config)
+}
+
+/// `rafael audit list|verify --config FILE`: reads the store directly, so it works with rafael
+/// stopped, and on a copy of the database.
+fn audit(command: AuditCommand) -> ExitCode {
+    let config_path = match &command {
+        AuditCommand::List { config, .. } | AuditCommand::Verify { config } => config.clone(),
+    };
+    let config = match std::fs::read_to_string(&config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {}: {e}", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let path = rafael_control::app::store_path(&config, &config_path);
+    if !path.exists() {
+        eprintln!("error: no store at {} ([store].path)", path.display());
+        return ExitCode::from(1);
+    }
+    let log = match rafael_control::store::Store::open(&path) {
+        Ok(store) => rafael_control::audit::AuditLog::new(std::sync::Arc::new(store)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match command {
+        AuditCommand::List { after, limit, .. } => match log.list(after, limit) {
+            Ok(entries) => {
+                for entry in entries {
+                    let line = serde_json::to_string(&entry).unwrap_or_default();
+                    if writeln!(out, "{line}").is_err() {
+                        return ExitCode::from(1);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        AuditCommand::Verify { .. } => match log.verify() {
+            Ok(verification) if verification.ok => {
+                let head = verification.head.as_deref().unwrap_or("(empty)");
+                let _ = writeln!(
+                    out,
+                    "ok: {} entries, chain head {head}",
+                    verification.entries
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(verification) => {
+                if let Some(broken) = verification.broken {
+                    let _ = writeln!(
+                        out,
+                        "broken at entry {}: {} ({} entries before it verified)",
+                        broken.id, broken.reason, verification.entries
+                    );
+                }
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
 }
 
 fn check(path: &PathBuf) -> ExitCode {

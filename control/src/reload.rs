@@ -8,8 +8,11 @@ use std::{path::PathBuf, time::Duration};
 use metrics::{counter, describe_counter};
 use notify::{RecursiveMode, Watcher};
 use rafael_proxy::{SnapshotHandle, metrics::CONFIG_RELOADS_TOTAL};
+use serde_json::json;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
+
+use crate::audit::AuditLog;
 
 /// Reloads one config file into one snapshot handle.
 #[derive(Debug)]
@@ -17,6 +20,7 @@ pub struct Reloader {
     path: PathBuf,
     snapshot: SnapshotHandle,
     last_text: Option<String>,
+    audit: Option<AuditLog>,
 }
 
 /// Why a reload did not apply.
@@ -53,7 +57,14 @@ impl Reloader {
             path,
             snapshot,
             last_text,
+            audit: None,
         }
+    }
+
+    /// Records every reload, applied or rejected, in `audit`.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Reads, validates and applies the file now. Returns the new snapshot version, or `None`
@@ -104,16 +115,20 @@ impl Reloader {
                     // SIGHUP reloads even an unchanged file (TLS material may have rotated).
                     self.last_text = None;
                 }
-                self.apply();
+                self.apply(if forced { "signal" } else { "file" });
             }
         })
     }
 
-    fn apply(&mut self) {
+    fn apply(&mut self, trigger: &str) {
         match self.reload() {
             Ok(Some(version)) => {
                 counter!(CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
                 info!(version, path = %self.path.display(), "config reloaded");
+                self.record(
+                    "config.reloaded",
+                    json!({ "version": version, "trigger": trigger }),
+                );
             }
             Ok(None) => {}
             Err(ReloadError::Invalid(errors)) => {
@@ -122,10 +137,29 @@ impl Reloader {
                     error!(path = %self.path.display(), "config reload rejected: {e}");
                 }
                 warn!("keeping the running config");
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                self.record(
+                    "config.rejected",
+                    json!({ "errors": errors, "trigger": trigger }),
+                );
             }
             Err(e) => {
                 counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
                 error!("config reload failed: {e}; keeping the running config");
+                self.record(
+                    "config.rejected",
+                    json!({ "errors": [e.to_string()], "trigger": trigger }),
+                );
+            }
+        }
+    }
+
+    /// Appends to the audit log. A store failure is logged, not fatal: the reload happened.
+    fn record(&self, action: &str, details: serde_json::Value) {
+        if let Some(audit) = &self.audit {
+            let target = self.path.display().to_string();
+            if let Err(e) = audit.append("rafael", action, &target, details) {
+                error!("cannot write the audit log: {e}");
             }
         }
     }

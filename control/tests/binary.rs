@@ -530,6 +530,49 @@ fn sighup_and_file_changes_reload_and_invalid_files_are_rejected() {
         "{metrics}"
     );
     assert!(metric_value(&metrics, "rafael_policy_version") >= Some(2.0));
+
+    // Both reloads are in the audit log, which the CLI reads from the store beside the config
+    // while rafael runs.
+    let audit = |args: &[&str]| {
+        let output = Command::new(RAFAEL)
+            .arg("audit")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, listing) = audit(&["list"]);
+    assert_eq!(code, Some(0), "{listing}");
+    let entries: Vec<serde_json::Value> = listing
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"config.rejected"), "{actions:?}");
+    assert!(actions.contains(&"config.reloaded"), "{actions:?}");
+    assert!(entries.iter().all(|e| e["actor"] == "rafael"));
+    let (code, verdict) = audit(&["verify"]);
+    assert_eq!(code, Some(0), "{verdict}");
+    assert!(
+        verdict.starts_with(&format!("ok: {} entries", entries.len())),
+        "{verdict}"
+    );
+
+    // Someone edits the first entry in the database: verify names it and exits 1.
+    let db = rusqlite::Connection::open(dir.path().join("rafael.db")).unwrap();
+    db.execute("UPDATE audit SET actor = 'mallory' WHERE id = 1", [])
+        .unwrap();
+    let (code, verdict) = audit(&["verify"]);
+    assert_eq!(code, Some(1), "{verdict}");
+    assert!(verdict.starts_with("broken at entry 1:"), "{verdict}");
 }
 
 #[test]
