@@ -22,6 +22,16 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
     if let Some(threads) = config.runtime.worker_threads {
         check_range(errors, "runtime.worker_threads", threads, 1, 1024);
     }
+    if config.admin.tokens_file.is_none() && !config.admin.bind.ip().is_loopback() {
+        // Without tokens every caller is admin: only acceptable when only this host can call.
+        errors.push(
+            "admin.tokens_file",
+            format!(
+                "required when admin.bind ({}) is not a loopback address",
+                config.admin.bind
+            ),
+        );
+    }
 
     let listeners = unique_names(
         config.listeners.iter().map(|l| l.name.as_str()),

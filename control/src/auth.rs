@@ -1,0 +1,302 @@
+//! Admin API authentication (DESIGN §5): bearer tokens from `[admin].tokens_file`, each with a
+//! name and a role, stored as SHA-256 hashes of the secret.
+//!
+//! A presented token is hashed and compared with every stored hash in constant time (all of
+//! them, whatever matches), so neither the comparison nor the position of a match leaks through
+//! timing. Without a tokens file (allowed only on a loopback bind) every caller is `admin` and
+//! audited as `local`.
+
+use std::path::Path;
+
+use ring::{
+    digest::{SHA256, digest},
+    rand::{SecureRandom, SystemRandom},
+};
+use serde::{Deserialize, Serialize};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything (GET).
+    Viewer,
+    /// Read, and run experiments and evolution rounds.
+    Operator,
+    /// Read, and approve or reject proposals.
+    Approver,
+    /// Everything.
+    Admin,
+}
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// GET endpoints.
+    Read,
+    /// Experiments and evolution runs.
+    Operate,
+    /// Approving and rejecting proposals.
+    Approve,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's name (the audit actor), or `local`.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// No tokens file: loopback callers only, all `admin`.
+    Local,
+    /// Bearer tokens.
+    Tokens(Vec<Token>),
+}
+
+/// One token of the tokens file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Token {
+    /// Its name, used as the audit actor.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<Token>,
+}
+
+/// Why the tokens file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// It cannot be read or written.
+    #[error("tokens file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Its content is wrong.
+    #[error("tokens file {path}: {detail}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, with the entry's position.
+        detail: String,
+    },
+}
+
+// === impl Role ===
+
+impl Role {
+    /// True when this role may do what `permission` covers.
+    pub fn may(self, permission: Permission) -> bool {
+        match (self, permission) {
+            (Role::Admin, _) | (_, Permission::Read) => true,
+            (Role::Operator, Permission::Operate) | (Role::Approver, Permission::Approve) => true,
+            _ => false,
+        }
+    }
+}
+
+// === impl Auth ===
+
+impl Auth {
+    /// Loads the tokens file, or [`Auth::Local`] without one.
+    pub fn load(tokens_file: Option<&Path>) -> Result<Self, TokensError> {
+        match tokens_file {
+            None => Ok(Self::Local),
+            Some(path) => read_tokens(path).map(|file| Self::Tokens(file.tokens)),
+        }
+    }
+
+    /// The caller an `Authorization` header value identifies, or `None` (answered 401).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<Caller> {
+        let tokens = match self {
+            Self::Local => {
+                return Some(Caller {
+                    name: "local".to_owned(),
+                    role: Role::Admin,
+                });
+            }
+            Self::Tokens(tokens) => tokens,
+        };
+        let secret = authorization?.strip_prefix("Bearer ")?.trim();
+        let presented = hash_hex(secret);
+        let mut found = None;
+        for token in tokens {
+            // Every stored hash is compared, to the end, whatever matched before.
+            if constant_time_eq(presented.as_bytes(), token.sha256.as_bytes()) {
+                found = Some(token);
+            }
+        }
+        found.map(|token| Caller {
+            name: token.name.clone(),
+            role: token.role,
+        })
+    }
+}
+
+/// Appends a new token named `name` with `role` to the tokens file at `path` (created if
+/// missing) and returns its secret, which is not stored anywhere.
+pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensError> {
+    let mut file = if path.exists() {
+        read_tokens(path)?
+    } else {
+        TokensFile::default()
+    };
+    if file.tokens.iter().any(|t| t.name == name) {
+        return Err(invalid(
+            path,
+            format!("a token named {name:?} exists already"),
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| invalid(path, "the system random number generator failed".to_owned()))?;
+    let secret = format!("rfl_{}", hex(&bytes));
+    file.tokens.push(Token {
+        name: name.to_owned(),
+        role,
+        sha256: hash_hex(&secret),
+    });
+    let text = toml::to_string(&file).map_err(|e| invalid(path, e.to_string()))?;
+    std::fs::write(path, text).map_err(|source| TokensError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(secret)
+}
+
+fn read_tokens(path: &Path) -> Result<TokensFile, TokensError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    for (i, token) in file.tokens.iter().enumerate() {
+        let hash = &token.sha256;
+        if hash.len() != 64
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(invalid(
+                path,
+                format!("tokens[{i}].sha256: must be 64 lower-case hex digits"),
+            ));
+        }
+        if file.tokens[..i].iter().any(|t| t.name == token.name) {
+            return Err(invalid(
+                path,
+                format!("tokens[{i}].name: duplicate name {:?}", token.name),
+            ));
+        }
+    }
+    Ok(file)
+}
+
+fn invalid(path: &Path, detail: String) -> TokensError {
+    TokensError::Invalid {
+        path: path.display().to_string(),
+        detail,
+    }
+}
+
+/// Lower-case hex SHA-256 of `secret`.
+pub fn hash_hex(secret: &str) -> String {
+    hex(digest(&SHA256, secret.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_may_what_design_section_5_says() {
+        use Permission::*;
+        let table = [
+            (Role::Viewer, [true, false, false]),
+            (Role::Operator, [true, true, false]),
+            (Role::Approver, [true, false, true]),
+            (Role::Admin, [true, true, true]),
+        ];
+        for (role, expected) in table {
+            let got = [Read, Operate, Approve].map(|p| role.may(p));
+            assert_eq!(got, expected, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn added_tokens_authenticate_by_their_secret_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let ops = add_token(&path, "ci-operator", Role::Operator).unwrap();
+        let view = add_token(&path, "dashboard", Role::Viewer).unwrap();
+        assert!(add_token(&path, "dashboard", Role::Admin).is_err());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(&ops) && !text.contains(&view),
+            "secrets are not stored"
+        );
+
+        let auth = Auth::load(Some(&path)).unwrap();
+        let caller = auth.authenticate(Some(&format!("Bearer {ops}"))).unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                name: "ci-operator".into(),
+                role: Role::Operator
+            }
+        );
+        assert_eq!(
+            auth.authenticate(Some(&format!("Bearer {view}")))
+                .unwrap()
+                .role,
+            Role::Viewer
+        );
+        assert_eq!(auth.authenticate(Some("Bearer rfl_wrong")), None);
+        assert_eq!(
+            auth.authenticate(Some(&ops)),
+            None,
+            "the scheme is required"
+        );
+        assert_eq!(auth.authenticate(None), None);
+    }
+
+    #[test]
+    fn a_malformed_tokens_file_names_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(
+            &path,
+            "[[tokens]]\nname = \"a\"\nrole = \"viewer\"\nsha256 = \"xyz\"\n",
+        )
+        .unwrap();
+        let error = Auth::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("tokens[0].sha256"), "{error}");
+    }
+}
