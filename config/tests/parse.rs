@@ -136,6 +136,9 @@ retry = { max_attempts = 0 }
 #[test]
 fn semantic_errors_are_all_collected() {
     let text = r#"
+[admin]
+bind = "0.0.0.0:9901"
+
 [[listeners]]
 name = "in"
 bind = "127.0.0.1:15001"
@@ -171,6 +174,7 @@ circuit_breaker = { failure_on = ["5xx", 42] }
         "routes[0].policy.retry.backoff_max: must be at least backoff_base",
         "routes[0].policy.retry.retry_on[0]: must be an HTTP status code 100..=599, got 700",
         "routes[0].policy.circuit_breaker.failure_on[1]: must be an HTTP status code",
+        "admin.tokens_file: required when admin.bind (0.0.0.0:9901) is not a loopback address",
     ] {
         assert!(
             errors.iter().any(|e| e.starts_with(expected)),

@@ -1,7 +1,9 @@
-//! The admin listener (axum): `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener (axum): `/metrics`, `/healthz`, `/readyz`, and the `/v1` API.
 //!
 //! It binds its own address, separate from traffic listeners, so scraping and probes never
-//! compete with (or get routed like) proxied requests.
+//! compete with (or get routed like) proxied requests. `/metrics` and the probes are open (the
+//! kubelet and Prometheus carry no tokens); every `/v1` endpoint needs a bearer token whose role
+//! covers it (DESIGN §5): 401 without a valid token, 403 for a role that may not.
 
 use std::sync::{
     Arc,
@@ -10,14 +12,21 @@ use std::sync::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Query, Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use rafael_proxy::SnapshotHandle;
+use serde::Deserialize;
 use serde_json::json;
+
+use crate::{
+    audit::AuditLog,
+    auth::{Auth, Caller, Permission},
+};
 
 /// What the admin handlers read.
 #[derive(Clone, Debug)]
@@ -28,16 +37,97 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The live snapshot, for its version.
     pub snapshot: SnapshotHandle,
+    /// Who may call `/v1`.
+    pub auth: Arc<Auth>,
+    /// The audit log.
+    pub audit: AuditLog,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<u32>,
 }
 
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
+    let read = Router::new()
+        .route("/v1/audit", get(audit_list))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Permission::Read),
+            authorize,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(read)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Lets the request through when its token's role covers `permission`; the caller goes into
+/// the request's extensions for handlers (and the audit actor).
+async fn authorize(
+    State((state, permission)): State<(AdminState, Permission)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(caller) = state.auth.authenticate(header) else {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    };
+    if !caller.role.may(permission) {
+        let detail = format!("role {:?} may not {permission:?}", caller.role).to_lowercase();
+        return error(StatusCode::FORBIDDEN, "forbidden", &detail);
+    }
+    request.extensions_mut().insert::<Caller>(caller);
+    next.run(request).await
+}
+
+async fn audit_list(State(state): State<AdminState>, Query(query): Query<AuditQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let audit = state.audit.clone();
+    match tokio::task::spawn_blocking(move || audit.list(query.after, limit)).await {
+        Ok(Ok(entries)) => Json(json!({ "entries": entries })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn audit_verify(State(state): State<AdminState>) -> Response {
+    let audit = state.audit.clone();
+    match tokio::task::spawn_blocking(move || audit.verify()).await {
+        Ok(Ok(verification)) => Json(verification).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+fn error(status: StatusCode, code: &str, detail: &str) -> Response {
+    (status, Json(json!({ "error": code, "detail": detail }))).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

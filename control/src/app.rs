@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::{
     admin,
     audit::AuditLog,
+    auth::Auth,
     reload::Reloader,
     store::{Store, StoreError},
 };
@@ -57,6 +58,12 @@ impl App {
         warn_unapplied_policies(&config);
         let store = open_store(&config, options.config_path.as_deref())?;
         let audit = AuditLog::new(Arc::new(store));
+        let tokens_file = config
+            .admin
+            .tokens_file
+            .as_ref()
+            .map(|file| relative_to_config(options.config_path.as_deref(), file));
+        let auth = Arc::new(Auth::load(tokens_file.as_deref())?);
 
         let snapshot = SnapshotHandle::new(config)
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
@@ -91,6 +98,8 @@ impl App {
             metrics,
             ready: ready.clone(),
             snapshot: snapshot.clone(),
+            auth,
+            audit: audit.clone(),
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {
@@ -246,8 +255,19 @@ pub fn open_store(
 
 /// Where `[store].path` points, for a config read from `file`.
 pub fn store_path(config: &Config, file: &std::path::Path) -> PathBuf {
-    let dir = file.parent().unwrap_or_else(|| std::path::Path::new("."));
-    dir.join(&config.store.path)
+    relative_to_config(Some(file), &config.store.path)
+}
+
+/// `path` as the config read from `config_file` means it: a relative path is taken from the
+/// config file's directory (from the working directory without a file).
+pub fn relative_to_config(
+    config_file: Option<&std::path::Path>,
+    path: &std::path::Path,
+) -> PathBuf {
+    let dir = config_file
+        .and_then(std::path::Path::parent)
+        .unwrap_or_else(|| std::path::Path::new("."));
+    dir.join(path)
 }
 
 /// `[[faults]]` are parsed and validated, but fault injection arrives with the Chaos Forge;

@@ -62,11 +62,43 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage admin API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Read and check the audit log (reads the store of the config given, offline).
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Append a token to the tokens file (created if missing) and print its secret, once: only
+    /// its SHA-256 is stored.
+    Add {
+        /// The token's name: the audit log's actor for its calls.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The tokens file.
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// A config file whose `[admin].tokens_file` to use instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+    Approver,
+    Admin,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +156,15 @@ fn main() -> ExitCode {
             )
         }
         Command::Audit { command } => audit(command),
+        Command::Token {
+            command:
+                TokenCommand::Add {
+                    name,
+                    role,
+                    file,
+                    config,
+                },
+        } => add_token(&name, role, file, config),
         Command::Demo {
             listen,
             admin,
@@ -192,7 +233,72 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     let config = rafael_config::parse(&text).map_err(|errors| report(&errors))?;
     // Building the snapshot loads TLS material and compiles routes: catch those errors here too.
     Snapshot::build(config.clone(), 0, None).map_err(|errors| report(&errors))?;
+    if let Some(tokens) = &config.admin.tokens_file {
+        let tokens = rafael_control::app::relative_to_config(Some(path), tokens);
+        if let Err(e) = rafael_control::auth::Auth::load(Some(&tokens)) {
+            let mut errors = ConfigErrors::default();
+            errors.push("admin.tokens_file", e.to_string());
+            return Err(report(&errors));
+        }
+    }
     Ok(config)
+}
+
+/// `rafael token add NAME --role R (--file F | --config FILE)`.
+fn add_token(
+    name: &str,
+    role: RoleArg,
+    file: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    use rafael_control::auth::Role;
+    let file = match (file, config) {
+        (Some(file), _) => file,
+        (None, Some(config_path)) => {
+            let parsed = std::fs::read_to_string(&config_path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(config) => match &config.admin.tokens_file {
+                    Some(tokens) => {
+                        rafael_control::app::relative_to_config(Some(&config_path), tokens)
+                    }
+                    None => {
+                        eprintln!(
+                            "error: {} has no [admin].tokens_file",
+                            config_path.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config_path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, None) => return ExitCode::from(2),
+    };
+    let role = match role {
+        RoleArg::Viewer => Role::Viewer,
+        RoleArg::Operator => Role::Operator,
+        RoleArg::Approver => Role::Approver,
+        RoleArg::Admin => Role::Admin,
+    };
+    match rafael_control::auth::add_token(&file, name, role) {
+        Ok(secret) => {
+            let _ = writeln!(std::io::stdout(), "{secret}");
+            eprintln!(
+                "token {name:?} ({role:?}) added to {}; the secret above is not stored, keep it now",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `rafael audit list|verify --config FILE`: reads the store directly, so it works with rafael

@@ -112,13 +112,18 @@ impl Drop for Rafael {
 
 /// A one-shot HTTP/1.1 GET over a fresh connection: (status, headers, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_get_with(addr, path, "")
+}
+
+/// [`http_get`] with extra header lines (each ending in `\r\n`).
+fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
@@ -488,6 +493,67 @@ concurrency = { max_in_flight = 8 }
         Some(1.0)
     );
     assert_promtool_accepts(&metrics);
+}
+
+#[test]
+fn the_admin_api_wants_a_token_whose_role_covers_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let add = |name: &str, role: &str| {
+        let output = Command::new(RAFAEL)
+            .args(["token", "add", name, "--role", role, "--file"])
+            .arg(&tokens)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let viewer = add("dashboard", "viewer");
+    assert!(viewer.starts_with("rfl_"), "{viewer}");
+    let stored = std::fs::read_to_string(&tokens).unwrap();
+    assert!(stored.contains("name = \"dashboard\"") && !stored.contains(&viewer));
+
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = dir.path().join("rafael.toml");
+    // The tokens file is found beside the config (relative paths are the config's).
+    std::fs::write(
+        &config,
+        config_text(upstream, "").replace(
+            "[admin]\nbind = \"127.0.0.1:0\"",
+            "[admin]\nbind = \"127.0.0.1:0\"\ntokens_file = \"tokens.toml\"",
+        ),
+    )
+    .unwrap();
+    let rafael = Rafael::start(&config);
+
+    let (status, head, body) = http_get(rafael.admin, "/v1/audit");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        head.to_lowercase().contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    assert!(body.contains("\"error\":\"unauthorized\""), "{body}");
+    let (status, _, _) = http_get_with(
+        rafael.admin,
+        "/v1/audit",
+        "Authorization: Bearer rfl_guess\r\n",
+    );
+    assert_eq!(status, 401);
+
+    let bearer = format!("Authorization: Bearer {viewer}\r\n");
+    let (status, _, body) = http_get_with(rafael.admin, "/v1/audit", &bearer);
+    assert_eq!(status, 200, "{body}");
+    let listing: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(listing["entries"].is_array(), "{body}");
+    let (status, _, body) = http_get_with(rafael.admin, "/v1/audit/verify", &bearer);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["ok"],
+        true
+    );
+    // Probes and scraping stay open.
+    assert_eq!(http_get(rafael.admin, "/metrics").0, 200);
+    assert_eq!(http_get(rafael.admin, "/healthz").0, 200);
 }
 
 #[test]
