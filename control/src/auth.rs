@@ -101,11 +101,13 @@ pub enum TokensError {
 impl Role {
     /// True when this role may do what `permission` covers.
     pub fn may(self, permission: Permission) -> bool {
-        match (self, permission) {
-            (Role::Admin, _) | (_, Permission::Read) => true,
-            (Role::Operator, Permission::Operate) | (Role::Approver, Permission::Approve) => true,
-            _ => false,
-        }
+        matches!(
+            (self, permission),
+            (Role::Admin, _)
+                | (_, Permission::Read)
+                | (Role::Operator, Permission::Operate)
+                | (Role::Approver, Permission::Approve)
+        )
     }
 }
 
