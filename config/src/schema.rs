@@ -215,12 +215,22 @@ pub struct FaultConfig {
     /// Share of requests (or attempts) affected, 0..=100.
     #[serde(default = "FaultConfig::default_percent")]
     pub percent: f64,
-    /// Added latency.
+    /// Added latency (the least of it, with `delay_max`).
     #[serde(default)]
     pub delay: Option<HumanDuration>,
-    /// Answer with this status instead of calling the upstream.
+    /// With `delay`: the latency is drawn uniformly between `delay` and this (jitter).
+    #[serde(default)]
+    pub delay_max: Option<HumanDuration>,
+    /// Answer with this status instead of calling the upstream (gRPC requests get the
+    /// matching `grpc-status`).
     #[serde(default)]
     pub abort: Option<u16>,
+    /// With `abort`: the response body.
+    #[serde(default)]
+    pub abort_body: Option<String>,
+    /// Never answer: the request waits for the route's timeout or for the client to give up.
+    #[serde(default)]
+    pub blackhole: bool,
     /// Reset the connection or stream.
     #[serde(default)]
     pub reset: bool,

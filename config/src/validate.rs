@@ -308,11 +308,36 @@ fn fault_checks(
         fault.reset,
         fault.throttle.is_some(),
         fault.truncate.is_some(),
+        fault.blackhole,
     ];
-    if !kinds.iter().any(|k| *k) {
-        errors.push(
+    match kinds.iter().filter(|k| **k).count() {
+        0 => errors.push(
             path,
-            "names no fault; set one of delay, abort, reset, throttle, truncate",
+            "names no fault; set one of delay, abort, reset, throttle, truncate, blackhole",
+        ),
+        1 => {}
+        _ => errors.push(
+            path,
+            "names more than one fault; write one [[faults]] rule for each",
+        ),
+    }
+    if let (Some(min), Some(max)) = (fault.delay, fault.delay_max) {
+        if max < min {
+            errors.push(
+                format!("{path}.delay_max"),
+                format!("must be at least delay ({min}), got {max}"),
+            );
+        }
+    } else if fault.delay_max.is_some() {
+        errors.push(format!("{path}.delay_max"), "needs delay");
+    }
+    if fault.abort_body.is_some() && fault.abort.is_none() {
+        errors.push(format!("{path}.abort_body"), "needs abort");
+    }
+    if fault.throttle.is_some_and(|rate| rate.bytes_per_sec == 0) {
+        errors.push(
+            format!("{path}.throttle"),
+            "must be above 0 bytes per second",
         );
     }
     if let Some(code) = fault.abort {

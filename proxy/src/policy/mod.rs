@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod concurrency;
+pub mod fault;
 pub mod rate_limit;
 
 use std::time::Duration;

@@ -1,0 +1,228 @@
+//! Fault rules of the Chaos Forge: what to inject, at which stage, into which share of the
+//! requests, and the cap on faults in progress at once.
+//!
+//! Sans-IO like the other engines: whether a rule fires and how long a jittered delay lasts
+//! are decided from randomness the caller passes in, so a simulation replays them exactly.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use rafael_config::{FaultConfig, FaultStage};
+
+/// What a rule injects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Wait before going on: uniformly between `min` and `max`.
+    Delay {
+        /// Shortest delay.
+        min: Duration,
+        /// Longest delay.
+        max: Duration,
+    },
+    /// Answer with `status` (and `body`) instead of going on.
+    Abort {
+        /// The status.
+        status: u16,
+        /// The body, when set.
+        body: Option<String>,
+    },
+    /// Reset the connection (HTTP/1.1) or stream (HTTP/2).
+    Reset,
+    /// Let the response body through at this many bytes per second.
+    Throttle {
+        /// The rate.
+        bytes_per_sec: u64,
+    },
+    /// Cut the response body after this many bytes.
+    Truncate {
+        /// Bytes let through.
+        after: u64,
+    },
+    /// Never answer.
+    Blackhole,
+}
+
+/// One rule, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRule {
+    /// What it injects.
+    pub kind: FaultKind,
+    /// Where.
+    pub stage: FaultStage,
+    /// Share of requests (downstream) or attempts (upstream) it fires on, 0..=100.
+    pub percent: f64,
+    /// When set, it fires only on requests carrying this header with the chaos secret.
+    pub only_with_header: Option<String>,
+}
+
+/// Faults in progress, all rules together, against `[chaos].max_active_faults`.
+#[derive(Debug, Default)]
+pub struct ActiveFaults {
+    count: AtomicU32,
+}
+
+// === impl FaultRule ===
+
+impl FaultRule {
+    /// The rule a validated `[[faults]]` entry describes (validation guarantees one kind).
+    pub fn from_config(config: &FaultConfig) -> Option<Self> {
+        let kind = if let Some(min) = config.delay {
+            FaultKind::Delay {
+                min: min.get(),
+                max: config.delay_max.unwrap_or(min).get(),
+            }
+        } else if let Some(status) = config.abort {
+            FaultKind::Abort {
+                status,
+                body: config.abort_body.clone(),
+            }
+        } else if config.reset {
+            FaultKind::Reset
+        } else if let Some(rate) = config.throttle {
+            FaultKind::Throttle {
+                bytes_per_sec: rate.bytes_per_sec.max(1),
+            }
+        } else if let Some(size) = config.truncate {
+            FaultKind::Truncate { after: size.0 }
+        } else if config.blackhole {
+            FaultKind::Blackhole
+        } else {
+            return None;
+        };
+        Some(Self {
+            kind,
+            stage: config.stage,
+            percent: config.percent,
+            only_with_header: config.only_with_header.clone(),
+        })
+    }
+
+    /// Whether the rule fires for one request or attempt. `targeted` says whether it carries
+    /// the rule's header with the right secret (only asked for rules that have one); `random`
+    /// is uniform in `[0, 1)`.
+    pub fn fires(&self, targeted: impl FnOnce(&str) -> bool, random: f64) -> bool {
+        if let Some(header) = &self.only_with_header {
+            if !targeted(header) {
+                return false;
+            }
+        }
+        random * 100.0 < self.percent
+    }
+
+    /// The delay to inject, for `random` uniform in `[0, 1)` (zero for other kinds).
+    pub fn delay(&self, random: f64) -> Duration {
+        match self.kind {
+            FaultKind::Delay { min, max } => min + (max - min).mul_f64(random.clamp(0.0, 1.0)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The `kind` label of `rafael_faults_injected_total`.
+    pub fn kind_label(&self) -> &'static str {
+        match self.kind {
+            FaultKind::Delay { .. } => "delay",
+            FaultKind::Abort { .. } => "abort",
+            FaultKind::Reset => "reset",
+            FaultKind::Throttle { .. } => "throttle",
+            FaultKind::Truncate { .. } => "truncate",
+            FaultKind::Blackhole => "blackhole",
+        }
+    }
+}
+
+/// The gRPC status an injected HTTP status stands for, as gRPC maps HTTP statuses
+/// (grpc/doc/http-grpc-status-mapping.md): 400 INTERNAL, 401 UNAUTHENTICATED, 403
+/// PERMISSION_DENIED, 404 UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE, other UNKNOWN.
+pub fn grpc_status(http_status: u16) -> u8 {
+    match http_status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+// === impl ActiveFaults ===
+
+impl ActiveFaults {
+    /// Takes a slot when fewer than `limit` faults are in progress.
+    pub fn try_begin(&self, limit: u32) -> bool {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back.
+    pub fn end(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Faults in progress now.
+    pub fn get(&self) -> u32 {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn rule(percent: f64, header: Option<&str>) -> FaultRule {
+        FaultRule {
+            kind: FaultKind::Delay {
+                min: Duration::from_millis(100),
+                max: Duration::from_millis(300),
+            },
+            stage: FaultStage::Upstream,
+            percent,
+            only_with_header: header.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn targeted_rules_fire_only_with_the_secret() {
+        let targeted = rule(100.0, Some("x-rafael-chaos"));
+        assert!(!targeted.fires(|_| false, 0.0));
+        assert!(targeted.fires(|h| h == "x-rafael-chaos", 0.0));
+        assert!(rule(100.0, None).fires(|_| unreachable!(), 0.99));
+        assert!(!rule(0.0, None).fires(|_| true, 0.0));
+    }
+
+    #[test]
+    fn delays_spread_between_their_bounds() {
+        let r = rule(100.0, None);
+        assert_eq!(r.delay(0.0), Duration::from_millis(100));
+        assert_eq!(r.delay(0.5), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn active_faults_stop_at_the_cap() {
+        let active = ActiveFaults::default();
+        assert!(active.try_begin(2));
+        assert!(active.try_begin(2));
+        assert!(!active.try_begin(2));
+        active.end();
+        assert!(active.try_begin(2));
+        assert_eq!(active.get(), 2);
+    }
+
+    proptest! {
+        /// Over many draws a rule fires on its percentage of them.
+        #[test]
+        fn a_rule_fires_on_its_share(percent in 0.0f64..=100.0, seed in any::<u64>()) {
+            let r = rule(percent, None);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let fired = (0..10_000).filter(|_| r.fires(|_| true, rng.f64())).count() as f64;
+            let expected = percent * 100.0;
+            prop_assert!((fired - expected).abs() <= 300.0, "{fired} fired, expected {expected}");
+        }
+    }
+}
