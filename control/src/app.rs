@@ -55,7 +55,6 @@ impl App {
         let drain_timeout = config.runtime.drain_timeout.get();
         let watch = config.runtime.watch_config;
         let admin_bind = config.admin.bind;
-        warn_unapplied_policies(&config);
         let store = open_store(&config, options.config_path.as_deref())?;
         let audit = AuditLog::new(Arc::new(store));
         let tokens_file = config
@@ -268,12 +267,4 @@ pub fn relative_to_config(
         .and_then(std::path::Path::parent)
         .unwrap_or_else(|| std::path::Path::new("."));
     dir.join(path)
-}
-
-/// `[[faults]]` are parsed and validated, but fault injection arrives with the Chaos Forge;
-/// say so rather than let an operator believe a fault is being injected.
-pub(crate) fn warn_unapplied_policies(config: &Config) {
-    if !config.faults.is_empty() {
-        warn!("[[faults]] validated but fault injection is not yet enforced by this build");
-    }
 }

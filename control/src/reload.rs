@@ -78,7 +78,6 @@ impl Reloader {
             return Ok(None);
         }
         let config = rafael_config::parse(&text).map_err(ReloadError::Invalid)?;
-        crate::app::warn_unapplied_policies(&config);
         let version = self.snapshot.reload(config).map_err(ReloadError::Invalid)?;
         self.last_text = Some(text);
         Ok(Some(version))

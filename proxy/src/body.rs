@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -11,7 +12,11 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::{H1Body, ResponseGuard};
+use crate::{
+    layer::fault::ActiveFault,
+    policy::fault::FaultKind,
+    upstream::{H1Body, ResponseGuard},
+};
 
 /// Errors a body can end with: hyper's, or the HTTP/1.1 upstream codec's.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +39,8 @@ pub enum Body {
         /// The rest of the body.
         rest: Box<Body>,
     },
+    /// A response body under an injected throttle or truncate fault.
+    Faulted(Box<FaultedBody>),
     /// A response body streamed from an upstream endpoint. Until it ends, the endpoint (for
     /// balancing) and the downstream connection (for idle detection) count as busy.
     Upstream {
@@ -85,6 +92,7 @@ impl http_body::Body for Body {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
+            Self::Faulted(body) => body.poll_frame(cx),
             Self::Upstream { body, guard } => {
                 let polled = match body {
                     UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
@@ -104,6 +112,7 @@ impl http_body::Body for Body {
             Self::Full(bytes) => bytes.is_none(),
             Self::Streaming(body) => body.is_end_stream(),
             Self::Prefixed { frames, rest } => frames.is_empty() && rest.is_end_stream(),
+            Self::Faulted(body) => body.is_end_stream(),
             Self::Upstream { body, .. } => match body {
                 UpstreamBody::Http1(body) => body.is_end_stream(),
                 UpstreamBody::Http2(body) => body.is_end_stream(),
@@ -129,10 +138,124 @@ impl http_body::Body for Body {
                 }
                 hint
             }
+            Self::Faulted(_) => SizeHint::default(),
             Self::Upstream { body, .. } => match body {
                 UpstreamBody::Http1(body) => body.size_hint(),
                 UpstreamBody::Http2(body) => body.size_hint(),
             },
         }
+    }
+}
+
+/// A response body slowed down or cut short by an injected fault; it holds the fault's slot
+/// of `max_active_faults` until it ends.
+#[derive(Debug)]
+pub struct FaultedBody {
+    inner: Body,
+    /// Bytes per second, when throttled.
+    throttle: Option<u64>,
+    /// Bytes still let through, when truncated.
+    truncate_left: Option<u64>,
+    /// Data waiting for the throttle.
+    pending: Option<Bytes>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The cut was made: the body ends with an error once what came before it is flushed.
+    cut: bool,
+    flushed: bool,
+    done: bool,
+    _slot: ActiveFault,
+}
+
+// === impl FaultedBody ===
+
+impl FaultedBody {
+    /// Wraps `inner` under `kind` (a throttle or a truncate; other kinds pass it through).
+    pub fn new(inner: Body, kind: &FaultKind, slot: ActiveFault) -> Self {
+        let (throttle, truncate_left) = match kind {
+            FaultKind::Throttle { bytes_per_sec } => (Some((*bytes_per_sec).max(1)), None),
+            FaultKind::Truncate { after } => (None, Some(*after)),
+            _ => (None, None),
+        };
+        Self {
+            inner,
+            throttle,
+            truncate_left,
+            pending: None,
+            sleep: None,
+            cut: false,
+            flushed: false,
+            done: false,
+            _slot: slot,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(sleep) = self.sleep.as_mut() {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                self.sleep = None;
+            }
+            if let (Some(mut data), Some(rate)) = (self.pending.take(), self.throttle) {
+                // A twentieth of a second's worth at a time, so the rate holds within a chunk.
+                let chunk = usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1);
+                if data.len() > chunk {
+                    self.pending = Some(data.split_off(chunk));
+                }
+                let wait = std::time::Duration::from_secs_f64(data.len() as f64 / rate as f64);
+                self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if self.cut {
+                if !self.flushed {
+                    // Pause once so the server flushes the bytes let through before the
+                    // connection (or stream) is torn down by the error below.
+                    self.flushed = true;
+                    self.sleep = Some(Box::pin(tokio::time::sleep(
+                        std::time::Duration::from_millis(5),
+                    )));
+                    continue;
+                }
+                self.done = true;
+                return Poll::Ready(Some(Err("response truncated by an injected fault".into())));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame =
+                match std::task::ready!(http_body::Body::poll_frame(Pin::new(&mut self.inner), cx))
+                {
+                    None => {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    Some(Ok(frame)) => frame,
+                };
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+            };
+            if let Some(left) = self.truncate_left.as_mut() {
+                if data.len() as u64 > *left {
+                    data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left = 0;
+                    self.cut = true;
+                } else {
+                    *left -= data.len() as u64;
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            if self.throttle.is_some() {
+                self.pending = Some(data);
+                continue;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_none()
     }
 }

@@ -83,6 +83,9 @@ pub enum ProxyError {
     /// Every endpoint's circuit breaker is open.
     #[error(transparent)]
     BreakerOpen(#[from] BreakerOpen),
+    /// A downstream-stage fault resets the client's connection (or stream): no response.
+    #[error("connection reset by an injected fault")]
+    InjectedReset,
 }
 
 #[derive(Serialize)]
@@ -106,6 +109,7 @@ impl ProxyError {
             }
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Shed(_) | Self::BreakerOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InjectedReset => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -123,6 +127,7 @@ impl ProxyError {
             Self::RateLimited(_) => "rate_limited",
             Self::Shed(_) => "overloaded",
             Self::BreakerOpen(_) => "circuit_open",
+            Self::InjectedReset => "injected_reset",
         }
     }
 
@@ -139,7 +144,8 @@ impl ProxyError {
             | Self::BadRequest(_)
             | Self::RateLimited(_)
             | Self::Shed(_)
-            | Self::BreakerOpen(_) => None,
+            | Self::BreakerOpen(_)
+            | Self::InjectedReset => None,
         }
     }
 

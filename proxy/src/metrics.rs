@@ -42,6 +42,8 @@ pub const SHED_TOTAL: &str = "rafael_shed_total";
 pub const CONCURRENCY_LIMIT: &str = "rafael_concurrency_limit";
 /// `rafael_in_flight{route}`.
 pub const IN_FLIGHT: &str = "rafael_in_flight";
+/// `rafael_faults_injected_total{route,kind,stage}`.
+pub const FAULTS_INJECTED_TOTAL: &str = "rafael_faults_injected_total";
 /// `rafael_genome_generation{route}`.
 pub const GENOME_GENERATION: &str = "rafael_genome_generation";
 
@@ -137,6 +139,10 @@ pub fn describe() {
         "The route's concurrency limit now (adaptive limits move); 0 when it has none."
     );
     describe_gauge!(IN_FLIGHT, "Requests in flight on the route now.");
+    describe_counter!(
+        FAULTS_INJECTED_TOTAL,
+        "Faults injected into live traffic, by route, kind and stage."
+    );
     describe_gauge!(
         GENOME_GENERATION,
         "How many times the route's genome changed since start, plus one."

@@ -4,7 +4,7 @@
 //! The snapshot is loaded here, once per request, and everything after uses that one version:
 //! the route's policy layers ([`crate::layer`]) run between the header rewrite and the relay.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::{HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -23,11 +23,13 @@ use crate::{
     upstream::{Exchange, RequestHead, UpstreamIo},
 };
 
-/// Serves one downstream request. Never fails: every error becomes a response.
+/// Serves one downstream request. Every error becomes a response, except an injected reset:
+/// returned as the service's error, it makes hyper close the connection (HTTP/1.1) or reset the
+/// stream (HTTP/2) without answering.
 pub(crate) async fn proxy(
     connection: Arc<Connection>,
     mut request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, ProxyError> {
     let started = layer::now();
     let active = connection.activity.begin();
     let snapshot = connection.handle.load();
@@ -126,6 +128,14 @@ pub(crate) async fn proxy(
                 response
             }
         },
+        Err(ProxyError::InjectedReset) => {
+            telemetry.complete(
+                layer::now(),
+                Outcome::ServerError,
+                layer::now().saturating_sub(started),
+            );
+            return Err(ProxyError::InjectedReset);
+        }
         Err(error) => {
             debug!(route = route.name(), %error, "answering with an error");
             outcome = match error {

@@ -15,8 +15,9 @@ use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    layer,
+    layer::{self, fault::FaultSet},
     metrics::{POLICY_VERSION, RouteMetrics},
+    policy::fault::ActiveFaults,
     route_policy::RoutePolicy,
     router::Matcher,
     server, tls,
@@ -32,6 +33,8 @@ pub struct Snapshot {
     routes: Box<[Arc<Route>]>,
     upstreams: Box<[Arc<Upstream>]>,
     unmatched: RouteMetrics,
+    /// Faults in progress, shared by every snapshot (the cap is process-wide).
+    active_faults: Arc<ActiveFaults>,
 }
 
 /// A listener's live settings and its routes in match order.
@@ -54,6 +57,7 @@ pub struct Route {
     upstream: Arc<Upstream>,
     policy: RoutePolicy,
     metrics: RouteMetrics,
+    faults: Option<Arc<FaultSet>>,
 }
 
 /// The shared handle to the live snapshot.
@@ -100,6 +104,7 @@ impl Snapshot {
             }
         }
 
+        let active_faults = previous.map_or_else(Arc::default, |p| p.active_faults.clone());
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let Some(upstream) = upstreams.iter().find(|u| u.name() == route.upstream) else {
@@ -119,6 +124,7 @@ impl Snapshot {
                 upstream: upstream.clone(),
                 policy,
                 metrics: RouteMetrics::new(&route.name),
+                faults: FaultSet::for_route(&route.name, &config, &active_faults).map(Arc::new),
             }));
         }
 
@@ -156,6 +162,7 @@ impl Snapshot {
             routes: routes.into(),
             upstreams: upstreams.into(),
             unmatched: RouteMetrics::unmatched(),
+            active_faults,
         })
     }
 
@@ -203,6 +210,7 @@ impl Snapshot {
             upstream: old.upstream.clone(),
             policy,
             metrics: RouteMetrics::new(&old.name),
+            faults: old.faults.clone(),
         });
         let replace = |route: &Arc<Route>| {
             if Arc::ptr_eq(route, old) {
@@ -225,6 +233,7 @@ impl Snapshot {
             routes: self.routes.iter().map(replace).collect(),
             upstreams: self.upstreams.clone(),
             unmatched: RouteMetrics::unmatched(),
+            active_faults: self.active_faults.clone(),
         }
     }
 
@@ -290,6 +299,11 @@ impl Route {
     /// Its metric handles.
     pub fn metrics(&self) -> &RouteMetrics {
         &self.metrics
+    }
+
+    /// Its fault rules, when it has any.
+    pub fn faults(&self) -> Option<&FaultSet> {
+        self.faults.as_deref()
     }
 }
 

@@ -1,10 +1,9 @@
 //! The per-route tower stack of DESIGN §2, outer to inner:
 //!
-//! rate limit -> concurrency -> timeout -> retry -> breaker -> upstream.
+//! downstream fault -> rate limit -> concurrency -> timeout -> retry -> breaker ->
+//! upstream fault -> upstream.
 //!
-//! Metrics, the rescue and the snapshot load happen around the stack in
-//! [`crate::service`]; the fault stages of the Chaos Forge slot in above the rate limit and
-//! between the breaker and the upstream. Every layer is a zero-sized service: what it needs (the
+//! Metrics, the rescue and the snapshot load happen around the stack in [`crate::service`]. Every layer is a zero-sized service: what it needs (the
 //! route's compiled policy and its shared engine state) travels with the request, which carries
 //! the [`Route`] of the one snapshot it loaded. So all the attempts of a request see one policy
 //! version, and building the stack per request costs nothing.
@@ -46,6 +45,7 @@ macro_rules! policy_layer {
 
 pub mod breaker;
 pub mod concurrency;
+pub mod fault;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
@@ -63,6 +63,7 @@ use tower::Service;
 
 pub use breaker::{Breaker, BreakerLayer, BreakerOpen};
 pub use concurrency::{Concurrency, ConcurrencyLayer, Shed};
+pub use fault::{DownstreamFault, DownstreamFaultLayer, UpstreamFault, UpstreamFaultLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimited};
 pub use retry::{Retry, RetryLayer};
 pub use timeout::{AttemptTimedOut, Timeout, TimeoutLayer};
@@ -79,7 +80,8 @@ use crate::{
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Exchange, ProxyError>> + Send>>;
 
 /// The whole route stack, DESIGN §2 order.
-pub type RouteStack = RateLimit<Concurrency<Timeout<Retry<Breaker<Forward>>>>>;
+pub type RouteStack =
+    DownstreamFault<RateLimit<Concurrency<Timeout<Retry<Breaker<UpstreamFault<Forward>>>>>>>;
 
 /// A request as it enters the route stack.
 #[derive(Debug)]
@@ -139,8 +141,8 @@ pub struct Forward;
 
 /// The stack, ready to take one request.
 pub fn stack() -> RouteStack {
-    RateLimit::new(Concurrency::new(Timeout::new(Retry::new(Breaker::new(
-        Forward,
+    DownstreamFault::new(RateLimit::new(Concurrency::new(Timeout::new(Retry::new(
+        Breaker::new(UpstreamFault::new(Forward)),
     )))))
 }
 

@@ -1,0 +1,320 @@
+//! The fault layers of the Chaos Forge (DESIGN §2, steps 4 and 10): faults injected into live
+//! traffic at one of two stages.
+//!
+//! - [`DownstreamFault`], outermost after the snapshot: what the client sees. The policies never
+//!   see these faults, so nothing retries or breaks around them.
+//! - [`UpstreamFault`], innermost before the upstream, per attempt: the upstream as the
+//!   policies see it. Retries, breakers and timeouts react to these exactly as to real failures.
+//!
+//! A route without fault rules pays one pointer check per request. The first rule of the stage
+//! that fires applies (one fault per request or attempt), and only while fewer than
+//! `[chaos].max_active_faults` faults are in progress; a fault holds its slot until its effect
+//! ends (a delay elapsed, a throttled or truncated body finished).
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use metrics::Counter;
+use rafael_config::{Config, FaultStage};
+use tower::Service;
+
+use super::{Attempt, PolicyRequest, ResponseFuture};
+use crate::{
+    ProxyError,
+    body::{Body, FaultedBody},
+    metrics::FAULTS_INJECTED_TOTAL,
+    policy::{
+        Nanos,
+        fault::{ActiveFaults, FaultKind, FaultRule, grpc_status},
+        nanos,
+    },
+    snapshot::Route,
+    upstream::Exchange,
+};
+
+policy_layer!(
+    /// Faults the client sees.
+    DownstreamFault,
+    /// Its layer.
+    DownstreamFaultLayer
+);
+
+policy_layer!(
+    /// Faults each attempt meets, under the policies.
+    UpstreamFault,
+    /// Its layer.
+    UpstreamFaultLayer
+);
+
+/// A route's fault rules, compiled, with what they share.
+#[derive(Debug)]
+pub struct FaultSet {
+    rules: Box<[(FaultRule, Counter)]>,
+    secret: Option<String>,
+    max_active: u32,
+    active: Arc<ActiveFaults>,
+}
+
+/// Holds a slot of `max_active_faults` until dropped.
+#[derive(Debug)]
+pub struct ActiveFault(Arc<ActiveFaults>);
+
+/// What injecting a fault turned into.
+enum Injected {
+    /// Go on after this long.
+    Delay(std::time::Duration),
+    /// Answer now with this (boxed: a fault is rare, and the answer is large).
+    Answer(Box<Result<Exchange, ProxyError>>),
+    /// Go on, and wrap the response body.
+    Body(FaultKind),
+    /// Never answer.
+    Blackhole,
+}
+
+// === impl FaultSet ===
+
+impl FaultSet {
+    /// The `[[faults]]` rules of route `route` in `config`, or `None` when it has none.
+    pub fn for_route(route: &str, config: &Config, active: &Arc<ActiveFaults>) -> Option<Self> {
+        let rules: Box<[(FaultRule, Counter)]> = config
+            .faults
+            .iter()
+            .filter(|f| f.route == route)
+            .filter_map(FaultRule::from_config)
+            .map(|rule| {
+                let stage = match rule.stage {
+                    FaultStage::Upstream => "upstream",
+                    FaultStage::Downstream => "downstream",
+                };
+                let counter = metrics::counter!(
+                    FAULTS_INJECTED_TOTAL,
+                    "route" => route.to_owned(),
+                    "kind" => rule.kind_label(),
+                    "stage" => stage
+                );
+                (rule, counter)
+            })
+            .collect();
+        (!rules.is_empty()).then(|| Self {
+            rules,
+            secret: config.chaos.header_secret.clone(),
+            max_active: config.chaos.max_active_faults,
+            active: active.clone(),
+        })
+    }
+
+    /// The first rule of `stage` that fires for a request with `headers`, with a slot taken.
+    fn pick(&self, stage: FaultStage, headers: &HeaderMap) -> Option<(&FaultRule, ActiveFault)> {
+        let targeted = |name: &str| match (&self.secret, headers.get(name)) {
+            (Some(secret), Some(value)) => {
+                !secret.is_empty() && value.as_bytes() == secret.as_bytes()
+            }
+            _ => false,
+        };
+        let (rule, counter) = self
+            .rules
+            .iter()
+            .filter(|(rule, _)| rule.stage == stage)
+            .find(|(rule, _)| rule.fires(targeted, fastrand::f64()))?;
+        if !self.active.try_begin(self.max_active) {
+            return None;
+        }
+        counter.increment(1);
+        Some((rule, ActiveFault(self.active.clone())))
+    }
+}
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Decides what a fired rule does to this request.
+fn inject(rule: &FaultRule, headers: &HeaderMap, route: &Route) -> Injected {
+    match &rule.kind {
+        FaultKind::Delay { .. } => Injected::Delay(rule.delay(fastrand::f64())),
+        FaultKind::Abort { status, body } => {
+            Injected::Answer(Box::new(Ok(aborted(*status, body.as_deref(), headers))))
+        }
+        FaultKind::Reset => Injected::Answer(Box::new(Err(ProxyError::Upstream {
+            upstream: route.upstream().name().to_owned(),
+            endpoint: String::new(),
+            reason: "injected reset".to_owned(),
+        }))),
+        FaultKind::Throttle { .. } | FaultKind::Truncate { .. } => {
+            Injected::Body(rule.kind.clone())
+        }
+        FaultKind::Blackhole => Injected::Blackhole,
+    }
+}
+
+/// The injected answer: the status and body, or for a gRPC request a trailers-only response
+/// whose `grpc-status` stands for the status.
+fn aborted(status: u16, body: Option<&str>, headers: &HeaderMap) -> Exchange {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let mut response = if grpc {
+        let mut response = Response::new(Body::Empty);
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(grpc_status(status))),
+        );
+        h.insert("grpc-message", HeaderValue::from_static("injected fault"));
+        response
+    } else {
+        let mut response = Response::new(Body::full(Bytes::from(
+            body.unwrap_or("injected fault").to_owned(),
+        )));
+        *response.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+    };
+    response
+        .headers_mut()
+        .insert("x-rafael-fault", HeaderValue::from_static("abort"));
+    Exchange {
+        response,
+        upgraded: None,
+        endpoint: 0,
+        answered_at: 0,
+    }
+}
+
+/// Wraps the response body of `result` for a throttle or truncate fault.
+fn wrap_body(
+    result: Result<Exchange, ProxyError>,
+    kind: FaultKind,
+    slot: ActiveFault,
+) -> Result<Exchange, ProxyError> {
+    let mut exchange = result?;
+    let body = std::mem::take(exchange.response.body_mut());
+    *exchange.response.body_mut() = Body::Faulted(Box::new(FaultedBody::new(body, &kind, slot)));
+    Ok(exchange)
+}
+
+/// Waits until `deadline` (the route's), or forever without one, then answers 504.
+async fn blackhole(
+    route: Arc<Route>,
+    deadline: Option<Nanos>,
+    slot: ActiveFault,
+) -> Result<Exchange, ProxyError> {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(super::instant(at)).await,
+        None => std::future::pending::<()>().await,
+    }
+    drop(slot);
+    Err(super::retry::route_timeout(&route))
+}
+
+// === impl DownstreamFault ===
+
+impl<S> Service<PolicyRequest> for DownstreamFault<S>
+where
+    S: Service<PolicyRequest, Response = Exchange, Error = ProxyError, Future = ResponseFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: PolicyRequest) -> Self::Future {
+        let route = request.route.clone();
+        let Some(faults) = route.faults() else {
+            return self.inner.call(request);
+        };
+        let Some((rule, slot)) = faults.pick(FaultStage::Downstream, &request.head.parts.headers)
+        else {
+            return self.inner.call(request);
+        };
+        // The downstream stage is outside the timeout layer: a blackhole here honours the
+        // route's deadline itself.
+        let deadline = route
+            .policy()
+            .timeout
+            .map(|t| request.arrived.saturating_add(nanos(t.get())));
+        let mut inner = self.inner.clone();
+        match inject(rule, &request.head.parts.headers, &route) {
+            Injected::Delay(wait) => Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                drop(slot);
+                inner.call(request).await
+            }),
+            Injected::Answer(answer) => match *answer {
+                // Downstream, a reset is the client's connection (or stream) reset.
+                Err(ProxyError::Upstream { .. }) => {
+                    Box::pin(std::future::ready(Err(ProxyError::InjectedReset)))
+                }
+                answer => Box::pin(std::future::ready(answer)),
+            },
+            Injected::Body(kind) => {
+                let response = inner.call(request);
+                Box::pin(async move { wrap_body(response.await, kind, slot) })
+            }
+            Injected::Blackhole => Box::pin(blackhole(route, deadline, slot)),
+        }
+    }
+}
+
+// === impl UpstreamFault ===
+
+impl<S> Service<Attempt> for UpstreamFault<S>
+where
+    S: Service<Attempt, Response = Exchange, Error = ProxyError, Future = ResponseFuture>
+        + Clone
+        + Send
+        + 'static,
+{
+    type Response = Exchange;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let route = attempt.route.clone();
+        let Some(faults) = route.faults() else {
+            return self.inner.call(attempt);
+        };
+        let Some((rule, slot)) = faults.pick(FaultStage::Upstream, &attempt.head.parts.headers)
+        else {
+            return self.inner.call(attempt);
+        };
+        let mut inner = self.inner.clone();
+        match inject(rule, &attempt.head.parts.headers, &route) {
+            Injected::Delay(wait) => Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                drop(slot);
+                inner.call(attempt).await
+            }),
+            Injected::Answer(answer) => Box::pin(std::future::ready(*answer)),
+            Injected::Body(kind) => {
+                let response = inner.call(attempt);
+                Box::pin(async move { wrap_body(response.await, kind, slot) })
+            }
+            // The attempt's own deadline (per-try or route) ends it, in the breaker layer.
+            Injected::Blackhole => Box::pin(async move {
+                let _slot = slot;
+                std::future::pending().await
+            }),
+        }
+    }
+}
