@@ -63,6 +63,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
         .merge(read)
         .fallback(not_found)
         .with_state(state)
@@ -144,6 +145,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
 }
 
 async fn healthz() -> impl IntoResponse {

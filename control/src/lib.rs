@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod demo;
+pub mod openapi;
 pub mod reload;
 pub mod store;
 

@@ -1,0 +1,179 @@
+//! The admin API's OpenAPI 3.1 document, served at `/v1/openapi.json`.
+//!
+//! [`OPERATIONS`] lists every endpoint the admin router serves; the document is built from it,
+//! and a test drives the real router with each entry (it must answer, not 404) and with every
+//! endpoint DESIGN §5 names that is not in the list (it must 404), so the document and the
+//! router cannot drift apart.
+
+use serde_json::{Value, json};
+
+use crate::auth::Permission;
+
+/// One documented operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// HTTP method, lower case.
+    pub method: &'static str,
+    /// Path.
+    pub path: &'static str,
+    /// What it needs; `None` for the open endpoints (probes, metrics, this document).
+    pub permission: Option<Permission>,
+    /// One line.
+    pub summary: &'static str,
+    /// The schema of its 200 response.
+    pub response: &'static str,
+}
+
+/// Every operation the admin router serves.
+pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "get",
+        path: "/metrics",
+        permission: None,
+        summary: "Prometheus text exposition of every rafael_* metric",
+        response: "PrometheusText",
+    },
+    Operation {
+        method: "get",
+        path: "/healthz",
+        permission: None,
+        summary: "Liveness: the process answers",
+        response: "Status",
+    },
+    Operation {
+        method: "get",
+        path: "/readyz",
+        permission: None,
+        summary: "Readiness: listeners bound and not draining (503 otherwise)",
+        response: "Status",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/openapi.json",
+        permission: None,
+        summary: "This document",
+        response: "OpenApi",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/audit",
+        permission: Some(Permission::Read),
+        summary: "Audit log entries with an id above `after`, oldest first (at most `limit`, 1000)",
+        response: "AuditList",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/audit/verify",
+        permission: Some(Permission::Read),
+        summary: "Recompute the audit log's hash chain and name the first broken entry",
+        response: "Verification",
+    },
+];
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for op in OPERATIONS {
+        let mut responses = json!({
+            "200": {
+                "description": "OK",
+                "content": { content_type(op.response): {
+                    "schema": { "$ref": format!("#/components/schemas/{}", op.response) }
+                }}
+            }
+        });
+        let mut operation = json!({ "summary": op.summary });
+        if let Some(permission) = op.permission {
+            operation["security"] = json!([{ "bearer": [] }]);
+            operation["x-rafael-permission"] = json!(format!("{permission:?}").to_lowercase());
+            responses["401"] = error_response("No valid bearer token");
+            responses["403"] = error_response("The token's role may not do this");
+        }
+        if op.path == "/v1/audit" {
+            operation["parameters"] = json!([
+                { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }
+            ]);
+        }
+        operation["responses"] = responses;
+        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rafael admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Roles: viewer (read), operator (experiments, evolution runs), approver (approve or reject proposals), admin (all)."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas()
+        }
+    })
+}
+
+fn content_type(schema: &str) -> &'static str {
+    if schema == "PrometheusText" {
+        "text/plain"
+    } else {
+        "application/json"
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn schemas() -> Value {
+    json!({
+        "PrometheusText": { "type": "string" },
+        "OpenApi": { "type": "object" },
+        "Status": {
+            "type": "object",
+            "properties": { "status": { "type": "string" }, "policy_version": { "type": "integer" } },
+            "required": ["status"]
+        },
+        "Error": {
+            "type": "object",
+            "properties": { "error": { "type": "string" }, "detail": {} },
+            "required": ["error", "detail"]
+        },
+        "AuditEntry": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "integer" },
+                "at": { "type": "string", "format": "date-time" },
+                "actor": { "type": "string" },
+                "action": { "type": "string" },
+                "target": { "type": "string" },
+                "details": {},
+                "prev_hash": { "type": "string" },
+                "hash": { "type": "string" }
+            },
+            "required": ["id", "at", "actor", "action", "target", "details", "prev_hash", "hash"]
+        },
+        "AuditList": {
+            "type": "object",
+            "properties": { "entries": { "type": "array", "items": { "$ref": "#/components/schemas/AuditEntry" } } },
+            "required": ["entries"]
+        },
+        "Verification": {
+            "type": "object",
+            "properties": {
+                "ok": { "type": "boolean" },
+                "entries": { "type": "integer" },
+                "head": { "type": ["string", "null"] },
+                "broken": {
+                    "type": ["object", "null"],
+                    "properties": { "id": { "type": "integer" }, "reason": { "type": "string" } }
+                }
+            },
+            "required": ["ok", "entries"]
+        }
+    })
+}

@@ -1,0 +1,132 @@
+//! The admin router against its OpenAPI document: every documented operation is served, and
+//! every endpoint DESIGN §5 names but the document does not list answers 404.
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use rafael_control::{
+    admin::{AdminState, router},
+    audit::AuditLog,
+    auth::Auth,
+    openapi::{OPERATIONS, document},
+    store::Store,
+};
+use rafael_proxy::SnapshotHandle;
+use tower::ServiceExt;
+
+/// Every endpoint of DESIGN §5, as (method, a concrete path).
+const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/routes"),
+    ("GET", "/v1/routes/r/genomes"),
+    ("GET", "/v1/proposals"),
+    ("POST", "/v1/proposals/1/approve"),
+    ("POST", "/v1/proposals/1/reject"),
+    ("POST", "/v1/evolution/r/run"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/verify"),
+    ("GET", "/v1/experiments"),
+    ("POST", "/v1/experiments"),
+    ("GET", "/v1/experiments/1"),
+    ("POST", "/v1/experiments/1/stop"),
+    ("GET", "/v1/experiments/1/report"),
+    ("POST", "/v1/simulate"),
+    ("GET", "/v1/vault/patterns"),
+];
+
+fn app() -> axum::Router {
+    let config = rafael_config::parse(
+        r#"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:9"]
+[[routes]]
+name = "r"
+listener = "in"
+upstream = "app"
+"#,
+    )
+    .unwrap();
+    router(AdminState {
+        metrics: None,
+        ready: Arc::new(AtomicBool::new(true)),
+        snapshot: SnapshotHandle::new(config).unwrap(),
+        auth: Arc::new(Auth::Local),
+        audit: AuditLog::new(Arc::new(Store::in_memory().unwrap())),
+    })
+}
+
+async fn status(method: &str, path: &str) -> StatusCode {
+    let request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    app().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served_and_nothing_else_is() {
+    for op in OPERATIONS {
+        let code = status(&op.method.to_uppercase(), op.path).await;
+        assert!(
+            code != StatusCode::NOT_FOUND && code != StatusCode::METHOD_NOT_ALLOWED,
+            "{} {} is documented but answers {code}",
+            op.method,
+            op.path
+        );
+    }
+    for (method, path) in DESIGN_ENDPOINTS {
+        let documented = OPERATIONS
+            .iter()
+            .any(|op| op.method.eq_ignore_ascii_case(method) && op.path == *path);
+        if !documented {
+            assert_eq!(
+                status(method, path).await,
+                StatusCode::NOT_FOUND,
+                "{method} {path} is served but not in the OpenAPI document"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_document_describes_each_operation_and_its_auth() {
+    let response = app()
+        .oneshot(
+            Request::get("/v1/openapi.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let served: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(served, document());
+    assert_eq!(served["openapi"], "3.1.0");
+    for op in OPERATIONS {
+        let operation = &served["paths"][op.path][op.method];
+        assert!(operation.is_object(), "{} {}", op.method, op.path);
+        assert_eq!(
+            operation["security"].is_array(),
+            op.permission.is_some(),
+            "{}",
+            op.path
+        );
+        if op.permission.is_some() {
+            assert!(operation["responses"]["401"].is_object());
+            assert!(operation["responses"]["403"].is_object());
+        }
+    }
+}
