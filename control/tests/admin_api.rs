@@ -1,6 +1,6 @@
 //! The admin router against its OpenAPI document: every documented operation is served, and
-#![allow(clippy::unwrap_used)]
 //! every endpoint DESIGN §5 names but the document does not list answers 404.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, atomic::AtomicBool};
 
