@@ -46,6 +46,7 @@ impl Service<Attempt> for Healthy {
             upgraded: None,
             endpoint: 0,
             answered_at: 0,
+            injected: false,
         })))
     }
 }

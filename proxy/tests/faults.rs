@@ -120,6 +120,15 @@ circuit_breaker = { consecutive_failures = 4, open_for = "1h", open_for_max = "1
         }
         assert_eq!(app.requests(), 0);
         assert_eq!(attempts(&proxy), expected_attempts, "{stage}: {codes:?}");
+        // The telemetry's attempt samples say which attempts met an injected fault.
+        let samples = proxy
+            .handle
+            .telemetry()
+            .route("r")
+            .expect("route r exists")
+            .attempts();
+        assert_eq!(samples.len() as u64, expected_attempts);
+        assert!(samples.iter().all(|sample| sample.fault));
         let snapshot = proxy.handle.load();
         let breaker = snapshot.route("r").unwrap().live().breakers()[0].state();
         match stage {

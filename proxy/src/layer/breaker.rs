@@ -12,7 +12,9 @@ use std::{
 
 use tower::Service;
 
-use super::{Attempt, AttemptTimedOut, ResponseFuture, now, retry::outcome_matches};
+use super::{
+    Attempt, AttemptTimedOut, ResponseFuture, fault::INJECTED_RESET, now, retry::outcome_matches,
+};
 use crate::{
     ProxyError,
     body::Body,
@@ -148,7 +150,11 @@ where
                     in_flight: in_flight_at_start,
                     latency: crate::policy::nanos(latency),
                     outcome: outcome as u8,
-                    fault: false,
+                    fault: match &result {
+                        Ok(exchange) => exchange.injected,
+                        Err(ProxyError::Upstream { reason, .. }) => reason == INJECTED_RESET,
+                        Err(_) => false,
+                    },
                 };
                 policy.telemetry().attempt(sample, sampled);
                 if let Some((params, breaker)) = policy.breaker(endpoint).filter(|_| fair_share) {

@@ -50,6 +50,9 @@ policy_layer!(
     UpstreamFaultLayer
 );
 
+/// The reason of an upstream-stage reset, which the telemetry marks as injected.
+pub const INJECTED_RESET: &str = "reset by an injected fault";
+
 /// A route's fault rules, compiled, with what they share.
 #[derive(Debug)]
 pub struct FaultSet {
@@ -144,7 +147,7 @@ fn inject(rule: &FaultRule, headers: &HeaderMap, route: &Route) -> Injected {
         FaultKind::Reset => Injected::Answer(Box::new(Err(ProxyError::Upstream {
             upstream: route.upstream().name().to_owned(),
             endpoint: String::new(),
-            reason: "injected reset".to_owned(),
+            reason: INJECTED_RESET.to_owned(),
         }))),
         FaultKind::Throttle { .. } | FaultKind::Truncate { .. } => {
             Injected::Body(rule.kind.clone())
@@ -188,6 +191,7 @@ fn aborted(status: u16, body: Option<&str>, headers: &HeaderMap) -> Exchange {
         upgraded: None,
         endpoint: 0,
         answered_at: 0,
+        injected: true,
     }
 }
 
@@ -198,6 +202,7 @@ fn wrap_body(
     slot: ActiveFault,
 ) -> Result<Exchange, ProxyError> {
     let mut exchange = result?;
+    exchange.injected = true;
     let body = std::mem::take(exchange.response.body_mut());
     *exchange.response.body_mut() = Body::Faulted(Box::new(FaultedBody::new(body, &kind, slot)));
     Ok(exchange)
@@ -303,7 +308,9 @@ where
             Injected::Delay(wait) => Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 drop(slot);
-                inner.call(attempt).await
+                let mut exchange = inner.call(attempt).await?;
+                exchange.injected = true;
+                Ok(exchange)
             }),
             Injected::Answer(answer) => Box::pin(std::future::ready(*answer)),
             Injected::Body(kind) => {

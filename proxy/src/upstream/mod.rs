@@ -120,6 +120,8 @@ pub struct Exchange {
     /// When the response head arrived (the policy clock; 0 when not read), so the request
     /// path does not read the clock again for the same moment.
     pub answered_at: u64,
+    /// True when an upstream-stage fault shaped this answer (for the telemetry's samples).
+    pub injected: bool,
 }
 
 // === impl Upstream ===
@@ -290,6 +292,7 @@ impl Upstream {
                     upgraded: Some((*conn).into_upgraded()),
                     endpoint: 0,
                     answered_at: 0,
+                    injected: false,
                 });
             }
             let pool = h1::PoolReturn {
@@ -306,6 +309,7 @@ impl Upstream {
                 upgraded: None,
                 endpoint: 0,
                 answered_at: 0,
+                injected: false,
             });
         }
     }
@@ -343,6 +347,7 @@ impl Upstream {
                 upgraded: None,
                 endpoint: 0,
                 answered_at: 0,
+                injected: false,
             }),
             Err(error) => Err(self.failed(endpoint, &error)),
         }
