@@ -3,6 +3,7 @@
 //! A request loads the snapshot once and keeps that `Arc` for its whole life, so a reload (or,
 //! later, a genome swap) takes effect for new requests without touching those in flight.
 
+use std::collections::BTreeMap;
 use std::sync::{
     Arc, Mutex, PoisonError,
     atomic::{AtomicU64, Ordering},
@@ -15,7 +16,10 @@ use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    layer::{self, fault::FaultSet},
+    layer::{
+        self,
+        fault::{ExtraFaults, FaultSet},
+    },
     metrics::{POLICY_VERSION, RouteMetrics},
     policy::fault::ActiveFaults,
     route_policy::RoutePolicy,
@@ -35,6 +39,8 @@ pub struct Snapshot {
     unmatched: RouteMetrics,
     /// Faults in progress, shared by every snapshot (the cap is process-wide).
     active_faults: Arc<ActiveFaults>,
+    /// Run-time fault rules by route (experiments'), kept across reloads.
+    extra_faults: Arc<BTreeMap<String, Arc<ExtraFaults>>>,
 }
 
 /// A listener's live settings and its routes in match order.
@@ -105,6 +111,7 @@ impl Snapshot {
         }
 
         let active_faults = previous.map_or_else(Arc::default, |p| p.active_faults.clone());
+        let extra_faults = previous.map_or_else(Arc::default, |p| p.extra_faults.clone());
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let Some(upstream) = upstreams.iter().find(|u| u.name() == route.upstream) else {
@@ -124,7 +131,13 @@ impl Snapshot {
                 upstream: upstream.clone(),
                 policy,
                 metrics: RouteMetrics::new(&route.name),
-                faults: FaultSet::for_route(&route.name, &config, &active_faults).map(Arc::new),
+                faults: FaultSet::for_route(
+                    &route.name,
+                    &config,
+                    extra_faults.get(&route.name),
+                    &active_faults,
+                )
+                .map(Arc::new),
             }));
         }
 
@@ -163,6 +176,7 @@ impl Snapshot {
             upstreams: upstreams.into(),
             unmatched: RouteMetrics::unmatched(),
             active_faults,
+            extra_faults,
         })
     }
 
@@ -195,8 +209,20 @@ impl Snapshot {
     /// upstreams and every other route are shared, not rebuilt.
     fn with_genome(&self, index: usize, genome: Genome, version: u64) -> Self {
         let mut config = (*self.config).clone();
-        let old = &self.routes[index];
         config.routes[index].policy = genome;
+        self.with_route(index, config, (*self.extra_faults).clone(), version)
+    }
+
+    /// A copy with route `index` rebuilt from `config` and `extra_faults` (its policy state
+    /// carried over); everything else is shared.
+    fn with_route(
+        &self,
+        index: usize,
+        config: Config,
+        extra_faults: BTreeMap<String, Arc<ExtraFaults>>,
+        version: u64,
+    ) -> Self {
+        let old = &self.routes[index];
         let policy = RoutePolicy::build(
             &old.name,
             &config.routes[index].policy,
@@ -210,7 +236,13 @@ impl Snapshot {
             upstream: old.upstream.clone(),
             policy,
             metrics: RouteMetrics::new(&old.name),
-            faults: old.faults.clone(),
+            faults: FaultSet::for_route(
+                &old.name,
+                &config,
+                extra_faults.get(&*old.name),
+                &self.active_faults,
+            )
+            .map(Arc::new),
         });
         let replace = |route: &Arc<Route>| {
             if Arc::ptr_eq(route, old) {
@@ -234,6 +266,7 @@ impl Snapshot {
             upstreams: self.upstreams.clone(),
             unmatched: RouteMetrics::unmatched(),
             active_faults: self.active_faults.clone(),
+            extra_faults: Arc::new(extra_faults),
         }
     }
 
@@ -325,6 +358,34 @@ impl SnapshotHandle {
     /// Read-only access to the routes' telemetry.
     pub fn telemetry(&self) -> crate::TelemetryHandle {
         crate::TelemetryHandle::new(self.clone())
+    }
+
+    /// Adds (`Some`) or removes (`None`) the run-time fault rules of `route` and returns the
+    /// new snapshot version: how an experiment injects its faults and always takes them out.
+    /// Reloads keep them.
+    pub fn set_extra_faults(
+        &self,
+        route: &str,
+        faults: Option<Arc<ExtraFaults>>,
+    ) -> Result<u64, ConfigErrors> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.load();
+        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
+            let mut errors = ConfigErrors::default();
+            errors.push("route", format!("no route named {route:?}"));
+            return Err(errors);
+        };
+        let mut extra = (*current.extra_faults).clone();
+        match faults {
+            Some(faults) => extra.insert(route.to_owned(), faults),
+            None => extra.remove(route),
+        };
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let config = (*current.config).clone();
+        let snapshot = current.with_route(index, config, extra, version);
+        self.current.store(Arc::new(snapshot));
+        metrics::gauge!(POLICY_VERSION).set(version as f64);
+        Ok(version)
     }
 
     /// The handle that swaps route genomes on this snapshot.

@@ -269,3 +269,49 @@ async fn max_active_faults_holds_under_concurrency() {
     }
     assert_eq!(delayed, 2, "only two faults may be in progress at once");
 }
+
+#[tokio::test]
+async fn run_time_faults_come_and_go_and_survive_a_reload() {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use rafael_config::FaultStage;
+    use rafael_proxy::{
+        layer::fault::ExtraFaults,
+        policy::fault::{FaultKind, FaultRule},
+    };
+
+    let app = hello().await;
+    let config = faulted(app.addr, "", "");
+    let proxy = proxy(&config).await;
+    let client = h1_client();
+    let extra = Arc::new(ExtraFaults {
+        rules: vec![FaultRule {
+            kind: FaultKind::Abort {
+                status: 503,
+                body: None,
+            },
+            stage: FaultStage::Downstream,
+            percent: 100.0,
+            only_with_header: None,
+        }],
+        ..ExtraFaults::default()
+    });
+    proxy
+        .handle
+        .set_extra_faults("r", Some(extra.clone()))
+        .unwrap();
+    assert_eq!(get(&client, &proxy.url("/")).await.0, 503);
+    proxy
+        .handle
+        .reload(rafael_config::parse(&config).unwrap())
+        .unwrap();
+    assert_eq!(
+        get(&client, &proxy.url("/")).await.0,
+        503,
+        "kept across a reload"
+    );
+    assert_eq!(extra.injected.load(Ordering::Relaxed), 2);
+    proxy.handle.set_extra_faults("r", None).unwrap();
+    assert_eq!(get(&client, &proxy.url("/")).await.0, 200);
+    assert_eq!(app.requests(), 1);
+}

@@ -12,7 +12,10 @@
 //! ends (a delay elapsed, a throttled or truncated body finished).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -53,10 +56,22 @@ policy_layer!(
 /// The reason of an upstream-stage reset, which the telemetry marks as injected.
 pub const INJECTED_RESET: &str = "reset by an injected fault";
 
+/// Fault rules added to a route at run time (by an experiment), on top of its `[[faults]]`,
+/// with a count of what they injected.
+#[derive(Debug, Default)]
+pub struct ExtraFaults {
+    /// The rules, tried before the standing ones.
+    pub rules: Vec<FaultRule>,
+    /// Faults these rules injected.
+    pub injected: AtomicU64,
+}
+
 /// A route's fault rules, compiled, with what they share.
 #[derive(Debug)]
 pub struct FaultSet {
     rules: Box<[(FaultRule, Counter)]>,
+    /// The run-time rules (the first `extra.rules.len()` of `rules`), for their count.
+    extra: Option<Arc<ExtraFaults>>,
     secret: Option<String>,
     max_active: u32,
     active: Arc<ActiveFaults>,
@@ -81,13 +96,24 @@ enum Injected {
 // === impl FaultSet ===
 
 impl FaultSet {
-    /// The `[[faults]]` rules of route `route` in `config`, or `None` when it has none.
-    pub fn for_route(route: &str, config: &Config, active: &Arc<ActiveFaults>) -> Option<Self> {
-        let rules: Box<[(FaultRule, Counter)]> = config
+    /// The rules of route `route`: `extra` (run-time) first, then its `[[faults]]` in
+    /// `config`; `None` when it has none.
+    pub fn for_route(
+        route: &str,
+        config: &Config,
+        extra: Option<&Arc<ExtraFaults>>,
+        active: &Arc<ActiveFaults>,
+    ) -> Option<Self> {
+        let standing = config
             .faults
             .iter()
             .filter(|f| f.route == route)
-            .filter_map(FaultRule::from_config)
+            .filter_map(FaultRule::from_config);
+        let rules: Box<[(FaultRule, Counter)]> = extra
+            .map(|e| e.rules.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(standing)
             .map(|rule| {
                 let stage = match rule.stage {
                     FaultStage::Upstream => "upstream",
@@ -104,6 +130,7 @@ impl FaultSet {
             .collect();
         (!rules.is_empty()).then(|| Self {
             rules,
+            extra: extra.cloned(),
             secret: config.chaos.header_secret.clone(),
             max_active: config.chaos.max_active_faults,
             active: active.clone(),
@@ -118,15 +145,19 @@ impl FaultSet {
             }
             _ => false,
         };
-        let (rule, counter) = self
+        let (index, (rule, counter)) = self
             .rules
             .iter()
-            .filter(|(rule, _)| rule.stage == stage)
-            .find(|(rule, _)| rule.fires(targeted, fastrand::f64()))?;
+            .enumerate()
+            .filter(|(_, (rule, _))| rule.stage == stage)
+            .find(|(_, (rule, _))| rule.fires(targeted, fastrand::f64()))?;
         if !self.active.try_begin(self.max_active) {
             return None;
         }
         counter.increment(1);
+        if let Some(extra) = self.extra.as_ref().filter(|e| index < e.rules.len()) {
+            extra.injected.fetch_add(1, Ordering::Relaxed);
+        }
         Some((rule, ActiveFault(self.active.clone())))
     }
 }
