@@ -11,12 +11,12 @@ use std::sync::{
 };
 
 use axum::{
-    Json, Router,
-    extract::{Query, Request, State},
+    Extension, Json, Router,
+    extract::{Path, Query, Request, State, rejection::JsonRejection},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use rafael_proxy::SnapshotHandle;
@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::{
     audit::AuditLog,
     auth::{Auth, Caller, Permission},
+    chaos::{Chaos, ChaosError, ExperimentSpec},
 };
 
 /// What the admin handlers read.
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub auth: Arc<Auth>,
     /// The audit log.
     pub audit: AuditLog,
+    /// Live experiments.
+    pub chaos: Chaos,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,8 +58,18 @@ pub fn router(state: AdminState) -> Router {
     let read = Router::new()
         .route("/v1/audit", get(audit_list))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/experiments", get(experiments_list))
+        .route("/v1/experiments/{id}", get(experiment_get))
+        .route("/v1/experiments/{id}/report", get(experiment_report))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Read),
+            authorize,
+        ));
+    let operate = Router::new()
+        .route("/v1/experiments", post(experiment_start))
+        .route("/v1/experiments/{id}/stop", post(experiment_stop))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Permission::Operate),
             authorize,
         ));
     Router::new()
@@ -65,6 +78,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi))
         .merge(read)
+        .merge(operate)
         .fallback(not_found)
         .with_state(state)
 }
@@ -127,6 +141,72 @@ async fn audit_verify(State(state): State<AdminState>) -> Response {
     }
 }
 
+async fn experiment_start(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    spec: Result<Json<ExperimentSpec>, JsonRejection>,
+) -> Response {
+    let spec = match spec {
+        Ok(Json(spec)) => spec,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &rejection.body_text(),
+            );
+        }
+    };
+    match state.chaos.start(spec, &caller.name) {
+        Ok(experiment) => (StatusCode::CREATED, Json(experiment)).into_response(),
+        Err(e) => chaos_error(&e),
+    }
+}
+
+async fn experiment_stop(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Response {
+    match state.chaos.stop(id, &caller.name) {
+        Ok(experiment) => Json(experiment).into_response(),
+        Err(e) => chaos_error(&e),
+    }
+}
+
+async fn experiments_list(State(state): State<AdminState>) -> Response {
+    match state.chaos.list() {
+        Ok(experiments) => Json(json!({ "experiments": experiments })).into_response(),
+        Err(e) => chaos_error(&e),
+    }
+}
+
+async fn experiment_get(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
+    match state.chaos.get(id) {
+        Ok(experiment) => Json(experiment).into_response(),
+        Err(e) => chaos_error(&e),
+    }
+}
+
+async fn experiment_report(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
+    match state.chaos.report(id) {
+        Ok(Some(report)) => Json(report).into_response(),
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            "not_ready",
+            "the experiment has no report yet: it is running, or watching the recovery",
+        ),
+        Err(e) => chaos_error(&e),
+    }
+}
+
+fn chaos_error(e: &ChaosError) -> Response {
+    match e {
+        ChaosError::Invalid(detail) => error(StatusCode::BAD_REQUEST, "bad_request", detail),
+        ChaosError::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        ChaosError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+    }
+}
+
 fn error(status: StatusCode, code: &str, detail: &str) -> Response {
     (status, Json(json!({ "error": code, "detail": detail }))).into_response()
 }
@@ -173,6 +253,6 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": "not_found", "detail": "no such admin endpoint"})),
+        Json(json!({"error": "no_such_endpoint", "detail": "no such admin endpoint"})),
     )
 }

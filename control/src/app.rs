@@ -21,6 +21,7 @@ use crate::{
     admin,
     audit::AuditLog,
     auth::Auth,
+    chaos::Chaos,
     reload::Reloader,
     store::{Store, StoreError},
 };
@@ -55,8 +56,8 @@ impl App {
         let drain_timeout = config.runtime.drain_timeout.get();
         let watch = config.runtime.watch_config;
         let admin_bind = config.admin.bind;
-        let store = open_store(&config, options.config_path.as_deref())?;
-        let audit = AuditLog::new(Arc::new(store));
+        let store = Arc::new(open_store(&config, options.config_path.as_deref())?);
+        let audit = AuditLog::new(store.clone());
         let tokens_file = config
             .admin
             .tokens_file
@@ -99,6 +100,7 @@ impl App {
             snapshot: snapshot.clone(),
             auth,
             audit: audit.clone(),
+            chaos: Chaos::new(snapshot.clone(), store, audit.clone())?,
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {

@@ -68,6 +68,41 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "Recompute the audit log's hash chain and name the first broken entry",
         response: "Verification",
     },
+    Operation {
+        method: "get",
+        path: "/v1/experiments",
+        permission: Some(Permission::Read),
+        summary: "Every experiment, newest first",
+        response: "ExperimentList",
+    },
+    Operation {
+        method: "post",
+        path: "/v1/experiments",
+        permission: Some(Permission::Operate),
+        summary: "Start an experiment (body: ExperimentSpec); answered 201 with the experiment",
+        response: "Experiment",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/experiments/{id}",
+        permission: Some(Permission::Read),
+        summary: "One experiment",
+        response: "Experiment",
+    },
+    Operation {
+        method: "post",
+        path: "/v1/experiments/{id}/stop",
+        permission: Some(Permission::Operate),
+        summary: "Stop a running experiment; its faults are removed",
+        response: "Experiment",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/experiments/{id}/report",
+        permission: Some(Permission::Read),
+        summary: "The report: steady state before, during and after, what was injected, what the policies did, a verdict and recommendations (409 until ready)",
+        response: "Report",
+    },
 ];
 
 /// The document.
@@ -88,6 +123,20 @@ pub fn document() -> Value {
             operation["x-rafael-permission"] = json!(format!("{permission:?}").to_lowercase());
             responses["401"] = error_response("No valid bearer token");
             responses["403"] = error_response("The token's role may not do this");
+        }
+        if op.path.contains("{id}") {
+            operation["parameters"] = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }]);
+        }
+        if op.method == "post" && op.path == "/v1/experiments" {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ExperimentSpec" } } }
+            });
+            responses["201"] = responses["200"].take();
+            if let Some(map) = responses.as_object_mut() {
+                map.remove("200");
+            }
+            responses["400"] = error_response("The spec is invalid");
         }
         if op.path == "/v1/audit" {
             operation["parameters"] = json!([
@@ -162,6 +211,39 @@ fn schemas() -> Value {
             "properties": { "entries": { "type": "array", "items": { "$ref": "#/components/schemas/AuditEntry" } } },
             "required": ["entries"]
         },
+        "Experiment": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "integer" },
+                "route": { "type": "string" },
+                "state": { "enum": ["running", "completed", "aborted", "stopped", "interrupted"] },
+                "started_at": { "type": ["string", "null"] },
+                "ends_at": { "type": ["string", "null"] },
+                "faults": { "type": "array" },
+                "abort_when": { "type": "array", "items": { "type": "string" } },
+                "abort_reason": { "type": ["string", "null"] }
+            },
+            "required": ["id", "route", "state"]
+        },
+        "ExperimentList": {
+            "type": "object",
+            "properties": { "experiments": { "type": "array", "items": { "$ref": "#/components/schemas/Experiment" } } }
+        },
+        "ExperimentSpec": {
+            "type": "object",
+            "properties": {
+                "route": { "type": "string" },
+                "threat": { "enum": ["latency", "upstream-failure", "surge", "brownout", "memory-pressure"] },
+                "severity": { "enum": ["low", "medium", "high", "critical"] },
+                "faults": { "type": "array", "items": { "type": "object" } },
+                "duration": { "type": "string", "examples": ["60s"] },
+                "percent": { "type": "number", "minimum": 0, "maximum": 100 },
+                "seed": { "type": "integer" },
+                "abort_when": { "type": "array", "items": { "type": "string", "examples": ["error_rate > 0.3", "p99 > 2s"] } }
+            },
+            "required": ["route", "duration"]
+        },
+        "Report": { "type": "object" },
         "Verification": {
             "type": "object",
             "properties": {

@@ -26,6 +26,19 @@ const MIGRATIONS: &[&str] = &[
         prev_hash TEXT NOT NULL,
         hash      TEXT NOT NULL
     );",
+    // 2: chaos experiments (see `crate::chaos`).
+    "CREATE TABLE experiments (
+        id           INTEGER PRIMARY KEY,
+        route        TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        spec         TEXT NOT NULL,
+        faults       TEXT NOT NULL,
+        abort_when   TEXT NOT NULL,
+        started_at   TEXT,
+        ends_at      TEXT,
+        abort_reason TEXT,
+        report       TEXT
+    );",
 ];
 
 /// The open store.
