@@ -350,7 +350,17 @@ impl Chaos {
             route: route.clone(),
         };
         let telemetry = self.snapshots.telemetry();
+        // Windows are whole seconds: the steady state is the ten seconds before the one the
+        // experiment started in, and the recovery starts with the second after it ended.
+        let start_second = started / SECOND * SECOND;
+        let steady = period(
+            &telemetry,
+            &route,
+            start_second.saturating_sub(STEADY_SECONDS * SECOND),
+            start_second.saturating_sub(1),
+        );
         let deadline = tokio::time::Instant::now() + duration;
+        let mut during;
         let (state, reason, actor) = loop {
             let tick = tokio::time::sleep(
                 Duration::from_secs(1)
@@ -360,10 +370,11 @@ impl Chaos {
                 _ = tick => {}
                 _ = stop.changed() => {
                     let actor = stop.borrow().clone().unwrap_or_else(|| "rafael".to_owned());
+                    during = period(&telemetry, &route, start_second, telemetry.now());
                     break ("stopped", Some(format!("stopped by {actor}")), actor);
                 }
             }
-            let during = period(&telemetry, &route, started, telemetry.now());
+            during = period(&telemetry, &route, start_second, telemetry.now());
             if let Some(reason) = conditions.iter().find_map(|c| breached(c, &during)) {
                 break ("aborted", Some(reason), "rafael".to_owned());
             }
@@ -398,15 +409,9 @@ impl Chaos {
         if let Err(e) = self.finish(id, state, reason.clone(), json!(null)) {
             warn!("cannot record experiment {id}: {e}");
         }
-        tokio::time::sleep(Duration::from_secs(AFTER_SECONDS)).await;
-        let steady = period(
-            &telemetry,
-            &route,
-            started.saturating_sub(STEADY_SECONDS * SECOND),
-            started.saturating_sub(1),
-        );
-        let during = period(&telemetry, &route, started, ended);
-        let after = period(&telemetry, &route, ended, telemetry.now());
+        tokio::time::sleep(Duration::from_secs(AFTER_SECONDS + 1)).await;
+        let after_from = (ended / SECOND + 1) * SECOND;
+        let after = period(&telemetry, &route, after_from, telemetry.now());
         let report = report(
             state,
             reason.as_deref(),
@@ -738,12 +743,21 @@ fn report(
         (_, _, false) => "not recovered: errors stayed high after the faults were removed",
     };
     let mut recommendations = Vec::new();
+    // Policy advice follows from upstream-stage faults only: downstream ones bypass the policies.
+    let upstream = |r: &&FaultRule| r.stage == FaultStage::Upstream;
     let aborts = rules
         .iter()
+        .filter(upstream)
         .any(|r| matches!(r.kind, FaultKind::Abort { .. } | FaultKind::Reset));
     let delays = rules
         .iter()
+        .filter(upstream)
         .any(|r| matches!(r.kind, FaultKind::Delay { .. } | FaultKind::Blackhole));
+    if !rules.iter().any(|r| r.stage == FaultStage::Upstream) {
+        recommendations.push(
+            "These faults were injected at stage downstream, where policies do not act: run them at stage upstream to test the route's genome.".to_owned(),
+        );
+    }
     if aborts && degraded && during.retries == 0 {
         recommendations.push(format!(
             "Clients saw {:.0}% errors and no retry was sent: add a retry policy with retry_on = [\"gateway-error\", \"reset\"] and a budget.",

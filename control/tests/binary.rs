@@ -7,7 +7,11 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -875,4 +879,168 @@ fn signals_the_instant_rafael_is_up_are_handled_not_fatal() {
     assert_eq!(fresh.wait(Duration::from_secs(20)).code(), Some(0));
     rafael.signal("TERM");
     assert_eq!(rafael.wait(Duration::from_secs(20)).code(), Some(0));
+}
+
+/// A one-shot HTTP/1.1 POST of a JSON body: (status, body).
+fn http_post(addr: SocketAddr, path: &str, json: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn an_experiment_aborts_on_its_condition_removes_its_faults_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = write_config(dir.path(), upstream, "");
+    let rafael = Rafael::start(&config);
+    // Steady traffic for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, proxy) = (stop.clone(), rafael.proxy);
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                http_get(proxy, "/");
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    let (status, body) = http_post(
+        rafael.admin,
+        "/v1/experiments",
+        r#"{"route": "main", "faults": [{"stage": "downstream", "percent": 100, "abort": 503}],
+            "duration": "60s", "abort_when": ["error_rate > 0.5", "p99 > 30s"]}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let experiment = json_of(&body);
+    assert_eq!(experiment["state"], "running");
+    let id = experiment["id"].as_i64().unwrap();
+
+    // Every request now fails, so the condition holds within a second or two.
+    let path = format!("/v1/experiments/{id}");
+    assert!(
+        eventually(Duration::from_secs(20), || json_of(
+            &http_get(rafael.admin, &path).2
+        )["state"]
+            == "aborted"),
+        "{}",
+        http_get(rafael.admin, &path).2
+    );
+    let experiment = json_of(&http_get(rafael.admin, &path).2);
+    assert!(
+        experiment["abort_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("error_rate"),
+        "{experiment}"
+    );
+    // Its faults are gone.
+    assert_eq!(http_get(rafael.proxy, "/").0, 200);
+
+    let report_path = format!("/v1/experiments/{id}/report");
+    assert!(eventually(Duration::from_secs(20), || http_get(
+        rafael.admin,
+        &report_path
+    )
+    .0 == 200));
+    let report = json_of(&http_get(rafael.admin, &report_path).2);
+    stop.store(true, Ordering::SeqCst);
+    traffic.join().unwrap();
+    assert!(
+        report["verdict"].as_str().unwrap().starts_with("aborted"),
+        "{report}"
+    );
+    assert!(
+        report["injected"]["count"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["during"]["error_rate"].as_f64().unwrap() > 0.5,
+        "{report}"
+    );
+    assert!(
+        report["steady_state"]["error_rate"].as_f64().unwrap() < 0.01,
+        "{report}"
+    );
+    assert!(!report["recommendations"].as_array().unwrap().is_empty());
+
+    let metrics = rafael.metrics();
+    assert_eq!(
+        metric_value(&metrics, "rafael_experiments_active"),
+        Some(0.0)
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            r#"rafael_faults_injected_total{route="main",kind="abort",stage="downstream"}"#
+        ) > Some(0.0),
+        "{metrics}"
+    );
+    let (_, _, audit) = http_get(rafael.admin, "/v1/audit");
+    let actions: Vec<String> = json_of(&audit)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["experiment.started", "experiment.aborted"]);
+}
+
+#[test]
+fn a_killed_rafael_comes_back_with_the_experiment_interrupted_and_no_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = write_config(dir.path(), upstream, "");
+    let mut rafael = Rafael::start(&config);
+    let (status, body) = http_post(
+        rafael.admin,
+        "/v1/experiments",
+        r#"{"route": "main", "faults": [{"stage": "downstream", "percent": 100, "delay": "5s"}],
+            "duration": "10m"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = json_of(&body)["id"].as_i64().unwrap();
+    rafael.signal("KILL");
+    rafael.wait(Duration::from_secs(10));
+
+    let rafael = Rafael::start(&config);
+    let (_, _, body) = http_get(rafael.admin, &format!("/v1/experiments/{id}"));
+    let experiment = json_of(&body);
+    assert_eq!(experiment["state"], "interrupted", "{experiment}");
+    let started = Instant::now();
+    assert_eq!(http_get(rafael.proxy, "/").0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the delay fault is still there"
+    );
+    let (_, _, audit) = http_get(rafael.admin, "/v1/audit");
+    let actions: Vec<String> = json_of(&audit)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["experiment.started", "experiment.interrupted"]);
 }
