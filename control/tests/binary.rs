@@ -558,6 +558,33 @@ fn the_admin_api_wants_a_token_whose_role_covers_the_call() {
     // Probes and scraping stay open.
     assert_eq!(http_get(rafael.admin, "/metrics").0, 200);
     assert_eq!(http_get(rafael.admin, "/healthz").0, 200);
+    drop(rafael);
+
+    // Each role at the experiments boundary: viewers and approvers may read but not start
+    // one; an operator may (its bad spec is then refused on its merits, 400, not 403).
+    let operator = add("ci-operator", "operator");
+    let approver = add("release-approver", "approver");
+    let rafael = Rafael::start(&config);
+    let post = |token: &str| {
+        http_post_with(
+            rafael.admin,
+            "/v1/experiments",
+            "{}",
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+        .0
+    };
+    assert_eq!(post(&viewer), 403);
+    assert_eq!(post(&approver), 403);
+    assert_eq!(post(&operator), 400);
+    assert_eq!(post("rfl_guess"), 401);
+    for token in [&viewer, &operator, &approver] {
+        let bearer = format!("Authorization: Bearer {token}\r\n");
+        assert_eq!(
+            http_get_with(rafael.admin, "/v1/experiments", &bearer).0,
+            200
+        );
+    }
 }
 
 #[test]
@@ -883,13 +910,18 @@ fn signals_the_instant_rafael_is_up_are_handled_not_fatal() {
 
 /// A one-shot HTTP/1.1 POST of a JSON body: (status, body).
 fn http_post(addr: SocketAddr, path: &str, json: &str) -> (u16, String) {
+    http_post_with(addr, path, json, "")
+}
+
+/// [`http_post`] with extra header lines (each ending in `\r\n`).
+fn http_post_with(addr: SocketAddr, path: &str, json: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{json}",
         json.len()
     )
     .unwrap();
