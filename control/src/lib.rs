@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod chaos;
+pub mod client;
 pub mod demo;
 pub mod openapi;
 pub mod reload;

@@ -67,10 +67,63 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Live chaos experiments, through a running rafael's admin API.
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+        /// The admin API's address.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Read and check the audit log (reads the store of the config given, offline).
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChaosCommand {
+    /// Start an experiment on ROUTE and print it.
+    Run {
+        /// The route.
+        route: String,
+        /// A threat: latency or upstream-failure.
+        #[arg(long, requires = "severity", conflicts_with = "fault")]
+        threat: Option<String>,
+        /// The threat's severity: low, medium, high, critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// An explicit fault rule as JSON, e.g. '{"stage": "upstream", "abort": 503}'.
+        #[arg(long)]
+        fault: Vec<String>,
+        /// How long it runs (e.g. 60s).
+        #[arg(long)]
+        duration: String,
+        /// Share of traffic every rule applies to, 0..=100.
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Recorded with the experiment.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Abort condition, e.g. 'error_rate > 0.3' or 'p99 > 2s' (repeatable).
+        #[arg(long = "abort-when")]
+        abort_when: Vec<String>,
+    },
+    /// Stop a running experiment.
+    Stop {
+        /// Its id.
+        id: i64,
+    },
+    /// List experiments, newest first.
+    List,
+    /// Print an experiment's report.
+    Report {
+        /// Its id.
+        id: i64,
     },
 }
 
@@ -156,6 +209,11 @@ fn main() -> ExitCode {
             )
         }
         Command::Audit { command } => audit(command),
+        Command::Chaos {
+            command,
+            admin,
+            token,
+        } => chaos(command, &admin, token.as_deref()),
         Command::Token {
             command:
                 TokenCommand::Add {
@@ -242,6 +300,79 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
         }
     }
     Ok(config)
+}
+
+/// `rafael chaos ...`: one call to the admin API; prints its JSON answer. Exit 1 when the API
+/// answers an error (printed on stderr), 2 for bad arguments.
+fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
+    let admin = admin.trim_end_matches('/');
+    let (method, path, body) = match command {
+        ChaosCommand::Run {
+            route,
+            threat,
+            severity,
+            fault,
+            duration,
+            percent,
+            seed,
+            abort_when,
+        } => {
+            let mut spec = serde_json::json!({ "route": route, "duration": duration, "abort_when": abort_when });
+            if let (Some(threat), Some(severity)) = (threat, severity) {
+                spec["threat"] = threat.into();
+                spec["severity"] = severity.into();
+            } else {
+                let faults: Result<Vec<serde_json::Value>, _> =
+                    fault.iter().map(|f| serde_json::from_str(f)).collect();
+                match faults {
+                    Ok(faults) => spec["faults"] = faults.into(),
+                    Err(e) => {
+                        eprintln!("error: --fault is not JSON: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            if let Some(percent) = percent {
+                spec["percent"] = percent.into();
+            }
+            if let Some(seed) = seed {
+                spec["seed"] = seed.into();
+            }
+            ("POST", "/v1/experiments".to_owned(), Some(spec.to_string()))
+        }
+        ChaosCommand::Stop { id } => ("POST", format!("/v1/experiments/{id}/stop"), None),
+        ChaosCommand::List => ("GET", "/v1/experiments".to_owned(), None),
+        ChaosCommand::Report { id } => ("GET", format!("/v1/experiments/{id}/report"), None),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let url = format!("{admin}{path}");
+    match runtime.block_on(rafael_control::client::call(method, &url, token, body)) {
+        Ok((status, text)) if (200..300).contains(&status) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            let _ = writeln!(std::io::stdout(), "{pretty}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            eprintln!("error: {url} answered {status}: {text}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `rafael token add NAME --role R (--file F | --config FILE)`.

@@ -1076,3 +1076,76 @@ fn a_killed_rafael_comes_back_with_the_experiment_interrupted_and_no_faults() {
         .collect();
     assert_eq!(actions, ["experiment.started", "experiment.interrupted"]);
 }
+
+#[test]
+fn the_chaos_cli_runs_lists_stops_and_reports_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = write_config(dir.path(), upstream, "");
+    let rafael = Rafael::start(&config);
+    let admin = format!("http://{}", rafael.admin);
+    let cli = |args: &[&str]| {
+        let output = Command::new(RAFAEL)
+            .arg("chaos")
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&[
+        "run",
+        "main",
+        "--fault",
+        r#"{"stage": "upstream", "abort": 503}"#,
+        "--duration",
+        "5m",
+        "--abort-when",
+        "p99 > 30s",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let experiment = json_of(&out);
+    assert_eq!(experiment["state"], "running");
+    let id = experiment["id"].to_string();
+    assert_eq!(http_get(rafael.proxy, "/").0, 503, "the fault is live");
+
+    let (code, out, _) = cli(&["list"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json_of(&out)["experiments"][0]["id"].to_string(), id);
+    let (code, _, err) = cli(&["stop", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(eventually(Duration::from_secs(10), || http_get(
+        rafael.proxy,
+        "/"
+    )
+    .0 == 200));
+    assert!(eventually(Duration::from_secs(20), || cli(&[
+        "report", &id
+    ])
+    .0 == Some(0)));
+    let report = json_of(&cli(&["report", &id]).1);
+    assert_eq!(report["state"], "stopped");
+
+    // A refused spec and an unreachable admin API both exit 1 with the reason.
+    let (code, _, err) = cli(&[
+        "run",
+        "nope",
+        "--threat",
+        "latency",
+        "--severity",
+        "low",
+        "--duration",
+        "1m",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no route named"), "{err}");
+    let output = Command::new(RAFAEL)
+        .args(["chaos", "list", "--admin", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
