@@ -596,11 +596,32 @@ pub fn threat_rules(threat: Threat, severity: Severity) -> Result<Vec<FaultRule>
                 percent,
             )])
         }
-        Threat::Surge | Threat::Brownout | Threat::MemoryPressure => {
-            Err(ChaosError::Invalid(format!(
-                "threat {threat:?} is not available yet; use latency or upstream-failure, or explicit faults"
-            )))
+        Threat::Brownout => {
+            let per_request = [1, 5, 20, 50][level];
+            let max = [200, 1_000, 3_000, 10_000][level];
+            Ok(vec![rule(
+                FaultKind::Brownout {
+                    per_request: Duration::from_millis(per_request),
+                    max: Duration::from_millis(max),
+                },
+                100.0,
+            )])
         }
+        Threat::MemoryPressure => {
+            let (period, stall, resets) =
+                [(10, 200, 5.0), (10, 1_000, 10.0), (8, 2_000, 25.0), (10, 5_000, 50.0)][level];
+            Ok(vec![rule(
+                FaultKind::Stall {
+                    period: Duration::from_secs(period),
+                    stall: Duration::from_millis(stall),
+                    reset_percent: resets,
+                },
+                100.0,
+            )])
+        }
+        Threat::Surge => Err(ChaosError::Invalid(
+            "threat surge is not available yet (it needs the bounded load generator); use latency, upstream-failure, brownout, memory-pressure, or explicit faults".to_owned(),
+        )),
     }
 }
 
@@ -714,6 +735,20 @@ fn describe_rule(rule: &FaultRule) -> Value {
             value["throttle_bytes_per_sec"] = json!(bytes_per_sec)
         }
         FaultKind::Truncate { after } => value["truncate"] = json!(after),
+        FaultKind::Brownout { per_request, max } => {
+            value["per_request_in_flight"] =
+                json!(humantime::format_duration(*per_request).to_string());
+            value["max"] = json!(humantime::format_duration(*max).to_string());
+        }
+        FaultKind::Stall {
+            period,
+            stall,
+            reset_percent,
+        } => {
+            value["period"] = json!(humantime::format_duration(*period).to_string());
+            value["stall"] = json!(humantime::format_duration(*stall).to_string());
+            value["reset_percent"] = json!(reset_percent);
+        }
         FaultKind::Reset | FaultKind::Blackhole => {}
     }
     value
@@ -749,10 +784,15 @@ fn report(
         .iter()
         .filter(upstream)
         .any(|r| matches!(r.kind, FaultKind::Abort { .. } | FaultKind::Reset));
-    let delays = rules
-        .iter()
-        .filter(upstream)
-        .any(|r| matches!(r.kind, FaultKind::Delay { .. } | FaultKind::Blackhole));
+    let delays = rules.iter().filter(upstream).any(|r| {
+        matches!(
+            r.kind,
+            FaultKind::Delay { .. }
+                | FaultKind::Blackhole
+                | FaultKind::Brownout { .. }
+                | FaultKind::Stall { .. }
+        )
+    });
     if !rules.iter().any(|r| r.stage == FaultStage::Upstream) {
         recommendations.push(
             "These faults were injected at stage downstream, where policies do not act: run them at stage upstream to test the route's genome.".to_owned(),
@@ -846,6 +886,14 @@ mod tests {
             threat_rules(Threat::UpstreamFailure, Severity::Critical).unwrap()[0].percent,
             100.0
         );
+        assert!(matches!(
+            threat_rules(Threat::Brownout, Severity::High).unwrap()[0].kind,
+            FaultKind::Brownout { .. }
+        ));
+        assert!(matches!(
+            threat_rules(Threat::MemoryPressure, Severity::Low).unwrap()[0].kind,
+            FaultKind::Stall { .. }
+        ));
         let error = threat_rules(Threat::Surge, Severity::Low)
             .unwrap_err()
             .to_string();

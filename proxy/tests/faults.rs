@@ -315,3 +315,92 @@ async fn run_time_faults_come_and_go_and_survive_a_reload() {
     assert_eq!(get(&client, &proxy.url("/")).await.0, 200);
     assert_eq!(app.requests(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn memory_pressure_stalls_then_resets_and_brownouts_grow_with_load() {
+    use std::sync::Arc;
+
+    use rafael_config::FaultStage;
+    use rafael_proxy::{
+        layer::{fault::ExtraFaults, now},
+        policy::fault::{FaultKind, FaultRule},
+    };
+
+    let app = hello().await;
+    let proxy = proxy(&faulted(app.addr, "", "")).await;
+    let stall = |reset_percent| {
+        Arc::new(ExtraFaults {
+            rules: vec![FaultRule {
+                kind: FaultKind::Stall {
+                    period: Duration::from_secs(10),
+                    stall: Duration::from_secs(2),
+                    reset_percent,
+                },
+                stage: FaultStage::Downstream,
+                percent: 100.0,
+                only_with_header: None,
+            }],
+            ..ExtraFaults::default()
+        })
+    };
+    // Move the (paused) clock to the start of a stall window.
+    let to_window = |now: u64| Duration::from_nanos(10_000_000_000 - now % 10_000_000_000);
+    proxy
+        .handle
+        .set_extra_faults("r", Some(stall(0.0)))
+        .unwrap();
+    tokio::time::sleep(to_window(now())).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.0, StatusCode::OK);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_990) && waited <= Duration::from_millis(2_050),
+        "{waited:?}"
+    );
+    // Outside the window nothing happens.
+    let started = tokio::time::Instant::now();
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.0, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(50));
+
+    // With every stalled request reset at the end of the stall: the restart.
+    proxy
+        .handle
+        .set_extra_faults("r", Some(stall(100.0)))
+        .unwrap();
+    tokio::time::sleep(to_window(now())).await;
+    let request = Request::get(proxy.url("/")).body(full("")).unwrap();
+    assert!(h1_client().request(request).await.is_err());
+
+    // A brownout at the upstream stage: each request in flight on the route adds 100 ms, so
+    // five at once wait 100 to 500 ms.
+    let brownout = Arc::new(ExtraFaults {
+        rules: vec![FaultRule {
+            kind: FaultKind::Brownout {
+                per_request: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            stage: FaultStage::Upstream,
+            percent: 100.0,
+            only_with_header: None,
+        }],
+        ..ExtraFaults::default()
+    });
+    proxy.handle.set_extra_faults("r", Some(brownout)).unwrap();
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let url = proxy.url("/");
+            tokio::spawn(async move {
+                assert_eq!(get(&h1_client(), &url).await.0, StatusCode::OK);
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut waits = Vec::new();
+    for request in requests {
+        waits.push(request.await.unwrap());
+    }
+    waits.sort();
+    assert!(waits[0] >= Duration::from_millis(100), "{waits:?}");
+    assert!(waits[4] >= Duration::from_millis(450), "{waits:?}");
+}

@@ -91,6 +91,13 @@ enum Injected {
     Body(FaultKind),
     /// Never answer.
     Blackhole,
+    /// Wait out a stall, then go on, or be reset (the restart).
+    Stall {
+        /// What is left of the stall.
+        wait: std::time::Duration,
+        /// Reset at its end.
+        reset: bool,
+    },
 }
 
 // === impl FaultSet ===
@@ -138,7 +145,12 @@ impl FaultSet {
     }
 
     /// The first rule of `stage` that fires for a request with `headers`, with a slot taken.
-    fn pick(&self, stage: FaultStage, headers: &HeaderMap) -> Option<(&FaultRule, ActiveFault)> {
+    fn pick(
+        &self,
+        stage: FaultStage,
+        headers: &HeaderMap,
+        now: Nanos,
+    ) -> Option<(&FaultRule, ActiveFault)> {
         let targeted = |name: &str| match (&self.secret, headers.get(name)) {
             (Some(secret), Some(value)) => {
                 !secret.is_empty() && value.as_bytes() == secret.as_bytes()
@@ -150,7 +162,7 @@ impl FaultSet {
             .iter()
             .enumerate()
             .filter(|(_, (rule, _))| rule.stage == stage)
-            .find(|(_, (rule, _))| rule.fires(targeted, fastrand::f64()))?;
+            .find(|(_, (rule, _))| rule.fires(targeted, now, fastrand::f64()))?;
         if !self.active.try_begin(self.max_active) {
             return None;
         }
@@ -169,9 +181,20 @@ impl Drop for ActiveFault {
 }
 
 /// Decides what a fired rule does to this request.
-fn inject(rule: &FaultRule, headers: &HeaderMap, route: &Route) -> Injected {
+fn inject(
+    rule: &FaultRule,
+    headers: &HeaderMap,
+    route: &Route,
+    in_flight: u32,
+    now: Nanos,
+) -> Injected {
     match &rule.kind {
         FaultKind::Delay { .. } => Injected::Delay(rule.delay(fastrand::f64())),
+        FaultKind::Brownout { .. } => Injected::Delay(rule.brownout_delay(in_flight)),
+        FaultKind::Stall { reset_percent, .. } => Injected::Stall {
+            wait: rule.stall_left(now).unwrap_or_default(),
+            reset: fastrand::f64() * 100.0 < *reset_percent,
+        },
         FaultKind::Abort { status, body } => {
             Injected::Answer(Box::new(Ok(aborted(*status, body.as_deref(), headers))))
         }
@@ -275,8 +298,11 @@ where
         let Some(faults) = route.faults() else {
             return self.inner.call(request);
         };
-        let Some((rule, slot)) = faults.pick(FaultStage::Downstream, &request.head.parts.headers)
-        else {
+        let Some((rule, slot)) = faults.pick(
+            FaultStage::Downstream,
+            &request.head.parts.headers,
+            request.arrived,
+        ) else {
             return self.inner.call(request);
         };
         // The downstream stage is outside the timeout layer: a blackhole here honours the
@@ -286,7 +312,23 @@ where
             .timeout
             .map(|t| request.arrived.saturating_add(nanos(t.get())));
         let mut inner = self.inner.clone();
-        match inject(rule, &request.head.parts.headers, &route) {
+        // This request is not counted yet (the concurrency layer is further in): add it.
+        let in_flight = route.live().in_flight() + 1;
+        match inject(
+            rule,
+            &request.head.parts.headers,
+            &route,
+            in_flight,
+            request.arrived,
+        ) {
+            Injected::Stall { wait, reset } => Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                drop(slot);
+                if reset {
+                    return Err(ProxyError::InjectedReset);
+                }
+                inner.call(request).await
+            }),
             Injected::Delay(wait) => Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 drop(slot);
@@ -330,12 +372,37 @@ where
         let Some(faults) = route.faults() else {
             return self.inner.call(attempt);
         };
-        let Some((rule, slot)) = faults.pick(FaultStage::Upstream, &attempt.head.parts.headers)
+        let now = super::now();
+        let Some((rule, slot)) =
+            faults.pick(FaultStage::Upstream, &attempt.head.parts.headers, now)
         else {
             return self.inner.call(attempt);
         };
         let mut inner = self.inner.clone();
-        match inject(rule, &attempt.head.parts.headers, &route) {
+        match inject(
+            rule,
+            &attempt.head.parts.headers,
+            &route,
+            attempt.in_flight,
+            now,
+        ) {
+            Injected::Stall { wait, reset } => {
+                let route = route.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    drop(slot);
+                    if reset {
+                        return Err(ProxyError::Upstream {
+                            upstream: route.upstream().name().to_owned(),
+                            endpoint: String::new(),
+                            reason: INJECTED_RESET.to_owned(),
+                        });
+                    }
+                    let mut exchange = inner.call(attempt).await?;
+                    exchange.injected = true;
+                    Ok(exchange)
+                })
+            }
             Injected::Delay(wait) => Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 drop(slot);

@@ -11,6 +11,8 @@ use std::{
 
 use rafael_config::{FaultConfig, FaultStage};
 
+use super::{Nanos, nanos};
+
 /// What a rule injects.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FaultKind {
@@ -42,6 +44,25 @@ pub enum FaultKind {
     },
     /// Never answer.
     Blackhole,
+    /// Slow down with load, as a CPU-starved upstream does: `per_request` for each request in
+    /// flight on the route, up to `max`.
+    Brownout {
+        /// Added latency per request in flight.
+        per_request: Duration,
+        /// Cap on the added latency.
+        max: Duration,
+    },
+    /// Pause and restart, as an upstream in a GC or swap storm does: every `period`, attempts
+    /// arriving in the first `stall` of it wait for the stall to end, and `reset_percent` of
+    /// them are then reset (the restart).
+    Stall {
+        /// Length of one cycle.
+        period: Duration,
+        /// The stall at the start of each cycle.
+        stall: Duration,
+        /// Share of stalled attempts reset at the end of the stall, 0..=100.
+        reset_percent: f64,
+    },
 }
 
 /// One rule, compiled.
@@ -99,16 +120,40 @@ impl FaultRule {
         })
     }
 
-    /// Whether the rule fires for one request or attempt. `targeted` says whether it carries
-    /// the rule's header with the right secret (only asked for rules that have one); `random`
-    /// is uniform in `[0, 1)`.
-    pub fn fires(&self, targeted: impl FnOnce(&str) -> bool, random: f64) -> bool {
+    /// Whether the rule fires for one request or attempt at `now`. `targeted` says whether it
+    /// carries the rule's header with the right secret (only asked for rules that have one);
+    /// `random` is uniform in `[0, 1)`. A stall rule fires only inside a stall window.
+    pub fn fires(&self, targeted: impl FnOnce(&str) -> bool, now: Nanos, random: f64) -> bool {
         if let Some(header) = &self.only_with_header {
             if !targeted(header) {
                 return false;
             }
         }
+        if self.stall_left(now).is_none() && matches!(self.kind, FaultKind::Stall { .. }) {
+            return false;
+        }
         random * 100.0 < self.percent
+    }
+
+    /// For a stall rule, how much of the current stall window is left at `now` (`None`
+    /// outside a window, and for other kinds).
+    pub fn stall_left(&self, now: Nanos) -> Option<Duration> {
+        let FaultKind::Stall { period, stall, .. } = self.kind else {
+            return None;
+        };
+        let phase = now % nanos(period).max(1);
+        let stall = nanos(stall);
+        (phase < stall).then(|| Duration::from_nanos(stall - phase))
+    }
+
+    /// For a brownout rule, the delay with `in_flight` requests in flight.
+    pub fn brownout_delay(&self, in_flight: u32) -> Duration {
+        match self.kind {
+            FaultKind::Brownout { per_request, max } => {
+                per_request.saturating_mul(in_flight).min(max)
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// The delay to inject, for `random` uniform in `[0, 1)` (zero for other kinds).
@@ -128,6 +173,8 @@ impl FaultRule {
             FaultKind::Throttle { .. } => "throttle",
             FaultKind::Truncate { .. } => "truncate",
             FaultKind::Blackhole => "blackhole",
+            FaultKind::Brownout { .. } => "brownout",
+            FaultKind::Stall { .. } => "stall",
         }
     }
 }
@@ -190,10 +237,10 @@ mod tests {
     #[test]
     fn targeted_rules_fire_only_with_the_secret() {
         let targeted = rule(100.0, Some("x-rafael-chaos"));
-        assert!(!targeted.fires(|_| false, 0.0));
-        assert!(targeted.fires(|h| h == "x-rafael-chaos", 0.0));
-        assert!(rule(100.0, None).fires(|_| unreachable!(), 0.99));
-        assert!(!rule(0.0, None).fires(|_| true, 0.0));
+        assert!(!targeted.fires(|_| false, 0, 0.0));
+        assert!(targeted.fires(|h| h == "x-rafael-chaos", 0, 0.0));
+        assert!(rule(100.0, None).fires(|_| unreachable!(), 0, 0.99));
+        assert!(!rule(0.0, None).fires(|_| true, 0, 0.0));
     }
 
     #[test]
@@ -201,6 +248,35 @@ mod tests {
         let r = rule(100.0, None);
         assert_eq!(r.delay(0.0), Duration::from_millis(100));
         assert_eq!(r.delay(0.5), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn stalls_come_in_windows_and_brownouts_grow_with_load() {
+        let stall = FaultRule {
+            kind: FaultKind::Stall {
+                period: Duration::from_secs(10),
+                stall: Duration::from_secs(2),
+                reset_percent: 50.0,
+            },
+            ..rule(100.0, None)
+        };
+        let second = 1_000_000_000;
+        assert_eq!(
+            stall.stall_left(20 * second + second / 2),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(stall.stall_left(25 * second), None);
+        assert!(stall.fires(|_| true, 21 * second, 0.5));
+        assert!(!stall.fires(|_| true, 23 * second, 0.5));
+        let brownout = FaultRule {
+            kind: FaultKind::Brownout {
+                per_request: Duration::from_millis(5),
+                max: Duration::from_millis(100),
+            },
+            ..rule(100.0, None)
+        };
+        assert_eq!(brownout.brownout_delay(4), Duration::from_millis(20));
+        assert_eq!(brownout.brownout_delay(400), Duration::from_millis(100));
     }
 
     #[test]
@@ -220,7 +296,7 @@ mod tests {
         fn a_rule_fires_on_its_share(percent in 0.0f64..=100.0, seed in any::<u64>()) {
             let r = rule(percent, None);
             let mut rng = fastrand::Rng::with_seed(seed);
-            let fired = (0..10_000).filter(|_| r.fires(|_| true, rng.f64())).count() as f64;
+            let fired = (0..10_000).filter(|_| r.fires(|_| true, 0, rng.f64())).count() as f64;
             let expected = percent * 100.0;
             prop_assert!((fired - expected).abs() <= 300.0, "{fired} fired, expected {expected}");
         }
