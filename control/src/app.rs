@@ -94,13 +94,18 @@ impl App {
         let admin_address = admin_socket.local_addr()?;
 
         let ready = Arc::new(AtomicBool::new(false));
+        let chaos = Chaos::new(snapshot.clone(), store, audit.clone())?;
+        chaos.set_listeners(listeners.iter().filter_map(|bound| {
+            let address = bound.socket.local_addr().ok()?;
+            Some((bound.name.to_string(), address))
+        }));
         let state = admin::AdminState {
             metrics,
             ready: ready.clone(),
             snapshot: snapshot.clone(),
             auth,
             audit: audit.clone(),
-            chaos: Chaos::new(snapshot.clone(), store, audit.clone())?,
+            chaos,
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {

@@ -11,6 +11,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, SystemTime},
 };
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 use crate::{
     audit::AuditLog,
     store::{Store, StoreError},
+    surge::SurgePlan,
 };
 
 /// `rafael_experiments_active`.
@@ -84,7 +86,7 @@ pub enum Threat {
     Latency,
     /// The upstream (a database behind it, say) fails requests.
     UpstreamFailure,
-    /// A flood of traffic (needs the load generator: not yet available).
+    /// A flood of traffic: real extra requests from the bounded load generator.
     Surge,
     /// The upstream slows with load (not yet available).
     Brownout,
@@ -184,6 +186,8 @@ pub struct Chaos {
     store: Arc<Store>,
     audit: AuditLog,
     running: Arc<Mutex<HashMap<i64, watch::Sender<Option<String>>>>>,
+    /// Bound listener addresses by name, for the surge generator.
+    listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
 }
 
 // === impl Chaos ===
@@ -227,12 +231,54 @@ impl Chaos {
             store,
             audit,
             running: Arc::default(),
+            listeners: Arc::default(),
         })
+    }
+
+    /// Tells the forge where the listeners are bound (a surge targets its route's own).
+    pub fn set_listeners(&self, listeners: impl IntoIterator<Item = (String, SocketAddr)>) {
+        let mut map = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.extend(listeners);
+    }
+
+    /// The surge plan of `spec`, when it is a surge.
+    fn surge_plan(&self, spec: &ExperimentSpec) -> Result<Option<SurgePlan>, ChaosError> {
+        let (Some(Threat::Surge), Some(severity)) = (spec.threat, spec.severity) else {
+            return Ok(None);
+        };
+        let snapshot = self.snapshots.load();
+        let route = snapshot
+            .config()
+            .routes
+            .iter()
+            .find(|r| r.name == spec.route)
+            .ok_or_else(|| {
+                ChaosError::Invalid(format!("route: no route named {:?}", spec.route))
+            })?;
+        let listener = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&route.listener)
+            .copied()
+            .ok_or_else(|| {
+                ChaosError::Invalid(format!("listener {:?} is not bound", route.listener))
+            })?;
+        let rate = [50, 200, 500, 1_000][severity as usize];
+        Ok(Some(SurgePlan::for_route(route, listener, rate)))
     }
 
     /// Validates `spec` and starts it; `actor` is recorded as who started it.
     pub fn start(&self, spec: ExperimentSpec, actor: &str) -> Result<Experiment, ChaosError> {
-        let rules = rules_of(&spec)?;
+        let surge = self.surge_plan(&spec)?;
+        let rules = if surge.is_some() {
+            Vec::new()
+        } else {
+            rules_of(&spec)?
+        };
         let conditions = spec
             .abort_when
             .iter()
@@ -264,7 +310,10 @@ impl Chaos {
         let started = SystemTime::now();
         let started_at = humantime::format_rfc3339_millis(started).to_string();
         let ends_at = humantime::format_rfc3339_millis(started + duration).to_string();
-        let faults = json!(rules.iter().map(describe_rule).collect::<Vec<_>>());
+        let mut faults = json!(rules.iter().map(describe_rule).collect::<Vec<_>>());
+        if let (Some(plan), Some(list)) = (&surge, faults.as_array_mut()) {
+            list.push(json!({ "kind": "surge", "rate_per_sec": plan.rate, "target": plan.target.to_string(), "path": plan.path }));
+        }
         let spec_json = serde_json::to_string(&spec).unwrap_or_default();
         let id = self.store.with(|c| {
             c.execute(
@@ -311,7 +360,9 @@ impl Chaos {
         let route = spec.route.clone();
         tokio::spawn(async move {
             chaos
-                .run(id, route, extra, conditions, duration, before_at, stop_rx)
+                .run(
+                    id, route, extra, surge, conditions, duration, before_at, stop_rx,
+                )
                 .await;
         });
         self.get(id)
@@ -339,6 +390,7 @@ impl Chaos {
         id: i64,
         route: String,
         extra: Arc<ExtraFaults>,
+        surge: Option<SurgePlan>,
         conditions: Vec<AbortCondition>,
         duration: Duration,
         started: Nanos,
@@ -360,6 +412,13 @@ impl Chaos {
             start_second.saturating_sub(1),
         );
         let deadline = tokio::time::Instant::now() + duration;
+        let (surge_stop, surge_task) = match surge {
+            Some(plan) => {
+                let (tx, rx) = watch::channel(false);
+                (Some(tx), Some(tokio::spawn(plan.run(rx))))
+            }
+            None => (None, None),
+        };
         let mut during;
         let (state, reason, actor) = loop {
             let tick = tokio::time::sleep(
@@ -384,6 +443,13 @@ impl Chaos {
         };
         let ended = telemetry.now();
         drop(guard);
+        if let Some(stop) = surge_stop {
+            let _ = stop.send(true);
+        }
+        let surge_counts = match surge_task {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
         gauge!(EXPERIMENTS_ACTIVE).decrement(1.0);
         self.running
             .lock()
@@ -412,7 +478,7 @@ impl Chaos {
         tokio::time::sleep(Duration::from_secs(AFTER_SECONDS + 1)).await;
         let after_from = (ended / SECOND + 1) * SECOND;
         let after = period(&telemetry, &route, after_from, telemetry.now());
-        let report = report(
+        let mut report = report(
             state,
             reason.as_deref(),
             &steady,
@@ -421,6 +487,9 @@ impl Chaos {
             extra.injected.load(Ordering::Relaxed),
             &extra.rules,
         );
+        if let Some(counts) = surge_counts {
+            report["injected"]["surge"] = json!(&*counts);
+        }
         if let Err(e) = self.finish(id, state, reason, report) {
             warn!("cannot record experiment {id}'s report: {e}");
         }
@@ -608,8 +677,12 @@ pub fn threat_rules(threat: Threat, severity: Severity) -> Result<Vec<FaultRule>
             )])
         }
         Threat::MemoryPressure => {
-            let (period, stall, resets) =
-                [(10, 200, 5.0), (10, 1_000, 10.0), (8, 2_000, 25.0), (10, 5_000, 50.0)][level];
+            let (period, stall, resets) = [
+                (10, 200, 5.0),
+                (10, 1_000, 10.0),
+                (8, 2_000, 25.0),
+                (10, 5_000, 50.0),
+            ][level];
             Ok(vec![rule(
                 FaultKind::Stall {
                     period: Duration::from_secs(period),
@@ -619,9 +692,8 @@ pub fn threat_rules(threat: Threat, severity: Severity) -> Result<Vec<FaultRule>
                 100.0,
             )])
         }
-        Threat::Surge => Err(ChaosError::Invalid(
-            "threat surge is not available yet (it needs the bounded load generator); use latency, upstream-failure, brownout, memory-pressure, or explicit faults".to_owned(),
-        )),
+        // A surge is traffic, not a fault rule: see `surge::SurgePlan`.
+        Threat::Surge => Ok(Vec::new()),
     }
 }
 
@@ -894,9 +966,10 @@ mod tests {
             threat_rules(Threat::MemoryPressure, Severity::Low).unwrap()[0].kind,
             FaultKind::Stall { .. }
         ));
-        let error = threat_rules(Threat::Surge, Severity::Low)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("not available yet"), "{error}");
+        assert!(
+            threat_rules(Threat::Surge, Severity::Low)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -13,5 +13,6 @@ pub mod demo;
 pub mod openapi;
 pub mod reload;
 pub mod store;
+pub mod surge;
 
 pub use app::{App, AppOptions};

@@ -1149,3 +1149,40 @@ fn the_chaos_cli_runs_lists_stops_and_reports_through_the_admin_api() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
+
+#[test]
+fn a_surge_sends_real_bounded_traffic_to_its_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream("hello", Duration::ZERO);
+    let config = write_config(dir.path(), upstream, "");
+    let rafael = Rafael::start(&config);
+    let (status, body) = http_post(
+        rafael.admin,
+        "/v1/experiments",
+        r#"{"route": "main", "threat": "surge", "severity": "low", "duration": "2s"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = json_of(&body)["id"].as_i64().unwrap();
+    let path = format!("/v1/experiments/{id}/report");
+    assert!(eventually(Duration::from_secs(30), || http_get(
+        rafael.admin,
+        &path
+    )
+    .0 == 200));
+    let report = json_of(&http_get(rafael.admin, &path).2);
+    assert_eq!(report["state"], "completed", "{report}");
+    // 50 requests a second for 2 s, through rafael's own listener to the upstream.
+    let surge = &report["injected"]["surge"];
+    let sent = surge["sent"].as_u64().unwrap();
+    assert!((80..=110).contains(&sent), "{report}");
+    assert!(surge["ok"].as_u64().unwrap() >= sent - 5, "{report}");
+    assert!(
+        report["during"]["requests"].as_u64().unwrap() >= 80,
+        "{report}"
+    );
+    let served = metric_value(
+        &rafael.metrics(),
+        r#"rafael_requests_total{route="main",code="200"}"#,
+    );
+    assert!(served >= Some(80.0), "{served:?}");
+}
