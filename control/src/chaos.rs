@@ -411,6 +411,13 @@ impl Chaos {
             start_second.saturating_sub(STEADY_SECONDS * SECOND),
             start_second.saturating_sub(1),
         );
+        let counters = |snapshots: &SnapshotHandle| {
+            let snapshot = snapshots.load();
+            snapshot.route(&route).map_or((0, 0), |r| {
+                (r.live().retries_skipped(), r.live().breaker_trips())
+            })
+        };
+        let (skipped_before, trips_before) = counters(&self.snapshots);
         let deadline = tokio::time::Instant::now() + duration;
         let (surge_stop, surge_task) = match surge {
             Some(plan) => {
@@ -442,6 +449,7 @@ impl Chaos {
             }
         };
         let ended = telemetry.now();
+        let (skipped_after, trips_after) = counters(&self.snapshots);
         drop(guard);
         if let Some(stop) = surge_stop {
             let _ = stop.send(true);
@@ -490,6 +498,8 @@ impl Chaos {
         if let Some(counts) = surge_counts {
             report["injected"]["surge"] = json!(&*counts);
         }
+        report["policies"]["retries_skipped"] = json!(skipped_after.saturating_sub(skipped_before));
+        report["policies"]["breaker_trips"] = json!(trips_after.saturating_sub(trips_before));
         if let Err(e) = self.finish(id, state, reason, report) {
             warn!("cannot record experiment {id}'s report: {e}");
         }

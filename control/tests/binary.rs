@@ -1081,7 +1081,14 @@ fn a_killed_rafael_comes_back_with_the_experiment_interrupted_and_no_faults() {
 fn the_chaos_cli_runs_lists_stops_and_reports_through_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = upstream("hello", Duration::ZERO);
-    let config = write_config(dir.path(), upstream, "");
+    // A genome for the report to describe: retries with no budget, a quick breaker.
+    let config = write_config(
+        dir.path(),
+        upstream,
+        r#"[routes.policy]
+retry = { max_attempts = 2, retry_on = ["503"], budget_ratio = 0.0, budget_min_per_sec = 0 }
+circuit_breaker = { consecutive_failures = 3, open_for = "1s" }"#,
+    );
     let rafael = Rafael::start(&config);
     let admin = format!("http://{}", rafael.admin);
     let cli = |args: &[&str]| {
@@ -1111,7 +1118,9 @@ fn the_chaos_cli_runs_lists_stops_and_reports_through_the_admin_api() {
     let experiment = json_of(&out);
     assert_eq!(experiment["state"], "running");
     let id = experiment["id"].to_string();
-    assert_eq!(http_get(rafael.proxy, "/").0, 503, "the fault is live");
+    for _ in 0..4 {
+        assert_eq!(http_get(rafael.proxy, "/").0, 503, "the fault is live");
+    }
 
     let (code, out, _) = cli(&["list"]);
     assert_eq!(code, Some(0));
@@ -1129,6 +1138,13 @@ fn the_chaos_cli_runs_lists_stops_and_reports_through_the_admin_api() {
     .0 == Some(0)));
     let report = json_of(&cli(&["report", &id]).1);
     assert_eq!(report["state"], "stopped");
+    // What the policies did: every retry was refused by the empty budget, and the breaker
+    // opened after three failures.
+    assert!(
+        report["policies"]["retries_skipped"].as_u64() >= Some(3),
+        "{report}"
+    );
+    assert_eq!(report["policies"]["breaker_trips"], 1, "{report}");
 
     // A refused spec and an unreachable admin API both exit 1 with the reason.
     let (code, _, err) = cli(&[

@@ -63,6 +63,8 @@ struct PolicyState {
     in_flight: InFlightCount,
     adaptive: Mutex<Option<AdaptiveLimit>>,
     telemetry: Arc<RouteTelemetry>,
+    /// Retries skipped, all reasons (the metrics have them by reason).
+    skipped: AtomicU64,
 }
 
 /// One endpoint's breaker, with its metric handles.
@@ -76,6 +78,8 @@ pub struct EndpointBreaker {
     state_gauge: Gauge,
     /// Transitions to closed, half-open and open.
     transitions: [Counter; 3],
+    /// Transitions to open.
+    trips: AtomicU64,
 }
 
 /// A concurrency slot held until the response body ends.
@@ -318,6 +322,20 @@ impl RoutePolicy {
     /// Counts a retry that was not made, and why.
     pub fn skip(&self, reason: SkipReason) {
         self.metrics.skipped[reason as usize].increment(1);
+        self.state.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries skipped since the route was first built (all reasons).
+    pub fn retries_skipped(&self) -> u64 {
+        self.state.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Times any of the route's breakers opened since they were created.
+    pub fn breaker_trips(&self) -> u64 {
+        self.breakers
+            .iter()
+            .map(|b| b.trips.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The breaker thresholds and the breaker of endpoint `index`, when the route has them.
@@ -361,6 +379,7 @@ impl EndpointBreaker {
             engine: Mutex::new(Breaker::default()),
             state_gauge,
             transitions: [labels("closed"), labels("half_open"), labels("open")],
+            trips: AtomicU64::new(0),
         }
     }
 
@@ -421,6 +440,9 @@ impl EndpointBreaker {
             self.state.store(mirror, Ordering::Release);
             self.state_gauge.set(f64::from(to));
             self.transitions[usize::from(to)].increment(1);
+            if transition.to == BreakerState::Open {
+                self.trips.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(endpoint = %self.address, from = ?transition.from, to = ?transition.to, "circuit breaker");
         }
     }
