@@ -78,10 +78,17 @@ enum Command {
         #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Read and check the audit log (reads the store of the config given, offline).
+    /// Read and check the audit log: through a running rafael's admin API, or with `--config`
+    /// straight from its store (offline).
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+        /// The admin API's address (without `--config`).
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token for the admin API.
+        #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -158,9 +165,9 @@ enum RoleArg {
 enum AuditCommand {
     /// Print entries, oldest first, one JSON object per line.
     List {
-        /// Config file whose `[store].path` holds the log.
+        /// Read the store of this config file directly instead of asking the admin API.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Only entries with an id above this.
         #[arg(long, default_value_t = 0)]
         after: i64,
@@ -170,9 +177,9 @@ enum AuditCommand {
     },
     /// Recompute the hash chain: exit 0 when it holds, 1 naming the first broken entry.
     Verify {
-        /// Config file whose `[store].path` holds the log.
+        /// Read the store of this config file directly instead of asking the admin API.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -208,7 +215,11 @@ fn main() -> ExitCode {
                 ),
             )
         }
-        Command::Audit { command } => audit(command),
+        Command::Audit {
+            command,
+            admin,
+            token,
+        } => audit(command, &admin, token.as_deref()),
         Command::Chaos {
             command,
             admin,
@@ -375,6 +386,63 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
     }
 }
 
+/// `rafael audit list|verify` through the admin API: the same output and exit codes as offline.
+fn audit_remote(command: &AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
+    let admin = admin.trim_end_matches('/');
+    let url = match command {
+        AuditCommand::List { after, limit, .. } => {
+            format!("{admin}/v1/audit?after={after}&limit={limit}")
+        }
+        AuditCommand::Verify { .. } => format!("{admin}/v1/audit/verify"),
+    };
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(rafael_control::client::call("GET", &url, token, None))
+                .map_err(|e| e.to_string())
+        });
+    let body = match answer {
+        Ok((200, body)) => body,
+        Ok((status, body)) => {
+            eprintln!("error: {url} answered {status}: {body}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    match command {
+        AuditCommand::List { .. } => {
+            for entry in value["entries"].as_array().into_iter().flatten() {
+                let _ = writeln!(out, "{entry}");
+            }
+            ExitCode::SUCCESS
+        }
+        AuditCommand::Verify { .. } => {
+            if value["ok"] == true {
+                let head = value["head"].as_str().unwrap_or("(empty)");
+                let _ = writeln!(out, "ok: {} entries, chain head {head}", value["entries"]);
+                ExitCode::SUCCESS
+            } else {
+                let _ = writeln!(
+                    out,
+                    "broken at entry {}: {} ({} entries before it verified)",
+                    value["broken"]["id"],
+                    value["broken"]["reason"].as_str().unwrap_or("?"),
+                    value["entries"]
+                );
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
 /// `rafael token add NAME --role R (--file F | --config FILE)`.
 fn add_token(
     name: &str,
@@ -434,9 +502,12 @@ fn add_token(
 
 /// `rafael audit list|verify --config FILE`: reads the store directly, so it works with rafael
 /// stopped, and on a copy of the database.
-fn audit(command: AuditCommand) -> ExitCode {
+fn audit(command: AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
     let config_path = match &command {
         AuditCommand::List { config, .. } | AuditCommand::Verify { config } => config.clone(),
+    };
+    let Some(config_path) = config_path else {
+        return audit_remote(&command, admin, token);
     };
     let config = match std::fs::read_to_string(&config_path)
         .map_err(|e| e.to_string())

@@ -670,6 +670,16 @@ fn sighup_and_file_changes_reload_and_invalid_files_are_rejected() {
     let (code, verdict) = audit(&["verify"]);
     assert_eq!(code, Some(1), "{verdict}");
     assert!(verdict.starts_with("broken at entry 1:"), "{verdict}");
+
+    // The same through the running rafael's admin API.
+    let output = Command::new(RAFAEL)
+        .args(["audit", "verify", "--admin"])
+        .arg(format!("http://{}", rafael.admin))
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{verdict}");
+    assert!(verdict.starts_with("broken at entry 1:"), "{verdict}");
 }
 
 #[test]
