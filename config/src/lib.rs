@@ -26,3 +26,4 @@ pub use schema::{
     UpstreamProtocol, UpstreamTls,
 };
 pub use units::{ByteRate, ByteSize, HumanDuration};
+pub use validate::fault_rule_checks;

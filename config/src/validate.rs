@@ -296,6 +296,17 @@ fn fault_checks(
             format!("no route is named {:?}", fault.route),
         );
     }
+    fault_rule_checks(fault, path, config, errors);
+}
+
+/// The checks of one fault rule that do not depend on the rest of the config but `[chaos]`:
+/// also what an experiment's rules must pass.
+pub fn fault_rule_checks(
+    fault: &FaultConfig,
+    path: &str,
+    config: &Config,
+    errors: &mut ConfigErrors,
+) {
     if !(0.0..=100.0).contains(&fault.percent) {
         errors.push(
             format!("{path}.percent"),

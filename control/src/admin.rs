@@ -94,6 +94,15 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    if matches!(*state.auth, Auth::Local) && !local_host(&request) {
+        // Without tokens every caller is admin, which is only safe for callers on this host:
+        // a browser led here by a DNS-rebinding page sends a foreign Host, and is refused.
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "without a tokens file only requests to localhost, 127.0.0.1 or [::1] are served",
+        );
+    }
     let Some(caller) = state.auth.authenticate(header) else {
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -112,6 +121,25 @@ async fn authorize(
     }
     request.extensions_mut().insert::<Caller>(caller);
     next.run(request).await
+}
+
+/// True when the request's `Host` names this host (loopback), or is absent.
+fn local_host(request: &Request) -> bool {
+    let Some(host) = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn audit_list(State(state): State<AdminState>, Query(query): Query<AuditQuery>) -> Response {
@@ -156,7 +184,8 @@ async fn experiment_start(
             );
         }
     };
-    match state.chaos.start(spec, &caller.name) {
+    let chaos = state.chaos.clone();
+    match blocking(move || chaos.start(spec, &caller.name)).await {
         Ok(experiment) => (StatusCode::CREATED, Json(experiment)).into_response(),
         Err(e) => chaos_error(&e),
     }
@@ -167,28 +196,32 @@ async fn experiment_stop(
     Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
 ) -> Response {
-    match state.chaos.stop(id, &caller.name) {
+    let chaos = state.chaos.clone();
+    match blocking(move || chaos.stop(id, &caller.name)).await {
         Ok(experiment) => Json(experiment).into_response(),
         Err(e) => chaos_error(&e),
     }
 }
 
 async fn experiments_list(State(state): State<AdminState>) -> Response {
-    match state.chaos.list() {
+    let chaos = state.chaos.clone();
+    match blocking(move || chaos.list()).await {
         Ok(experiments) => Json(json!({ "experiments": experiments })).into_response(),
         Err(e) => chaos_error(&e),
     }
 }
 
 async fn experiment_get(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
-    match state.chaos.get(id) {
+    let chaos = state.chaos.clone();
+    match blocking(move || chaos.get(id)).await {
         Ok(experiment) => Json(experiment).into_response(),
         Err(e) => chaos_error(&e),
     }
 }
 
 async fn experiment_report(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
-    match state.chaos.report(id) {
+    let chaos = state.chaos.clone();
+    match blocking(move || chaos.report(id)).await {
         Ok(Some(report)) => Json(report).into_response(),
         Ok(None) => error(
             StatusCode::CONFLICT,
@@ -197,6 +230,16 @@ async fn experiment_report(State(state): State<AdminState>, Path(id): Path<i64>)
         ),
         Err(e) => chaos_error(&e),
     }
+}
+
+/// Runs store work on the blocking pool: SQLite is synchronous, and the admin API shares its
+/// runtime with the proxy.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ChaosError> + Send + 'static,
+) -> Result<T, ChaosError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(ChaosError::Invalid(format!("internal: {e}"))))
 }
 
 fn chaos_error(e: &ChaosError) -> Response {

@@ -2,11 +2,12 @@
 //! store.
 //!
 //! Each entry commits to the one before it: `hash = SHA-256(prev_hash, id, at, actor, action,
-//! target, details)`, fields separated by a byte that cannot occur in them unescaped (they are
-//! length-prefixed). Editing, inserting or deleting a row breaks the chain at that row, and
-//! [`AuditLog::verify`] names the first entry where it breaks. Cutting entries off the end
-//! cannot be seen from the chain alone; the newest hash, copied elsewhere (a log line is
-//! written with every entry), anchors it.
+//! target, details)`, each field length-prefixed. Editing, inserting or deleting a row breaks
+//! the chain at that row, and [`AuditLog::verify`] names the first entry where it breaks. The
+//! hash has no secret key, so someone who can write the database and recomputes every hash from
+//! the edited row to the end, or cuts entries off the end, leaves a chain that verifies. Against
+//! that, the chain's head is written to rafael's own log with every entry (`hash` of the
+//! `audit` line): a head that is not in the log shipped elsewhere exposes the rewrite.
 
 use std::{sync::Arc, time::SystemTime};
 

@@ -6,7 +6,11 @@
 //! timing. Without a tokens file (allowed only on a loopback bind) every caller is `admin` and
 //! audited as `local`.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    time::SystemTime,
+};
 
 use ring::{
     digest::{SHA256, digest},
@@ -49,12 +53,18 @@ pub struct Caller {
 }
 
 /// How callers are authenticated.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Auth {
     /// No tokens file: loopback callers only, all `admin`.
     Local,
-    /// Bearer tokens.
-    Tokens(Vec<Token>),
+    /// Bearer tokens from a file, read again whenever it changes (so a removed token stops
+    /// working at once, without a restart).
+    Tokens {
+        /// The tokens file.
+        path: PathBuf,
+        /// Its tokens, and the modification time they were read at.
+        cache: Mutex<(Option<SystemTime>, Vec<Token>)>,
+    },
 }
 
 /// One token of the tokens file.
@@ -118,21 +128,38 @@ impl Auth {
     pub fn load(tokens_file: Option<&Path>) -> Result<Self, TokensError> {
         match tokens_file {
             None => Ok(Self::Local),
-            Some(path) => read_tokens(path).map(|file| Self::Tokens(file.tokens)),
+            Some(path) => {
+                let modified = modified(path);
+                let file = read_tokens(path)?;
+                Ok(Self::Tokens {
+                    path: path.to_owned(),
+                    cache: Mutex::new((modified, file.tokens)),
+                })
+            }
         }
     }
 
     /// The caller an `Authorization` header value identifies, or `None` (answered 401).
     pub fn authenticate(&self, authorization: Option<&str>) -> Option<Caller> {
-        let tokens = match self {
+        let (path, cache) = match self {
             Self::Local => {
                 return Some(Caller {
                     name: "local".to_owned(),
                     role: Role::Admin,
                 });
             }
-            Self::Tokens(tokens) => tokens,
+            Self::Tokens { path, cache } => (path, cache),
         };
+        let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = modified(path);
+        if now != cache.0 {
+            match read_tokens(path) {
+                Ok(file) => *cache = (now, file.tokens),
+                // A broken edit keeps the tokens read last, and says so.
+                Err(e) => tracing::error!("keeping the tokens read before: {e}"),
+            }
+        }
+        let tokens = &cache.1;
         let secret = authorization?.strip_prefix("Bearer ")?.trim();
         let presented = hash_hex(secret);
         let mut found = None;
@@ -179,6 +206,10 @@ pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensEr
         source,
     })?;
     Ok(secret)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn read_tokens(path: &Path) -> Result<TokensFile, TokensError> {
@@ -287,6 +318,24 @@ mod tests {
             "the scheme is required"
         );
         assert_eq!(auth.authenticate(None), None);
+    }
+
+    #[test]
+    fn a_token_removed_from_the_file_stops_working_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let leaked = add_token(&path, "leaked", Role::Admin).unwrap();
+        let auth = Auth::load(Some(&path)).unwrap();
+        assert!(
+            auth.authenticate(Some(&format!("Bearer {leaked}")))
+                .is_some()
+        );
+        // Replace the file with one that lacks the leaked token (as an editor would).
+        let fresh = dir.path().join("fresh.toml");
+        let kept = add_token(&fresh, "kept", Role::Viewer).unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+        assert_eq!(auth.authenticate(Some(&format!("Bearer {leaked}"))), None);
+        assert!(auth.authenticate(Some(&format!("Bearer {kept}"))).is_some());
     }
 
     #[test]

@@ -47,8 +47,9 @@ const SECOND: Nanos = 1_000_000_000;
 const STEADY_SECONDS: u64 = 10;
 /// Seconds of recovery measured after it.
 const AFTER_SECONDS: u64 = 3;
-/// Longest experiment accepted.
-const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Longest experiment accepted: the telemetry keeps ten minutes of windows, and the abort
+/// conditions and the report must see the whole experiment.
+const MAX_DURATION: Duration = Duration::from_secs(600);
 
 /// What an operator asks for (`POST /v1/experiments`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -88,9 +89,9 @@ pub enum Threat {
     UpstreamFailure,
     /// A flood of traffic: real extra requests from the bounded load generator.
     Surge,
-    /// The upstream slows with load (not yet available).
+    /// The upstream slows in proportion to load (a CPU spike).
     Brownout,
-    /// Stalls and restarts (not yet available).
+    /// Stall windows and resets (an upstream that pauses and restarts).
     MemoryPressure,
 }
 
@@ -188,6 +189,8 @@ pub struct Chaos {
     running: Arc<Mutex<HashMap<i64, watch::Sender<Option<String>>>>>,
     /// Bound listener addresses by name, for the surge generator.
     listeners: Arc<Mutex<HashMap<String, SocketAddr>>>,
+    /// Held while an experiment starts.
+    starting: Arc<Mutex<()>>,
 }
 
 // === impl Chaos ===
@@ -232,6 +235,7 @@ impl Chaos {
             audit,
             running: Arc::default(),
             listeners: Arc::default(),
+            starting: Arc::default(),
         })
     }
 
@@ -277,7 +281,7 @@ impl Chaos {
         let rules = if surge.is_some() {
             Vec::new()
         } else {
-            rules_of(&spec)?
+            rules_of(&spec, self.snapshots.load().config())?
         };
         let conditions = spec
             .abort_when
@@ -287,7 +291,7 @@ impl Chaos {
         let duration = spec.duration.get();
         if duration.is_zero() || duration > MAX_DURATION {
             return Err(ChaosError::Invalid(format!(
-                "duration: must be 1s..=1h, got {}",
+                "duration: must be 1s..=10m (the telemetry's horizon), got {}",
                 spec.duration
             )));
         }
@@ -297,6 +301,9 @@ impl Chaos {
                 spec.route
             )));
         }
+        // One start at a time: the busy check, the insert and the faults going in are one step,
+        // so two requests cannot both start an experiment on a route.
+        let _starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
         let busy = self
             .list()?
             .into_iter()
@@ -336,6 +343,16 @@ impl Chaos {
         });
         let telemetry = self.snapshots.telemetry();
         let before_at = telemetry.now();
+        // Audited before the faults go in: an experiment that cannot be recorded never runs.
+        if let Err(e) = self.audit.append(
+            actor,
+            "experiment.started",
+            &id.to_string(),
+            json!({ "route": spec.route, "faults": faults, "duration": spec.duration.to_string(), "abort_when": spec.abort_when }),
+        ) {
+            let _ = self.finish(id, "aborted", Some(format!("not recorded: {e}")), json!(null));
+            return Err(e.into());
+        }
         if let Err(errors) = self
             .snapshots
             .set_extra_faults(&spec.route, Some(extra.clone()))
@@ -343,12 +360,6 @@ impl Chaos {
             self.finish(id, "aborted", Some(errors.to_string()), json!(null))?;
             return Err(ChaosError::Invalid(errors.to_string()));
         }
-        self.audit.append(
-            actor,
-            "experiment.started",
-            &id.to_string(),
-            json!({ "route": spec.route, "faults": faults, "duration": spec.duration.to_string(), "abort_when": spec.abort_when }),
-        )?;
         info!(id, route = %spec.route, "experiment started");
         let (stop_tx, stop_rx) = watch::channel(None);
         self.running
@@ -464,12 +475,18 @@ impl Chaos {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         let action = format!("experiment.{state}");
-        if let Err(e) = self.audit.append(
-            &actor,
-            &action,
-            &id.to_string(),
-            json!({ "route": route, "reason": reason }),
-        ) {
+        let (chaos, audit_route, audit_reason, audit_actor) =
+            (self.clone(), route.clone(), reason.clone(), actor.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            chaos.audit.append(
+                &audit_actor,
+                &action,
+                &id.to_string(),
+                json!({ "route": audit_route, "reason": audit_reason }),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = recorded {
             warn!("cannot write the audit log: {e}");
         }
         info!(
@@ -480,9 +497,8 @@ impl Chaos {
             "experiment ended"
         );
         // The state is final now; the report follows once the recovery has been watched.
-        if let Err(e) = self.finish(id, state, reason.clone(), json!(null)) {
-            warn!("cannot record experiment {id}: {e}");
-        }
+        self.finish_blocking(id, state, reason.clone(), json!(null))
+            .await;
         tokio::time::sleep(Duration::from_secs(AFTER_SECONDS + 1)).await;
         let after_from = (ended / SECOND + 1) * SECOND;
         let after = period(&telemetry, &route, after_from, telemetry.now());
@@ -500,8 +516,22 @@ impl Chaos {
         }
         report["policies"]["retries_skipped"] = json!(skipped_after.saturating_sub(skipped_before));
         report["policies"]["breaker_trips"] = json!(trips_after.saturating_sub(trips_before));
-        if let Err(e) = self.finish(id, state, reason, report) {
-            warn!("cannot record experiment {id}'s report: {e}");
+        self.finish_blocking(id, state, reason, report).await;
+    }
+
+    /// [`Chaos::finish`] on the blocking pool (SQLite is synchronous).
+    async fn finish_blocking(
+        &self,
+        id: i64,
+        state: &'static str,
+        reason: Option<String>,
+        report: Value,
+    ) {
+        let chaos = self.clone();
+        let done =
+            tokio::task::spawn_blocking(move || chaos.finish(id, state, reason, report)).await;
+        if let Ok(Err(e)) = done {
+            warn!("cannot record experiment {id}: {e}");
         }
     }
 
@@ -598,7 +628,10 @@ fn experiment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Experiment> {
 }
 
 /// The fault rules an experiment injects: its explicit `faults`, or its threat's mix.
-fn rules_of(spec: &ExperimentSpec) -> Result<Vec<FaultRule>, ChaosError> {
+fn rules_of(
+    spec: &ExperimentSpec,
+    live: &rafael_config::Config,
+) -> Result<Vec<FaultRule>, ChaosError> {
     let mut rules = match (&spec.faults, spec.threat, spec.severity) {
         (Some(faults), None, None) => faults
             .iter()
@@ -610,12 +643,15 @@ fn rules_of(spec: &ExperimentSpec) -> Result<Vec<FaultRule>, ChaosError> {
                 }
                 let config: FaultConfig = serde_json::from_value(value)
                     .map_err(|e| ChaosError::Invalid(format!("faults[{i}]: {e}")))?;
-                if !(0.0..=100.0).contains(&config.percent) {
-                    return Err(ChaosError::Invalid(format!("faults[{i}].percent: must be 0..=100")));
-                }
-                let kinds = [config.delay.is_some(), config.abort.is_some(), config.reset, config.throttle.is_some(), config.truncate.is_some(), config.blackhole];
-                if kinds.iter().filter(|k| **k).count() != 1 {
-                    return Err(ChaosError::Invalid(format!("faults[{i}]: name exactly one of delay, abort, reset, throttle, truncate, blackhole")));
+                let mut errors = rafael_config::ConfigErrors::default();
+                rafael_config::fault_rule_checks(
+                    &config,
+                    &format!("faults[{i}]"),
+                    live,
+                    &mut errors,
+                );
+                if !errors.is_empty() {
+                    return Err(ChaosError::Invalid(errors.to_string()));
                 }
                 FaultRule::from_config(&config)
                     .ok_or_else(|| ChaosError::Invalid(format!("faults[{i}]: names no fault")))

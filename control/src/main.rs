@@ -98,7 +98,7 @@ enum ChaosCommand {
     Run {
         /// The route.
         route: String,
-        /// A threat: latency or upstream-failure.
+        /// A threat: latency, upstream-failure, surge, brownout or memory-pressure.
         #[arg(long, requires = "severity", conflicts_with = "fault")]
         threat: Option<String>,
         /// The threat's severity: low, medium, high, critical.

@@ -24,6 +24,8 @@ use tokio::{sync::watch, time::MissedTickBehavior};
 pub const MAX_RATE: u32 = 2_000;
 /// Requests a surge keeps in flight at most.
 pub const MAX_IN_FLIGHT: usize = 128;
+/// Longest a surge request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a surge sends.
 #[derive(Debug, Clone)]
@@ -114,7 +116,11 @@ impl SurgePlan {
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(self.rate)));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let uri = format!("http://{}{}", self.target, self.path);
+        // Every request belongs to this set: when the surge stops, the ones still out are
+        // cancelled with it, so a surge never outlives its experiment.
+        let mut requests = tokio::task::JoinSet::new();
         loop {
+            while requests.try_join_next().is_some() {}
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => break,
@@ -139,19 +145,40 @@ impl SurgePlan {
             };
             counts.sent.fetch_add(1, Ordering::Relaxed);
             let (client, counts) = (client.clone(), counts.clone());
-            tokio::spawn(async move {
+            requests.spawn(async move {
                 let _slot = slot;
-                let ok = match client.request(request).await {
-                    Ok(response) => {
-                        let success = response.status().as_u16() < 400;
-                        let _ = response.into_body().collect().await;
-                        success
+                let exchange = async {
+                    let response = client.request(request).await.ok()?;
+                    let success = response.status().as_u16() < 400;
+                    // Read and drop the body frame by frame: nothing is kept.
+                    let mut body = response.into_body();
+                    while let Some(frame) = body.frame().await {
+                        frame.ok()?;
                     }
-                    Err(_) => false,
+                    Some(success)
                 };
+                let ok = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false);
                 let counter = if ok { &counts.ok } else { &counts.failed };
                 counter.fetch_add(1, Ordering::Relaxed);
             });
+        }
+        // A grace period for the last answers, then the rest are cancelled (counted failed).
+        let grace = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = requests.join_next() => if next.is_none() { break },
+                () = &mut grace => {
+                    let cancelled = requests.len() as u64;
+                    requests.abort_all();
+                    counts.failed.fetch_add(cancelled, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
         counts
     }

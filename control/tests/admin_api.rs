@@ -148,3 +148,20 @@ async fn the_document_describes_each_operation_and_its_auth() {
         }
     }
 }
+
+#[tokio::test]
+async fn without_tokens_only_requests_to_this_host_are_served() {
+    for (host, expected) in [
+        ("localhost:9901", StatusCode::OK),
+        ("127.0.0.1:9901", StatusCode::OK),
+        ("[::1]:9901", StatusCode::OK),
+        ("rebound.attacker.example", StatusCode::FORBIDDEN),
+    ] {
+        let request = Request::get("/v1/audit")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        let status = app().oneshot(request).await.unwrap().status();
+        assert_eq!(status, expected, "Host: {host}");
+    }
+}

@@ -127,7 +127,7 @@ fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, S
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut response = Vec::new();
@@ -931,7 +931,7 @@ fn http_post_with(addr: SocketAddr, path: &str, json: &str, headers: &str) -> (u
         .unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{json}",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{json}",
         json.len()
     )
     .unwrap();

@@ -370,11 +370,12 @@ impl SnapshotHandle {
     ) -> Result<u64, ConfigErrors> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.load();
-        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
+        let index = current.routes.iter().position(|r| &*r.name == route);
+        if index.is_none() && faults.is_some() {
             let mut errors = ConfigErrors::default();
             errors.push("route", format!("no route named {route:?}"));
             return Err(errors);
-        };
+        }
         let mut extra = (*current.extra_faults).clone();
         match faults {
             Some(faults) => extra.insert(route.to_owned(), faults),
@@ -382,7 +383,21 @@ impl SnapshotHandle {
         };
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let config = (*current.config).clone();
-        let snapshot = current.with_route(index, config, extra, version);
+        let snapshot = match index {
+            Some(index) => current.with_route(index, config, extra, version),
+            // The route went away in a reload while its experiment ran: its rules must still
+            // leave the table, or they would come back with the route.
+            None => Snapshot {
+                version,
+                config: current.config.clone(),
+                listeners: current.listeners.clone(),
+                routes: current.routes.clone(),
+                upstreams: current.upstreams.clone(),
+                unmatched: RouteMetrics::unmatched(),
+                active_faults: current.active_faults.clone(),
+                extra_faults: Arc::new(extra),
+            },
+        };
         self.current.store(Arc::new(snapshot));
         metrics::gauge!(POLICY_VERSION).set(version as f64);
         Ok(version)

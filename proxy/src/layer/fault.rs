@@ -330,6 +330,13 @@ where
                 inner.call(request).await
             }),
             Injected::Delay(wait) => Box::pin(async move {
+                // Outside the timeout layer, the route's deadline is this stage's to keep.
+                let until = request.arrived.saturating_add(nanos(wait));
+                if let Some(at) = deadline.filter(|at| *at < until) {
+                    tokio::time::sleep_until(super::instant(at)).await;
+                    drop(slot);
+                    return Err(super::retry::route_timeout(&route));
+                }
                 tokio::time::sleep(wait).await;
                 drop(slot);
                 inner.call(request).await

@@ -159,7 +159,10 @@ impl FaultRule {
     /// The delay to inject, for `random` uniform in `[0, 1)` (zero for other kinds).
     pub fn delay(&self, random: f64) -> Duration {
         match self.kind {
-            FaultKind::Delay { min, max } => min + (max - min).mul_f64(random.clamp(0.0, 1.0)),
+            // Validation keeps max >= min; saturating all the same, so no rule can panic.
+            FaultKind::Delay { min, max } => {
+                min + max.saturating_sub(min).mul_f64(random.clamp(0.0, 1.0))
+            }
             _ => Duration::ZERO,
         }
     }
