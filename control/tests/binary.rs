@@ -947,6 +947,17 @@ fn http_post_with(addr: SocketAddr, path: &str, json: &str, headers: &str) -> (u
     (status, body.to_owned())
 }
 
+/// The actions in the audit log, oldest first, read through the admin API.
+fn audit_actions(admin: SocketAddr) -> Vec<String> {
+    let (_, _, audit) = http_get(admin, "/v1/audit");
+    json_of(&audit)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn json_of(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -1040,13 +1051,7 @@ fn an_experiment_aborts_on_its_condition_removes_its_faults_and_reports() {
         ) > Some(0.0),
         "{metrics}"
     );
-    let (_, _, audit) = http_get(rafael.admin, "/v1/audit");
-    let actions: Vec<String> = json_of(&audit)["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap().to_owned())
-        .collect();
+    let actions = audit_actions(rafael.admin);
     assert_eq!(actions, ["experiment.started", "experiment.aborted"]);
 }
 
@@ -1077,13 +1082,7 @@ fn a_killed_rafael_comes_back_with_the_experiment_interrupted_and_no_faults() {
         started.elapsed() < Duration::from_secs(4),
         "the delay fault is still there"
     );
-    let (_, _, audit) = http_get(rafael.admin, "/v1/audit");
-    let actions: Vec<String> = json_of(&audit)["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap().to_owned())
-        .collect();
+    let actions = audit_actions(rafael.admin);
     assert_eq!(actions, ["experiment.started", "experiment.interrupted"]);
 }
 
