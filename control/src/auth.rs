@@ -9,7 +9,6 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
-    time::SystemTime,
 };
 
 use ring::{
@@ -57,13 +56,14 @@ pub struct Caller {
 pub enum Auth {
     /// No tokens file: loopback callers only, all `admin`.
     Local,
-    /// Bearer tokens from a file, read again whenever it changes (so a removed token stops
-    /// working at once, without a restart).
+    /// Bearer tokens from a file, read again whenever its content changes (so a removed token
+    /// stops working at once, without a restart). The file is small and the admin API quiet:
+    /// reading it per call is cheaper than any doubt about a missed change.
     Tokens {
         /// The tokens file.
         path: PathBuf,
-        /// Its tokens, and the modification time they were read at.
-        cache: Mutex<(Option<SystemTime>, Vec<Token>)>,
+        /// The file's text and the tokens parsed from it.
+        cache: Mutex<(String, Vec<Token>)>,
     },
 }
 
@@ -129,11 +129,11 @@ impl Auth {
         match tokens_file {
             None => Ok(Self::Local),
             Some(path) => {
-                let modified = modified(path);
-                let file = read_tokens(path)?;
+                let text = read_text(path)?;
+                let file = parse_tokens(path, &text)?;
                 Ok(Self::Tokens {
                     path: path.to_owned(),
-                    cache: Mutex::new((modified, file.tokens)),
+                    cache: Mutex::new((text, file.tokens)),
                 })
             }
         }
@@ -151,13 +151,14 @@ impl Auth {
             Self::Tokens { path, cache } => (path, cache),
         };
         let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = modified(path);
-        if now != cache.0 {
-            match read_tokens(path) {
-                Ok(file) => *cache = (now, file.tokens),
+        match read_text(path) {
+            Ok(text) if text != cache.0 => match parse_tokens(path, &text) {
+                Ok(file) => *cache = (text, file.tokens),
                 // A broken edit keeps the tokens read last, and says so.
                 Err(e) => tracing::error!("keeping the tokens read before: {e}"),
-            }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::error!("keeping the tokens read before: {e}"),
         }
         let tokens = &cache.1;
         let secret = authorization?.strip_prefix("Bearer ")?.trim();
@@ -208,16 +209,19 @@ pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensEr
     Ok(secret)
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn read_text(path: &Path) -> Result<String, TokensError> {
+    std::fs::read_to_string(path).map_err(|source| TokensError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn read_tokens(path: &Path) -> Result<TokensFile, TokensError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    parse_tokens(path, &read_text(path)?)
+}
+
+fn parse_tokens(path: &Path, text: &str) -> Result<TokensFile, TokensError> {
+    let file: TokensFile = toml::from_str(text).map_err(|e| invalid(path, e.to_string()))?;
     for (i, token) in file.tokens.iter().enumerate() {
         let hash = &token.sha256;
         if hash.len() != 64
