@@ -404,3 +404,25 @@ async fn memory_pressure_stalls_then_resets_and_brownouts_grow_with_load() {
     assert!(waits[0] >= Duration::from_millis(100), "{waits:?}");
     assert!(waits[4] >= Duration::from_millis(450), "{waits:?}");
 }
+
+#[tokio::test]
+async fn a_downstream_reset_over_http2_resets_the_stream() {
+    let app = hello().await;
+    let proxy = proxy(&faulted(
+        app.addr,
+        "",
+        "[[faults]]\nroute = \"r\"\nstage = \"downstream\"\nreset = true\nonly_with_header = \"x-rafael-chaos\"",
+    ))
+    .await;
+    let client = h2c_client();
+    let reset = Request::get(proxy.url("/"))
+        .header("x-rafael-chaos", "s3cret")
+        .body(full(""))
+        .unwrap();
+    let error = client.request(reset).await.unwrap_err();
+    assert!(!error.is_connect(), "{error:?}");
+    // The client's next request is answered normally.
+    let (status, _, body) = get(&client, &proxy.url("/")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    assert_eq!(app.requests(), 1);
+}
