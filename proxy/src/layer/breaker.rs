@@ -118,7 +118,7 @@ where
                             }
                             .into())
                         }
-                        _ => Err(super::retry::route_timeout(&pending.route)),
+                        _ => Err(super::timeout::route_timeout(&pending.route)),
                     }),
             };
             // Cut off by the route deadline after a fair share of it (half the route timeout or

@@ -83,21 +83,21 @@ pub struct ActiveFault(Arc<ActiveFaults>);
 
 /// What injecting a fault turned into.
 enum Injected {
-    /// Go on after this long.
-    Delay(std::time::Duration),
+    /// Wait this long, then go on, or reset (a stall's restart).
+    Delay {
+        /// How long.
+        wait: std::time::Duration,
+        /// Reset instead of going on.
+        then_reset: bool,
+    },
     /// Answer now with this (boxed: a fault is rare, and the answer is large).
-    Answer(Box<Result<Exchange, ProxyError>>),
+    Abort(Box<Exchange>),
+    /// Reset now.
+    Reset,
     /// Go on, and wrap the response body.
     Body(FaultKind),
     /// Never answer.
     Blackhole,
-    /// Wait out a stall, then go on, or be reset (the restart).
-    Stall {
-        /// What is left of the stall.
-        wait: std::time::Duration,
-        /// Reset at its end.
-        reset: bool,
-    },
 }
 
 // === impl FaultSet ===
@@ -181,28 +181,22 @@ impl Drop for ActiveFault {
 }
 
 /// Decides what a fired rule does to this request.
-fn inject(
-    rule: &FaultRule,
-    headers: &HeaderMap,
-    route: &Route,
-    in_flight: u32,
-    now: Nanos,
-) -> Injected {
+fn inject(rule: &FaultRule, headers: &HeaderMap, in_flight: u32, now: Nanos) -> Injected {
+    let delay = |wait| Injected::Delay {
+        wait,
+        then_reset: false,
+    };
     match &rule.kind {
-        FaultKind::Delay { .. } => Injected::Delay(rule.delay(fastrand::f64())),
-        FaultKind::Brownout { .. } => Injected::Delay(rule.brownout_delay(in_flight)),
-        FaultKind::Stall { reset_percent, .. } => Injected::Stall {
+        FaultKind::Delay { .. } => delay(rule.delay(fastrand::f64())),
+        FaultKind::Brownout { .. } => delay(rule.brownout_delay(in_flight)),
+        FaultKind::Stall { reset_percent, .. } => Injected::Delay {
             wait: rule.stall_left(now).unwrap_or_default(),
-            reset: fastrand::f64() * 100.0 < *reset_percent,
+            then_reset: fastrand::f64() * 100.0 < *reset_percent,
         },
         FaultKind::Abort { status, body } => {
-            Injected::Answer(Box::new(Ok(aborted(*status, body.as_deref(), headers))))
+            Injected::Abort(Box::new(aborted(*status, body.as_deref(), headers)))
         }
-        FaultKind::Reset => Injected::Answer(Box::new(Err(ProxyError::Upstream {
-            upstream: route.upstream().name().to_owned(),
-            endpoint: String::new(),
-            reason: INJECTED_RESET.to_owned(),
-        }))),
+        FaultKind::Reset => Injected::Reset,
         FaultKind::Throttle { .. } | FaultKind::Truncate { .. } => {
             Injected::Body(rule.kind.clone())
         }
@@ -262,6 +256,17 @@ fn wrap_body(
     Ok(exchange)
 }
 
+/// An upstream-stage reset: the error a connection reset by the upstream gives, so retries and
+/// breakers treat it as one. (Downstream, a reset is [`ProxyError::InjectedReset`]: the
+/// client's connection or stream is reset.)
+fn upstream_reset(route: &Route) -> ProxyError {
+    ProxyError::Upstream {
+        upstream: route.upstream().name().to_owned(),
+        endpoint: String::new(),
+        reason: INJECTED_RESET.to_owned(),
+    }
+}
+
 /// Waits until `deadline` (the route's), or forever without one, then answers 504.
 async fn blackhole(
     route: Arc<Route>,
@@ -273,7 +278,7 @@ async fn blackhole(
         None => std::future::pending::<()>().await,
     }
     drop(slot);
-    Err(super::retry::route_timeout(&route))
+    Err(super::timeout::route_timeout(&route))
 }
 
 // === impl DownstreamFault ===
@@ -317,37 +322,26 @@ where
         match inject(
             rule,
             &request.head.parts.headers,
-            &route,
             in_flight,
             request.arrived,
         ) {
-            Injected::Stall { wait, reset } => Box::pin(async move {
-                tokio::time::sleep(wait).await;
-                drop(slot);
-                if reset {
-                    return Err(ProxyError::InjectedReset);
-                }
-                inner.call(request).await
-            }),
-            Injected::Delay(wait) => Box::pin(async move {
+            Injected::Delay { wait, then_reset } => Box::pin(async move {
                 // Outside the timeout layer, the route's deadline is this stage's to keep.
                 let until = request.arrived.saturating_add(nanos(wait));
                 if let Some(at) = deadline.filter(|at| *at < until) {
                     tokio::time::sleep_until(super::instant(at)).await;
                     drop(slot);
-                    return Err(super::retry::route_timeout(&route));
+                    return Err(super::timeout::route_timeout(&route));
                 }
                 tokio::time::sleep(wait).await;
                 drop(slot);
+                if then_reset {
+                    return Err(ProxyError::InjectedReset);
+                }
                 inner.call(request).await
             }),
-            Injected::Answer(answer) => match *answer {
-                // Downstream, a reset is the client's connection (or stream) reset.
-                Err(ProxyError::Upstream { .. }) => {
-                    Box::pin(std::future::ready(Err(ProxyError::InjectedReset)))
-                }
-                answer => Box::pin(std::future::ready(answer)),
-            },
+            Injected::Abort(exchange) => Box::pin(std::future::ready(Ok(*exchange))),
+            Injected::Reset => Box::pin(std::future::ready(Err(ProxyError::InjectedReset))),
             Injected::Body(kind) => {
                 let response = inner.call(request);
                 Box::pin(async move { wrap_body(response.await, kind, slot) })
@@ -386,38 +380,19 @@ where
             return self.inner.call(attempt);
         };
         let mut inner = self.inner.clone();
-        match inject(
-            rule,
-            &attempt.head.parts.headers,
-            &route,
-            attempt.in_flight,
-            now,
-        ) {
-            Injected::Stall { wait, reset } => {
-                let route = route.clone();
-                Box::pin(async move {
-                    tokio::time::sleep(wait).await;
-                    drop(slot);
-                    if reset {
-                        return Err(ProxyError::Upstream {
-                            upstream: route.upstream().name().to_owned(),
-                            endpoint: String::new(),
-                            reason: INJECTED_RESET.to_owned(),
-                        });
-                    }
-                    let mut exchange = inner.call(attempt).await?;
-                    exchange.injected = true;
-                    Ok(exchange)
-                })
-            }
-            Injected::Delay(wait) => Box::pin(async move {
+        match inject(rule, &attempt.head.parts.headers, attempt.in_flight, now) {
+            Injected::Delay { wait, then_reset } => Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 drop(slot);
+                if then_reset {
+                    return Err(upstream_reset(&route));
+                }
                 let mut exchange = inner.call(attempt).await?;
                 exchange.injected = true;
                 Ok(exchange)
             }),
-            Injected::Answer(answer) => Box::pin(std::future::ready(*answer)),
+            Injected::Abort(exchange) => Box::pin(std::future::ready(Ok(*exchange))),
+            Injected::Reset => Box::pin(std::future::ready(Err(upstream_reset(&route)))),
             Injected::Body(kind) => {
                 let response = inner.call(attempt);
                 Box::pin(async move { wrap_body(response.await, kind, slot) })

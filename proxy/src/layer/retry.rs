@@ -125,7 +125,7 @@ where
                     None => buffering.await?,
                     Some(at) => tokio::time::timeout_at(super::instant(at), buffering)
                         .await
-                        .map_err(|_| route_timeout(&route))??,
+                        .map_err(|_| super::timeout::route_timeout(&route))??,
                 }
             };
             let mut first_body = Some(first_body);
@@ -204,11 +204,6 @@ where
             }
         })
     }
-}
-
-/// The error of a request whose route deadline passed.
-pub(crate) fn route_timeout(route: &crate::snapshot::Route) -> ProxyError {
-    ProxyError::Timeout(route.policy().timeout.map(|t| t.get()).unwrap_or_default())
 }
 
 /// Puts the request's concurrency slot into the guard of the response that will be relayed.

@@ -58,3 +58,9 @@ where
         self.inner.call(request)
     }
 }
+
+/// The error of a request whose route deadline passed, wherever the deadline was kept (the
+/// breaker layer's attempt timer, body buffering, a downstream fault).
+pub(crate) fn route_timeout(route: &crate::snapshot::Route) -> ProxyError {
+    ProxyError::Timeout(route.policy().timeout.map(|t| t.get()).unwrap_or_default())
+}
