@@ -210,46 +210,46 @@ impl Snapshot {
     fn with_genome(&self, index: usize, genome: Genome, version: u64) -> Self {
         let mut config = (*self.config).clone();
         config.routes[index].policy = genome;
-        self.with_route(index, config, (*self.extra_faults).clone(), version)
+        self.with_route(Some(index), config, (*self.extra_faults).clone(), version)
     }
 
-    /// A copy with route `index` rebuilt from `config` and `extra_faults` (its policy state
-    /// carried over); everything else is shared.
+    /// A copy with route `index` (if any) rebuilt from `config` and `extra_faults` (its policy
+    /// state carried over); everything else is shared.
     fn with_route(
         &self,
-        index: usize,
+        index: Option<usize>,
         config: Config,
         extra_faults: BTreeMap<String, Arc<ExtraFaults>>,
         version: u64,
     ) -> Self {
-        let old = &self.routes[index];
-        let policy = RoutePolicy::build(
-            &old.name,
-            &config.routes[index].policy,
-            &old.upstream,
-            Some(&old.policy),
-        );
-        policy.activate(layer::now());
-        let new = Arc::new(Route {
-            name: old.name.clone(),
-            matcher: old.matcher.clone(),
-            upstream: old.upstream.clone(),
-            policy,
-            metrics: RouteMetrics::new(&old.name),
-            faults: FaultSet::for_route(
+        let rebuilt = index.map(|index| {
+            let old = &self.routes[index];
+            let policy = RoutePolicy::build(
                 &old.name,
-                &config,
-                extra_faults.get(&*old.name),
-                &self.active_faults,
-            )
-            .map(Arc::new),
+                &config.routes[index].policy,
+                &old.upstream,
+                Some(&old.policy),
+            );
+            policy.activate(layer::now());
+            let new = Arc::new(Route {
+                name: old.name.clone(),
+                matcher: old.matcher.clone(),
+                upstream: old.upstream.clone(),
+                policy,
+                metrics: RouteMetrics::new(&old.name),
+                faults: FaultSet::for_route(
+                    &old.name,
+                    &config,
+                    extra_faults.get(&*old.name),
+                    &self.active_faults,
+                )
+                .map(Arc::new),
+            });
+            (old, new)
         });
-        let replace = |route: &Arc<Route>| {
-            if Arc::ptr_eq(route, old) {
-                new.clone()
-            } else {
-                route.clone()
-            }
+        let replace = |route: &Arc<Route>| match &rebuilt {
+            Some((old, new)) if Arc::ptr_eq(route, old) => new.clone(),
+            _ => route.clone(),
         };
         Self {
             version,
@@ -381,26 +381,24 @@ impl SnapshotHandle {
             Some(faults) => extra.insert(route.to_owned(), faults),
             None => extra.remove(route),
         };
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        // Without the route (a reload took it away while its experiment ran) only the table
+        // changes: its rules must still leave, or they would come back with the route.
+        let version = self.next_version();
         let config = (*current.config).clone();
-        let snapshot = match index {
-            Some(index) => current.with_route(index, config, extra, version),
-            // The route went away in a reload while its experiment ran: its rules must still
-            // leave the table, or they would come back with the route.
-            None => Snapshot {
-                version,
-                config: current.config.clone(),
-                listeners: current.listeners.clone(),
-                routes: current.routes.clone(),
-                upstreams: current.upstreams.clone(),
-                unmatched: RouteMetrics::unmatched(),
-                active_faults: current.active_faults.clone(),
-                extra_faults: Arc::new(extra),
-            },
-        };
+        Ok(self.publish(current.with_route(index, config, extra, version)))
+    }
+
+    /// The version for the next snapshot.
+    fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes `snapshot` the live one (callers hold the writer lock) and returns its version.
+    fn publish(&self, snapshot: Snapshot) -> u64 {
+        let version = snapshot.version;
         self.current.store(Arc::new(snapshot));
         metrics::gauge!(POLICY_VERSION).set(version as f64);
-        Ok(version)
+        version
     }
 
     /// The handle that swaps route genomes on this snapshot.
@@ -448,12 +446,9 @@ impl SnapshotHandle {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        let snapshot = Snapshot::build(config, version, Some(&current))?;
+        let snapshot = Snapshot::build(config, self.next_version(), Some(&current))?;
         snapshot.activate();
-        self.current.store(Arc::new(snapshot));
-        metrics::gauge!(POLICY_VERSION).set(version as f64);
-        Ok(version)
+        Ok(self.publish(snapshot))
     }
 }
 
@@ -477,11 +472,7 @@ impl PolicyHandle {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let version = handle.next_version.fetch_add(1, Ordering::Relaxed);
-        let snapshot = current.with_genome(index, genome, version);
-        handle.current.store(Arc::new(snapshot));
-        metrics::gauge!(POLICY_VERSION).set(version as f64);
-        Ok(version)
+        Ok(handle.publish(current.with_genome(index, genome, handle.next_version())))
     }
 
     /// The live genome of `route`.
