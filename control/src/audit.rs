@@ -13,7 +13,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use ring::digest::{SHA256, digest};
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::{Store, StoreError};
@@ -43,7 +43,7 @@ pub struct AuditEntry {
 }
 
 /// What [`AuditLog::verify`] found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
     /// True when the whole chain holds.
     pub ok: bool,
@@ -56,7 +56,7 @@ pub struct Verification {
 }
 
 /// Where and why the chain breaks.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrokenLink {
     /// The entry's id.
     pub id: i64,

@@ -425,22 +425,53 @@ fn audit_remote(command: &AuditCommand, admin: &str, token: Option<&str>) -> Exi
             ExitCode::SUCCESS
         }
         AuditCommand::Verify { .. } => {
-            if value["ok"] == true {
-                let head = value["head"].as_str().unwrap_or("(empty)");
-                let _ = writeln!(out, "ok: {} entries, chain head {head}", value["entries"]);
-                ExitCode::SUCCESS
-            } else {
-                let _ = writeln!(
-                    out,
-                    "broken at entry {}: {} ({} entries before it verified)",
-                    value["broken"]["id"],
-                    value["broken"]["reason"].as_str().unwrap_or("?"),
-                    value["entries"]
-                );
-                ExitCode::from(1)
+            match serde_json::from_value::<rafael_control::audit::Verification>(value) {
+                Ok(verification) => print_verification(&mut out, &verification),
+                Err(e) => {
+                    eprintln!("error: {url} answered an unexpected document: {e}");
+                    ExitCode::from(1)
+                }
             }
         }
     }
+}
+
+/// Prints a verification as `rafael audit verify` does, offline or remote: exit 0 when the
+/// chain holds, 1 naming the first broken entry.
+fn print_verification(
+    out: &mut impl std::io::Write,
+    verification: &rafael_control::audit::Verification,
+) -> ExitCode {
+    match &verification.broken {
+        None if verification.ok => {
+            let head = verification.head.as_deref().unwrap_or("(empty)");
+            let _ = writeln!(
+                out,
+                "ok: {} entries, chain head {head}",
+                verification.entries
+            );
+            ExitCode::SUCCESS
+        }
+        broken => {
+            if let Some(broken) = broken {
+                let _ = writeln!(
+                    out,
+                    "broken at entry {}: {} ({} entries before it verified)",
+                    broken.id, broken.reason, verification.entries
+                );
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads and parses a config file for the commands that only need its settings (no
+/// snapshot is built): the message on failure names the file.
+fn parse_config_file(path: &std::path::Path) -> Result<Config, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `rafael token add NAME --role R (--file F | --config FILE)`.
@@ -453,29 +484,22 @@ fn add_token(
     use rafael_control::auth::Role;
     let file = match (file, config) {
         (Some(file), _) => file,
-        (None, Some(config_path)) => {
-            let parsed = std::fs::read_to_string(&config_path)
-                .map_err(|e| e.to_string())
-                .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(config) => match &config.admin.tokens_file {
-                    Some(tokens) => {
-                        rafael_control::app::relative_to_config(Some(&config_path), tokens)
-                    }
-                    None => {
-                        eprintln!(
-                            "error: {} has no [admin].tokens_file",
-                            config_path.display()
-                        );
-                        return ExitCode::from(2);
-                    }
-                },
-                Err(e) => {
-                    eprintln!("error: {}: {e}", config_path.display());
+        (None, Some(config_path)) => match parse_config_file(&config_path) {
+            Ok(config) => match &config.admin.tokens_file {
+                Some(tokens) => rafael_control::app::relative_to_config(Some(&config_path), tokens),
+                None => {
+                    eprintln!(
+                        "error: {} has no [admin].tokens_file",
+                        config_path.display()
+                    );
                     return ExitCode::from(2);
                 }
+            },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
             }
-        }
+        },
         (None, None) => return ExitCode::from(2),
     };
     let role = match role {
@@ -509,13 +533,10 @@ fn audit(command: AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
     let Some(config_path) = config_path else {
         return audit_remote(&command, admin, token);
     };
-    let config = match std::fs::read_to_string(&config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()))
-    {
+    let config = match parse_config_file(&config_path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("error: {}: {e}", config_path.display());
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -549,25 +570,7 @@ fn audit(command: AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
             }
         },
         AuditCommand::Verify { .. } => match log.verify() {
-            Ok(verification) if verification.ok => {
-                let head = verification.head.as_deref().unwrap_or("(empty)");
-                let _ = writeln!(
-                    out,
-                    "ok: {} entries, chain head {head}",
-                    verification.entries
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(verification) => {
-                if let Some(broken) = verification.broken {
-                    let _ = writeln!(
-                        out,
-                        "broken at entry {}: {} ({} entries before it verified)",
-                        broken.id, broken.reason, verification.entries
-                    );
-                }
-                ExitCode::from(1)
-            }
+            Ok(verification) => print_verification(&mut out, &verification),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(1)
