@@ -121,15 +121,19 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
 
 /// [`http_get`] with extra header lines (each ending in `\r\n`).
 fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"),
+    )
+}
+
+/// Sends `request` over a fresh connection and reads the whole answer: (status, head, body).
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -925,26 +929,14 @@ fn http_post(addr: SocketAddr, path: &str, json: &str) -> (u16, String) {
 
 /// [`http_post`] with extra header lines (each ending in `\r\n`).
 fn http_post_with(addr: SocketAddr, path: &str, json: &str, headers: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{json}",
-        json.len()
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    let (status, _, body) = exchange(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{json}",
+            json.len()
+        ),
+    );
+    (status, body)
 }
 
 /// The actions in the audit log, oldest first, read through the admin API.
