@@ -129,11 +129,8 @@ pub(crate) async fn proxy(
             }
         },
         Err(ProxyError::InjectedReset) => {
-            telemetry.complete(
-                layer::now(),
-                Outcome::ServerError,
-                layer::now().saturating_sub(started),
-            );
+            let now = layer::now();
+            telemetry.complete(now, Outcome::ServerError, now.saturating_sub(started));
             return Err(ProxyError::InjectedReset);
         }
         Err(error) => {
