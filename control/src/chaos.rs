@@ -381,17 +381,14 @@ impl Chaos {
 
     /// Stops a running experiment on an operator's word.
     pub fn stop(&self, id: i64, actor: &str) -> Result<Experiment, ChaosError> {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        match running.get(&id) {
-            Some(stop) => {
-                let _ = stop.send(Some(actor.to_owned()));
-            }
-            None => {
-                drop(running);
-                return self.get(id);
-            }
+        if let Some(stop) = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            let _ = stop.send(Some(actor.to_owned()));
         }
-        drop(running);
         self.get(id)
     }
 
