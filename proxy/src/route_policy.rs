@@ -13,7 +13,7 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -62,6 +62,9 @@ struct PolicyState {
     budget: RetryBudget,
     in_flight: InFlightCount,
     adaptive: Mutex<Option<AdaptiveLimit>>,
+    /// The adaptive limit's current value, published whenever it moves, so admitting a request
+    /// reads an atomic instead of taking the engine's lock.
+    adaptive_limit: AtomicU32,
     telemetry: Arc<RouteTelemetry>,
     /// Retries skipped, all reasons (the metrics have them by reason).
     skipped: AtomicU64,
@@ -192,6 +195,9 @@ impl RoutePolicy {
                 (Some(genes), _) if genes.adaptive => Some(AdaptiveLimit::new(genes.max_in_flight)),
                 _ => None,
             };
+            if let Some(limit) = adaptive.as_ref() {
+                state.adaptive_limit.store(limit.limit(), Ordering::Relaxed);
+            }
             match genome.concurrency.as_ref() {
                 Some(genes) => adaptive
                     .as_ref()
@@ -271,12 +277,8 @@ impl RoutePolicy {
 
     /// The adaptive limit now, when the route has one.
     pub fn adaptive_limit(&self) -> Option<u32> {
-        self.state
-            .adaptive
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(AdaptiveLimit::limit)
+        let adaptive = self.genome.concurrency.as_ref().is_some_and(|g| g.adaptive);
+        adaptive.then(|| self.state.adaptive_limit.load(Ordering::Relaxed))
     }
 
     /// Feeds an attempt latency to the adaptive limit (when the route has one).
@@ -292,6 +294,7 @@ impl RoutePolicy {
         if let Some(limit) = adaptive.as_mut() {
             let rtt = crate::policy::nanos(rtt);
             if let Some(changed) = limit.sample(now, rtt, in_flight, genes.max_in_flight) {
+                self.state.adaptive_limit.store(changed, Ordering::Relaxed);
                 self.metrics.limit.set(f64::from(changed));
             }
         }
