@@ -304,11 +304,15 @@ impl Chaos {
         // One start at a time: the busy check, the insert and the faults going in are one step,
         // so two requests cannot both start an experiment on a route.
         let _starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
-        let busy = self
-            .list()?
-            .into_iter()
-            .any(|e| e.route == spec.route && e.state == "running");
-        if busy {
+        let busy = self.store.with(|c| {
+            c.query_row(
+                "SELECT 1 FROM experiments WHERE route = ?1 AND state = 'running' LIMIT 1",
+                [&spec.route],
+                |_| Ok(()),
+            )
+            .optional()
+        })?;
+        if busy.is_some() {
             return Err(ChaosError::Invalid(format!(
                 "route {:?} already has a running experiment",
                 spec.route
