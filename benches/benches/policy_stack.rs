@@ -96,7 +96,11 @@ fn head() -> Arc<RequestHead> {
         .into_parts();
     let forwarded = Forwarded::new("10.0.0.7".parse().expect("valid IP"), false);
     let added = prepare_request(&mut parts.headers, parts.version, None, &forwarded, false);
-    Arc::new(RequestHead { parts, added })
+    Arc::new(RequestHead {
+        parts,
+        added,
+        targets: Default::default(),
+    })
 }
 
 fn request(route: &Arc<Route>, head: &Arc<RequestHead>) -> PolicyRequest {

@@ -81,6 +81,21 @@ pub struct ListenerConfig {
     /// A connection with no request in progress is closed after this time.
     #[serde(default = "ListenerConfig::default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// A request body that sends nothing for this long is cut off with 408 (nginx
+    /// `client_body_timeout`).
+    #[serde(default = "ListenerConfig::default_body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
+    /// A client that takes nothing of what rafael writes for this long is disconnected (nginx
+    /// `send_timeout`).
+    #[serde(default = "ListenerConfig::default_send_timeout")]
+    pub send_timeout: HumanDuration,
+    /// Most connections open at once; at the cap idle keep-alive connections are closed to make
+    /// room, then new ones wait in the kernel's backlog.
+    #[serde(default = "ListenerConfig::default_max_connections")]
+    pub max_connections: u32,
+    /// Most concurrent HTTP/2 streams per connection (nginx `http2_max_concurrent_streams`).
+    #[serde(default = "ListenerConfig::default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 /// Downstream protocols a listener serves.
@@ -168,6 +183,10 @@ pub struct RouteConfig {
     /// The route's genome.
     #[serde(default)]
     pub policy: Genome,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to on this route (Envoy `upgrade_configs`);
+    /// any other upgrade is forwarded as a plain request. `h2c` is never allowed.
+    #[serde(default = "RouteConfig::default_upgrades")]
+    pub upgrades: Vec<String>,
 }
 
 /// Conditions a request must meet, all of them, for a route to take it.
@@ -357,6 +376,28 @@ impl ListenerConfig {
 
     fn default_idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(60)
+    }
+
+    fn default_body_read_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+
+    fn default_send_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+
+    fn default_max_connections() -> u32 {
+        10_000
+    }
+
+    fn default_max_concurrent_streams() -> u32 {
+        128
+    }
+}
+
+impl RouteConfig {
+    fn default_upgrades() -> Vec<String> {
+        vec!["websocket".to_owned()]
     }
 }
 

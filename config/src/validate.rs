@@ -154,6 +154,32 @@ fn listener_checks(listener: &ListenerConfig, path: &str, errors: &mut ConfigErr
             format!("must be 1KiB..=1MiB, got {max} bytes"),
         );
     }
+    check_duration(
+        errors,
+        &format!("{path}.body_read_timeout"),
+        listener.body_read_timeout,
+        1,
+        3_600_000,
+    );
+    check_duration(
+        errors,
+        &format!("{path}.send_timeout"),
+        listener.send_timeout,
+        1,
+        3_600_000,
+    );
+    if !(1..=1_000_000).contains(&listener.max_connections) {
+        errors.push(
+            format!("{path}.max_connections"),
+            format!("must be 1..=1000000, got {}", listener.max_connections),
+        );
+    }
+    if !(1..=1024).contains(&listener.max_concurrent_streams) {
+        errors.push(
+            format!("{path}.max_concurrent_streams"),
+            format!("must be 1..=1024, got {}", listener.max_concurrent_streams),
+        );
+    }
 }
 
 fn upstream_checks(upstream: &UpstreamConfig, path: &str, errors: &mut ConfigErrors) {
@@ -241,6 +267,19 @@ fn route_checks(
             format!("{path}.upstream"),
             format!("no upstream is named {:?}", route.upstream),
         );
+    }
+    for (i, upgrade) in route.upgrades.iter().enumerate() {
+        let key = format!("{path}.upgrades[{i}]");
+        if upgrade.eq_ignore_ascii_case("h2c") {
+            // rafael speaks HTTP/2 to clients itself; a spliced h2c connection would bypass
+            // routing and every policy for whatever the client sends next.
+            errors.push(key, "h2c upgrades are never forwarded");
+        } else if !http_token(upgrade) {
+            errors.push(
+                key,
+                format!("must be a protocol name such as \"websocket\", got {upgrade:?}"),
+            );
+        }
     }
     if let Some(prefix) = &route.match_.path_prefix {
         if !prefix.starts_with('/') {

@@ -5,12 +5,15 @@ use std::{
     collections::VecDeque,
     future::Future,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::{
     layer::fault::ActiveFault,
@@ -29,8 +32,8 @@ pub enum Body {
     Empty,
     /// A body rafael produced (an error document), sent in one frame.
     Full(Option<Bytes>),
-    /// A request body streamed from the downstream client, as hyper received it.
-    Streaming(Incoming),
+    /// A request body streamed from the downstream client.
+    Streaming(ClientBody),
     /// A request body partly read already (into a replay buffer that overflowed): the frames
     /// read, then the rest.
     Prefixed {
@@ -69,9 +72,15 @@ impl Body {
     }
 }
 
-impl From<Incoming> for Body {
-    fn from(body: Incoming) -> Self {
-        Self::Streaming(body)
+impl Body {
+    /// Where a failure of the client's body will be reported, for transports (hyper's HTTP/2
+    /// client) that turn it into an error of their own. `None` for bodies that cannot fail.
+    pub fn failure_report(&mut self) -> Option<Arc<OnceLock<ClientBodyError>>> {
+        match self {
+            Self::Streaming(body) => Some(body.failure_report()),
+            Self::Prefixed { rest, .. } => rest.failure_report(),
+            _ => None,
+        }
     }
 }
 
@@ -87,7 +96,7 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Streaming(body) => body.poll_frame(cx).map_err(Into::into),
             Self::Prefixed { frames, rest } => match frames.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -110,7 +119,7 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => true,
             Self::Full(bytes) => bytes.is_none(),
-            Self::Streaming(body) => body.is_end_stream(),
+            Self::Streaming(body) => body.incoming.is_end_stream(),
             Self::Prefixed { frames, rest } => frames.is_empty() && rest.is_end_stream(),
             Self::Faulted(body) => body.is_end_stream(),
             Self::Upstream { body, .. } => match body {
@@ -124,7 +133,7 @@ impl http_body::Body for Body {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Streaming(body) => body.size_hint(),
+            Self::Streaming(body) => body.incoming.size_hint(),
             Self::Prefixed { frames, rest } => {
                 let read: u64 = frames
                     .iter()
@@ -144,6 +153,205 @@ impl http_body::Body for Body {
                 UpstreamBody::Http2(body) => body.size_hint(),
             },
         }
+    }
+}
+
+/// A request body as the downstream client sends it, with what rafael enforces on the way:
+/// a read timeout (nginx `client_body_timeout`), errors that say the client broke its own
+/// body (so nothing blames the upstream for it), and trailers without the fields RFC 9110
+/// §6.5.1 forbids there.
+#[derive(Debug)]
+pub struct ClientBody {
+    incoming: Incoming,
+    timeout: Duration,
+    /// Armed the first time the body makes rafael wait; boxed, so a request whose body never
+    /// waits carries one empty pointer.
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Since when rafael has been waiting for the next frame, while it waits.
+    waiting_since: Option<Instant>,
+    /// Where a failure is also reported (see [`Body::failure_report`]).
+    report: Option<Arc<OnceLock<ClientBodyError>>>,
+}
+
+/// The client broke its own request body: the request fails with a 4xx, and the upstream is
+/// not charged for it (no breaker failure, no retry).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{detail}")]
+pub struct ClientBodyError {
+    /// What went wrong.
+    pub kind: ClientBodyErrorKind,
+    detail: String,
+}
+
+/// How a client broke its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyErrorKind {
+    /// The framing was invalid (a bad chunk size, say): 400.
+    Malformed,
+    /// The client went away or reset the stream before the body ended: 400.
+    Aborted,
+    /// The client sent nothing for the listener's `body_read_timeout`: 408.
+    TimedOut,
+}
+
+/// Fields a sender must not put in trailers (RFC 9110 §6.5.1): framing, routing, request
+/// modifiers, authentication, response control data and content metadata, and hop-by-hop
+/// fields. They are dropped rather than forwarded.
+const FORBIDDEN_TRAILERS: &[&str] = &[
+    "age",
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "expect",
+    "expires",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "location",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "retry-after",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "vary",
+    "www-authenticate",
+];
+
+// === impl ClientBody ===
+
+impl ClientBody {
+    /// The client's body, cut off when it sends nothing for `timeout`.
+    pub fn new(incoming: Incoming, timeout: Duration) -> Self {
+        Self {
+            incoming,
+            timeout,
+            wait: None,
+            waiting_since: None,
+            report: None,
+        }
+    }
+
+    fn failure_report(&mut self) -> Arc<OnceLock<ClientBodyError>> {
+        self.report.get_or_insert_with(Arc::default).clone()
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match http_body::Body::poll_frame(Pin::new(&mut self.incoming), cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.waiting_since = None;
+                Poll::Ready(Some(Ok(match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        for name in FORBIDDEN_TRAILERS {
+                            trailers.remove(*name);
+                        }
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(self.fail(ClientBodyError::from_hyper(&error)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => self.poll_wait(cx),
+        }
+    }
+
+    /// The body has nothing for now: pending, unless the wait has lasted the timeout. The
+    /// clock is read once per wait, and the timer reset at most once per timeout period.
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.timeout;
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            std::task::ready!(wait.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                let error = ClientBodyError {
+                    kind: ClientBodyErrorKind::TimedOut,
+                    detail: format!(
+                        "the request body sent nothing for {:?} (body_read_timeout)",
+                        self.timeout
+                    ),
+                };
+                return Poll::Ready(Some(Err(self.fail(error))));
+            }
+            // The timer was set for an earlier wait: move it to this one's deadline.
+            wait.as_mut().reset(deadline);
+        }
+    }
+
+    fn fail(&self, error: ClientBodyError) -> ClientBodyError {
+        if let Some(report) = &self.report {
+            let _ = report.set(error.clone());
+        }
+        error
+    }
+}
+
+// === impl ClientBodyError ===
+
+impl ClientBodyError {
+    fn from_hyper(error: &hyper::Error) -> Self {
+        let invalid = std::error::Error::source(error)
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            });
+        let kind = if error.is_parse() || (invalid && !error.is_incomplete_message()) {
+            ClientBodyErrorKind::Malformed
+        } else {
+            ClientBodyErrorKind::Aborted
+        };
+        let detail = match (kind, std::error::Error::source(error)) {
+            (ClientBodyErrorKind::Malformed, Some(cause)) => {
+                format!("the request body is malformed: {cause}")
+            }
+            (ClientBodyErrorKind::Malformed, None) => {
+                format!("the request body is malformed: {error}")
+            }
+            _ => "the client went away before its request body ended".to_owned(),
+        };
+        Self { kind, detail }
+    }
+
+    /// The error a failed client body left in `error`'s chain, if it was one.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(found) = error.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            current = error.source();
+        }
+        None
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     Body,
+    body::{ClientBodyError, ClientBodyErrorKind},
     layer::{AttemptTimedOut, BreakerOpen, RateLimited, Shed},
     metrics::AttemptOutcome,
 };
@@ -36,6 +37,12 @@ pub enum ProxyError {
     /// The request is not one a proxy can forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client broke its own request body (malformed, abandoned, or too slow).
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
+    /// The request uses a feature rafael does not implement (a transfer coding, say).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// No connection could be made to the chosen endpoint.
     #[error("upstream {upstream} endpoint {endpoint} is unreachable: {reason}")]
     Connect {
@@ -103,6 +110,13 @@ impl ProxyError {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::ClientBody(error) => match error.kind {
+                ClientBodyErrorKind::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                ClientBodyErrorKind::Malformed | ClientBodyErrorKind::Aborted => {
+                    StatusCode::BAD_REQUEST
+                }
+            },
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::Timeout(_) | Self::AttemptTimedOut(_) => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -119,6 +133,12 @@ impl ProxyError {
             Self::NoRoute { .. } => "no_route",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::BadRequest(_) => "bad_request",
+            Self::NotImplemented(_) => "not_implemented",
+            Self::ClientBody(error) => match error.kind {
+                ClientBodyErrorKind::Malformed => "malformed_body",
+                ClientBodyErrorKind::Aborted => "incomplete_body",
+                ClientBodyErrorKind::TimedOut => "body_timeout",
+            },
             Self::Connect { .. } => "upstream_unreachable",
             Self::ConnectTimeout { .. } => "upstream_connect_timeout",
             Self::Upstream { .. } => "upstream_error",
@@ -142,6 +162,8 @@ impl ProxyError {
             Self::NoRoute { .. }
             | Self::HeadersTooLarge { .. }
             | Self::BadRequest(_)
+            | Self::NotImplemented(_)
+            | Self::ClientBody(_)
             | Self::RateLimited(_)
             | Self::Shed(_)
             | Self::BreakerOpen(_)

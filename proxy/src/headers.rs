@@ -167,6 +167,66 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, present: Present) {
     }
 }
 
+/// Why a request's host cannot be trusted (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// More than one `Host` field.
+    Repeated,
+    /// An HTTP/1.1 request without a `Host` field or an absolute-form target.
+    Missing,
+    /// A `Host` that is not a valid authority (a path, userinfo, a space...).
+    Invalid,
+}
+
+/// Makes the request's `Host` field and its target agree, so routing and forwarding see one
+/// host: the authority of an absolute-form target or of HTTP/2's `:authority` replaces `Host`
+/// (RFC 9112 §3.2.2); two `Host` fields, a missing one on HTTP/1.1, or one that is not a valid
+/// authority are refused.
+///
+/// The common case (one valid `Host`, origin-form target) is a lookup, a second `get_all`
+/// step and a scan of the value's bytes.
+pub fn normalize_host(
+    headers: &mut HeaderMap,
+    version: Version,
+    authority: Option<&http::uri::Authority>,
+) -> Result<(), HostError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    match (authority, first) {
+        (Some(authority), first) => {
+            // The target's authority wins; hyper has already checked its syntax. Userinfo is
+            // never forwarded (RFC 9110 §4.2.4).
+            if authority.as_str().contains('@') {
+                return Err(HostError::Invalid);
+            }
+            if first.is_none_or(|host| host.as_bytes() != authority.as_str().as_bytes()) {
+                let host =
+                    HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Invalid)?;
+                if first.is_some() || version != Version::HTTP_2 {
+                    headers.insert(header::HOST, host);
+                }
+            }
+            Ok(())
+        }
+        (None, Some(host)) if is_authority(host.as_bytes()) => Ok(()),
+        (None, Some(_)) => Err(HostError::Invalid),
+        (None, None) if version == Version::HTTP_11 => Err(HostError::Missing),
+        (None, None) => Ok(()),
+    }
+}
+
+/// True for `host[:port]` made of the characters RFC 3986 allows there: reg-name characters,
+/// an IP literal in brackets, no userinfo, no path, no whitespace.
+fn is_authority(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
 /// The `Via` element for a message received over `version`.
 pub fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
@@ -351,6 +411,40 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn the_target_authority_replaces_host_and_bad_hosts_are_refused() {
+        let authority: http::uri::Authority = "public.example".parse().unwrap();
+        let mut map = headers(&[("host", "admin.internal")]);
+        normalize_host(&mut map, Version::HTTP_11, Some(&authority)).unwrap();
+        assert_eq!(map["host"], "public.example");
+        let mut map = headers(&[("host", "admin.internal")]);
+        normalize_host(&mut map, Version::HTTP_2, Some(&authority)).unwrap();
+        assert_eq!(map["host"], "public.example");
+        let mut map = HeaderMap::new();
+        normalize_host(&mut map, Version::HTTP_2, Some(&authority)).unwrap();
+        assert!(map.is_empty(), ":authority alone stays where it is");
+
+        let mut map = headers(&[("host", "a.example"), ("host", "b.example")]);
+        let repeated = normalize_host(&mut map, Version::HTTP_11, None);
+        assert_eq!(repeated, Err(HostError::Repeated));
+        let missing = normalize_host(&mut HeaderMap::new(), Version::HTTP_11, None);
+        assert_eq!(missing, Err(HostError::Missing));
+        assert_eq!(
+            normalize_host(&mut HeaderMap::new(), Version::HTTP_10, None),
+            Ok(())
+        );
+        for bad in ["user@host", "/path", "a b", "host/x", ""] {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, HeaderValue::from_str(bad).unwrap());
+            let result = normalize_host(&mut map, Version::HTTP_11, None);
+            assert_eq!(result, Err(HostError::Invalid), "{bad:?}");
+        }
+        for good in ["example.com", "example.com:8080", "[::1]:80", "127.0.0.1"] {
+            let mut map = headers(&[("host", good)]);
+            assert_eq!(normalize_host(&mut map, Version::HTTP_11, None), Ok(()));
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod policy;
 pub mod route_policy;
 pub mod router;
+pub mod send_timeout;
 pub mod server;
 pub mod service;
 pub mod snapshot;

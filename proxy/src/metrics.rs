@@ -17,6 +17,8 @@ pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "rafael_upstream_attempts_total";
 pub const CONNECTIONS_ACTIVE: &str = "rafael_connections_active";
 /// `rafael_connections_total{listener}`.
 pub const CONNECTIONS_TOTAL: &str = "rafael_connections_total";
+/// `rafael_connection_limit_reached_total{listener}`.
+pub const CONNECTION_LIMIT_REACHED_TOTAL: &str = "rafael_connection_limit_reached_total";
 /// `rafael_connection_errors_total{listener,reason}`.
 pub const CONNECTION_ERRORS_TOTAL: &str = "rafael_connection_errors_total";
 /// `rafael_downstream_rejected_total{listener,reason}`.
@@ -100,6 +102,10 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         "Downstream connections accepted, by listener."
+    );
+    describe_counter!(
+        CONNECTION_LIMIT_REACHED_TOTAL,
+        "Times a listener reached max_connections (idle connections were then closed to make room), by listener."
     );
     describe_counter!(
         CONNECTION_ERRORS_TOTAL,

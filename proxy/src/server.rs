@@ -24,7 +24,7 @@ use metrics::{counter, gauge};
 use rafael_config::{Config, ListenerConfig, ListenerProtocol};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinHandle,
     time::Instant,
 };
@@ -33,7 +33,11 @@ use tracing::{debug, info, warn};
 use crate::{
     SnapshotHandle,
     headers::Forwarded,
-    metrics::{CONNECTION_ERRORS_TOTAL, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL},
+    metrics::{
+        CONNECTION_ERRORS_TOTAL, CONNECTION_LIMIT_REACHED_TOTAL, CONNECTIONS_ACTIVE,
+        CONNECTIONS_TOTAL,
+    },
+    send_timeout::SendTimeout,
     service,
 };
 
@@ -117,17 +121,19 @@ pub async fn bind_listeners(config: &Config) -> io::Result<Vec<BoundListener>> {
 impl Server {
     /// Starts accepting on `listeners`, routing through `handle`.
     pub fn start(handle: SnapshotHandle, listeners: Vec<BoundListener>) -> io::Result<Self> {
+        let caps = connection_caps(&handle, &listeners);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain_tx, drained) = mpsc::channel(1);
         let mut addresses = Vec::with_capacity(listeners.len());
         let mut accept_loops = Vec::with_capacity(listeners.len());
-        for listener in listeners {
+        for (listener, max_connections) in listeners.into_iter().zip(caps) {
             let address = listener.socket.local_addr()?;
-            info!(listener = %listener.name, %address, "listening");
+            info!(listener = %listener.name, %address, max_connections, "listening");
             addresses.push((listener.name.clone(), address));
             accept_loops.push(tokio::spawn(accept_loop(
                 handle.clone(),
                 listener,
+                max_connections,
                 shutdown_rx.clone(),
                 drain_tx.clone(),
             )));
@@ -172,15 +178,37 @@ impl Server {
     }
 }
 
+/// Accepts connections while fewer than `max_connections` are open. At the cap it asks idle
+/// keep-alive connections to close and stops accepting until one has gone, so further clients
+/// wait in the kernel's backlog instead of taking file descriptors that every other listener,
+/// the upstream connections and the admin API need too. The cap is read when the listener
+/// starts (a reload that changes it applies at the next restart).
 async fn accept_loop(
     handle: SnapshotHandle,
     listener: BoundListener,
+    max_connections: u32,
     shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 ) {
     let active = gauge!(CONNECTIONS_ACTIVE, "listener" => listener.name.to_string());
     let accepted = counter!(CONNECTIONS_TOTAL, "listener" => listener.name.to_string());
+    let at_cap = counter!(CONNECTION_LIMIT_REACHED_TOTAL, "listener" => listener.name.to_string());
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    let (reclaim, reclaim_rx) = watch::channel(0u64);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                at_cap.increment(1);
+                debug!(listener = %listener.name, max_connections, "at max_connections: closing idle connections");
+                reclaim.send_modify(|round| *round += 1);
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    // The semaphore is never closed.
+                    Err(_) => return,
+                }
+            }
+        };
         let (stream, peer) = match listener.socket.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -198,11 +226,69 @@ async fn accept_loop(
             listener_name: listener.name.clone(),
             peer,
             shutdown: shutdown.clone(),
+            reclaim: reclaim_rx.clone(),
             drain: drain.clone(),
             active: active.clone(),
+            accepted_at: Instant::now(),
+            _slot: slot,
         };
         tokio::spawn(connection.run(stream));
     }
+}
+
+/// File descriptors kept out of the listeners' reach: the admin API, the store, the log, the
+/// config watcher.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Each listener's `max_connections`, lowered where needed so that all of them together, at
+/// two descriptors a connection (the client's and an upstream one), fit the process's open-file
+/// limit with [`RESERVED_DESCRIPTORS`] to spare: a flood on the data listeners then cannot take
+/// the descriptors the admin API needs. The soft limit is raised to the hard one first, as
+/// nginx's `worker_rlimit_nofile` and Go's runtime do.
+fn connection_caps(handle: &SnapshotHandle, listeners: &[BoundListener]) -> Vec<u32> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let snapshot = handle.load();
+    let configured: Vec<u32> = listeners
+        .iter()
+        .map(|l| {
+            snapshot
+                .listener(l.index)
+                .map_or(10_000, |state| state.config.max_connections)
+        })
+        .collect();
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(error) => debug!(%error, "could not raise the open-file limit"),
+        }
+    }
+    let Some(soft) = soft else {
+        return configured;
+    };
+    let total: u64 = configured.iter().map(|&c| u64::from(c)).sum();
+    let budget = soft.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    if total <= budget {
+        return configured;
+    }
+    warn!(
+        open_file_limit = soft,
+        max_connections = total,
+        "max_connections of all listeners exceeds what the open-file limit allows; lowering each in proportion"
+    );
+    configured
+        .iter()
+        .map(|&c| {
+            u32::try_from(u64::from(c) * budget / total)
+                .unwrap_or(c)
+                .max(1)
+        })
+        .collect()
 }
 
 struct ConnectionTask {
@@ -211,8 +297,14 @@ struct ConnectionTask {
     listener_name: Arc<str>,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    /// Bumped when the listener is at `max_connections`: idle connections close.
+    reclaim: watch::Receiver<u64>,
     drain: mpsc::Sender<()>,
     active: metrics::Gauge,
+    /// The header read timeout runs from here, through the TLS handshake and the first head.
+    accepted_at: Instant,
+    /// This connection's place under the listener's `max_connections`.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl ConnectionTask {
@@ -225,6 +317,7 @@ impl ConnectionTask {
         };
         let builder = state.http.clone();
         let config = state.config.clone();
+        let stream = SendTimeout::new(stream, config.send_timeout.get());
         let result = match state.tls.clone() {
             None => {
                 self.serve(TokioIo::new(stream), &builder, &config, false)
@@ -232,8 +325,8 @@ impl ConnectionTask {
             }
             Some(acceptor) => {
                 // A client that never finishes its handshake is a slowloris too.
-                match tokio::time::timeout(
-                    config.header_read_timeout.get(),
+                match tokio::time::timeout_at(
+                    self.accepted_at + config.header_read_timeout.get(),
                     acceptor.accept(stream),
                 )
                 .await
@@ -283,8 +376,13 @@ impl ConnectionTask {
         let (orders, mut closing) = mpsc::channel(2);
         let watchdog = tokio::spawn(watchdog(
             activity,
-            config.idle_timeout.get(),
-            self.shutdown.clone(),
+            Watch {
+                first_head_by: self.accepted_at + config.header_read_timeout.get(),
+                idle_by: self.accepted_at + config.idle_timeout.get(),
+                idle_timeout: config.idle_timeout.get(),
+                shutdown: self.shutdown.clone(),
+                reclaim: self.reclaim.clone(),
+            },
             orders,
         ));
         let _stop_watchdog = AbortOnDrop(watchdog);
@@ -305,6 +403,7 @@ impl ConnectionTask {
                         debug!(peer = %self.peer, "dropping idle connection that ignored a graceful close");
                         return Ok(());
                     }
+                    Some(Close::NoRequest) => return Err(ConnectionError::NoRequest),
                     // The watchdog has said all it will: serve out the connection.
                     None => watched = false,
                 },
@@ -320,6 +419,8 @@ enum Close {
     Graceful,
     /// Close now.
     Now,
+    /// Close now: no request began within the header read timeout of accept.
+    NoRequest,
 }
 
 /// Aborts a task when dropped.
@@ -331,15 +432,60 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Watches one connection: asks it to close gracefully once it has been idle for
-/// `idle_timeout` or when rafael drains, and to close at once if, after an idle close, it is
-/// still open one more period later (an HTTP/2 client that never answers the GOAWAY ping).
-async fn watchdog(
-    activity: Arc<Activity>,
+/// What a connection's watchdog watches for.
+struct Watch {
+    /// A connection that has not started a request by then is closed: the header read timeout
+    /// counts from accept, so a client that sends nothing holds no descriptor for long.
+    first_head_by: Instant,
+    /// A connection that has not started a request by then is idle, and closed gracefully.
+    idle_by: Instant,
     idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-    orders: mpsc::Sender<Close>,
-) {
+    shutdown: watch::Receiver<bool>,
+    reclaim: watch::Receiver<u64>,
+}
+
+/// Watches one connection: closes it if no request has begun by the header deadline; asks it
+/// to close gracefully once it has been idle for `idle_timeout`, when its listener needs room
+/// and it is an idle keep-alive connection, or when rafael drains; and closes it at once if,
+/// after an idle close, it is still open one more period later (an HTTP/2 client that never
+/// answers the GOAWAY ping).
+async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sender<Close>) {
+    let idle_timeout = watch.idle_timeout;
+    let close_idle = |orders: mpsc::Sender<Close>| async move {
+        let _ = orders.send(Close::Graceful).await;
+        tokio::time::sleep(idle_timeout.min(Duration::from_secs(10))).await;
+        let _ = orders.send(Close::Now).await;
+    };
+    let draining = |shutdown: &watch::Receiver<bool>, changed: Result<(), _>| {
+        changed.is_err() || *shutdown.borrow()
+    };
+    // Until the first request begins.
+    let first_head = tokio::time::sleep_until(watch.first_head_by);
+    tokio::pin!(first_head);
+    while activity.started.load(Ordering::Relaxed) == 0 {
+        tokio::select! {
+            _ = &mut first_head => {
+                if activity.started.load(Ordering::Relaxed) == 0 {
+                    let _ = orders.send(Close::NoRequest).await;
+                    return;
+                }
+            }
+            changed = watch.shutdown.changed() => {
+                if draining(&watch.shutdown, changed) {
+                    let _ = orders.send(Close::Graceful).await;
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(watch.idle_by) => {
+                if activity.started.load(Ordering::Relaxed) == 0 {
+                    close_idle(orders).await;
+                    return;
+                }
+            }
+            // Nothing to give back yet; the round is seen (and ignored) here.
+            _ = watch.reclaim.changed() => {}
+        }
+    }
     // Check four times per idle period, so an idle connection closes within 1.25x of it.
     let tick = (idle_timeout / 4).max(Duration::from_millis(10));
     let mut idle_since = Instant::now();
@@ -353,14 +499,19 @@ async fn watchdog(
                     last_started = started;
                     idle_since = now;
                 } else if now.duration_since(idle_since) >= idle_timeout {
-                    let _ = orders.send(Close::Graceful).await;
-                    tokio::time::sleep(idle_timeout.min(Duration::from_secs(10))).await;
-                    let _ = orders.send(Close::Now).await;
+                    close_idle(orders).await;
                     return;
                 }
             }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
+            changed = watch.reclaim.changed() => {
+                if changed.is_ok() && activity.active.load(Ordering::Relaxed) == 0 {
+                    // The listener is full and this keep-alive connection is doing nothing.
+                    close_idle(orders).await;
+                    return;
+                }
+            }
+            changed = watch.shutdown.changed() => {
+                if draining(&watch.shutdown, changed) {
                     // Draining: the drain deadline, not this watchdog, bounds what follows.
                     let _ = orders.send(Close::Graceful).await;
                     return;
@@ -369,6 +520,9 @@ async fn watchdog(
         }
     }
 }
+
+/// Response bytes buffered per HTTP/2 stream.
+const MAX_SEND_BUF_BYTES: usize = 64 * 1024;
 
 /// The server settings of a listener's connections.
 pub fn http_builder(listener: &ListenerConfig) -> auto::Builder<TokioExecutor> {
@@ -392,7 +546,11 @@ pub fn http_builder(listener: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header.saturating_mul(2)).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(listener.max_concurrent_streams)
+        // Response data buffered per stream, whatever window the client advertises: a client
+        // that opens its window wide and never reads holds at most this much per stream (with
+        // hyper's default of 400 KB, 5 such connections held 2.3 GB).
+        .max_send_buf_size(MAX_SEND_BUF_BYTES)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
@@ -405,6 +563,8 @@ enum ConnectionError {
     Tls(io::Error),
     #[error("tls handshake timed out")]
     HandshakeTimeout,
+    #[error("no request within the header read timeout")]
+    NoRequest,
     #[error("{0}")]
     Http(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -415,6 +575,8 @@ impl ConnectionError {
         match self {
             Self::Tls(_) => "tls_handshake",
             Self::HandshakeTimeout => "tls_handshake_timeout",
+            Self::NoRequest => "header_read_timeout",
+            Self::Http(error) if timed_out_sending(&**error) => "send_timeout",
             Self::Http(error) => match error.downcast_ref::<hyper::Error>() {
                 Some(e) if e.is_parse_too_large() => "headers_too_large",
                 Some(e) if e.is_parse() || e.is_parse_status() => "malformed_request",
@@ -426,6 +588,21 @@ impl ConnectionError {
             },
         }
     }
+}
+
+/// True when `error` comes from the send timeout ([`SendTimeout`]).
+fn timed_out_sending(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 // === impl Activity ===

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version, header::TRANSFER_ENCODING};
 use hyper::body::Incoming;
 use metrics::counter;
 use tokio::io::AsyncWriteExt;
@@ -15,7 +15,9 @@ use tracing::{debug, warn};
 use tower::Service;
 
 use crate::{
-    Body, ProxyError, headers,
+    Body, ProxyError,
+    body::ClientBody,
+    headers::{self, HostError},
     layer::{self, PolicyRequest},
     metrics::{DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
     server::Connection,
@@ -38,7 +40,7 @@ pub(crate) async fn proxy(
         return Ok(ProxyError::BadRequest("listener is gone").into_response());
     };
 
-    if let Err(error) = check_head(&request, &listener.config) {
+    if let Err(error) = check_head(&mut request, &listener.config) {
         counter!(DOWNSTREAM_REJECTED_TOTAL, "listener" => connection.listener_name.to_string(), "reason" => error.code())
             .increment(1);
         return Ok(finish(
@@ -69,11 +71,17 @@ pub(crate) async fn proxy(
         ));
     };
 
-    // An HTTP/2 upstream cannot switch protocols: such a request goes as a plain one.
+    // An HTTP/2 upstream cannot switch protocols, and a route splices only the upgrades it
+    // allows: any other such request goes as a plain one, its `Upgrade` field dropped.
     let upgrade = route.upstream().supports_upgrades()
-        && headers::is_upgrade_request(version, request.headers());
+        && headers::is_upgrade_request(version, request.headers())
+        && route.allows_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
+    let targets = route
+        .faults()
+        .map(|faults| faults.take_targets(&mut parts.headers))
+        .unwrap_or_default();
     let added = headers::prepare_request(
         &mut parts.headers,
         version,
@@ -88,8 +96,15 @@ pub(crate) async fn proxy(
     let sampled = telemetry.arrival(arrived);
     let request = PolicyRequest {
         route: route.clone(),
-        head: Arc::new(RequestHead { parts, added }),
-        body: Body::Streaming(body),
+        head: Arc::new(RequestHead {
+            parts,
+            added,
+            targets,
+        }),
+        body: Body::Streaming(ClientBody::new(
+            body,
+            listener.config.body_read_timeout.get(),
+        )),
         client_ip: connection.forwarded.client_ip.clone(),
         arrived,
         sampled,
@@ -184,9 +199,10 @@ fn finish(
     response
 }
 
-/// Rejects heads a reverse proxy should not forward: oversized ones and `CONNECT`.
+/// Rejects heads a reverse proxy should not forward (oversized ones, `CONNECT`, an untrustworthy
+/// host, transfer codings other than chunked), and makes `Host` agree with the target.
 fn check_head<B>(
-    request: &Request<B>,
+    request: &mut Request<B>,
     listener: &rafael_config::ListenerConfig,
 ) -> Result<(), ProxyError> {
     let limit = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
@@ -206,6 +222,26 @@ fn check_head<B>(
         return Err(ProxyError::BadRequest(
             "CONNECT is not supported by a reverse proxy",
         ));
+    }
+    let version = request.version();
+    let (authority, headers) = (request.uri().authority().cloned(), request.headers_mut());
+    headers::normalize_host(headers, version, authority.as_ref()).map_err(|error| {
+        ProxyError::BadRequest(match error {
+            HostError::Repeated => "more than one Host field",
+            HostError::Missing => "an HTTP/1.1 request needs a Host field",
+            HostError::Invalid => "the Host is not a valid authority",
+        })
+    })?;
+    if let Some(codings) = headers.get(TRANSFER_ENCODING) {
+        // hyper decodes `chunked` and refuses a message whose last coding is not chunked; any
+        // other coding before it would be lost on the way upstream (RFC 9112 §6.1: 501).
+        let only_chunked = headers.get_all(TRANSFER_ENCODING).iter().count() == 1
+            && codings.as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !only_chunked {
+            return Err(ProxyError::NotImplemented(
+                "transfer codings other than chunked are not supported",
+            ));
+        }
     }
     Ok(())
 }

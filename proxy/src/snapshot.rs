@@ -64,6 +64,8 @@ pub struct Route {
     policy: RoutePolicy,
     metrics: RouteMetrics,
     faults: Option<Arc<FaultSet>>,
+    /// Protocols an HTTP/1.1 upgrade may switch to (`upgrades`; never `h2c`).
+    upgrades: Box<[String]>,
 }
 
 /// The shared handle to the live snapshot.
@@ -138,6 +140,7 @@ impl Snapshot {
                     &active_faults,
                 )
                 .map(Arc::new),
+                upgrades: route.upgrades.clone().into(),
             }));
         }
 
@@ -244,6 +247,7 @@ impl Snapshot {
                     &self.active_faults,
                 )
                 .map(Arc::new),
+                upgrades: old.upgrades.clone(),
             });
             (old, new)
         });
@@ -337,6 +341,27 @@ impl Route {
     /// Its fault rules, when it has any.
     pub fn faults(&self) -> Option<&FaultSet> {
         self.faults.as_deref()
+    }
+
+    /// True when every protocol an `Upgrade` field offers is one this route splices. `h2c` never
+    /// is: rafael speaks HTTP/2 to clients itself, and a spliced h2c connection would carry
+    /// whatever the client sends next straight to the upstream, past routing and policies.
+    pub fn allows_upgrade(&self, headers: &HeaderMap) -> bool {
+        let mut offered = headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("h2c").split(','))
+            .map(|protocol| protocol.split('/').next().unwrap_or(protocol).trim())
+            .filter(|protocol| !protocol.is_empty())
+            .peekable();
+        offered.peek().is_some()
+            && offered.all(|protocol| {
+                !protocol.eq_ignore_ascii_case("h2c")
+                    && self
+                        .upgrades
+                        .iter()
+                        .any(|u| u.eq_ignore_ascii_case(protocol))
+            })
     }
 }
 

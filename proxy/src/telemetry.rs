@@ -14,10 +14,12 @@
 //! [`SAMPLE_EVERY`] above that, so a quiet route is fully observed and a busy one costs little.
 //!
 //! Memory per route: 600 windows of 15 counters and 46 histogram buckets (about 240 KiB), plus
-//! two rings of 4,096 samples (about 160 KiB).
+//! two rings of 4,096 samples (about 160 KiB), allocated when the route sees its first request:
+//! an idle route costs one pointer, so a config with thousands of routes that are rarely used
+//! stays small (2,500 idle routes took 1 GB before).
 
 use std::sync::{
-    Arc,
+    Arc, OnceLock,
     atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
@@ -64,8 +66,14 @@ pub enum Outcome {
 const OUTCOMES: usize = 7;
 
 /// One route's telemetry. Kept across snapshots with the route's policy state.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RouteTelemetry {
+    rings: OnceLock<Box<Rings>>,
+}
+
+/// The rings of a route that has seen traffic.
+#[derive(Debug)]
+struct Rings {
     windows: Box<[SecondWindow]>,
     attempts: Box<[SampleSlot]>,
     attempt_head: AtomicU64,
@@ -145,8 +153,74 @@ pub struct TelemetryHandle {
 
 // === impl RouteTelemetry ===
 
-impl Default for RouteTelemetry {
-    fn default() -> Self {
+impl RouteTelemetry {
+    /// The rings, allocated on first use (one acquire load afterwards).
+    fn rings(&self) -> &Rings {
+        self.rings.get_or_init(|| Box::new(Rings::new()))
+    }
+
+    /// Records a request arriving at `now`; returns whether it is sampled.
+    pub fn arrival(&self, now: Nanos) -> bool {
+        self.rings().arrival(now)
+    }
+
+    /// Records the route's in-flight count seen at `now`.
+    pub fn in_flight(&self, now: Nanos, in_flight: u32) {
+        self.rings().in_flight(now, in_flight);
+    }
+
+    /// Records a retry sent at `now`.
+    pub fn retry(&self, now: Nanos) {
+        self.rings().retry(now);
+    }
+
+    /// Records an upstream attempt (counted always, sampled when its request is).
+    pub fn attempt(&self, sample: AttemptSample, sampled: bool) {
+        self.rings().attempt(sample, sampled);
+    }
+
+    /// Records a response: its outcome class and latency, in the window of `now`.
+    pub fn complete(&self, now: Nanos, outcome: Outcome, latency: Nanos) {
+        self.rings().complete(now, outcome, latency);
+    }
+
+    /// Copies of the windows from `from` to `to` (inclusive, by second), oldest first; seconds
+    /// without traffic come back empty.
+    pub fn windows(&self, from: Nanos, to: Nanos) -> Vec<Window> {
+        match self.rings.get() {
+            Some(rings) => rings.windows(from, to),
+            None => seconds(from, to)
+                .map(|second| Window::empty(second * SECOND))
+                .collect(),
+        }
+    }
+
+    /// The attempt samples held, oldest first.
+    pub fn attempts(&self) -> Vec<AttemptSample> {
+        self.rings.get().map_or_else(Vec::new, |r| r.attempts())
+    }
+
+    /// The sampled arrival times held, oldest first.
+    pub fn arrivals(&self) -> Vec<Nanos> {
+        self.rings.get().map_or_else(Vec::new, |r| r.arrivals())
+    }
+
+    /// True once the route has seen a request (and holds its rings).
+    pub fn is_allocated(&self) -> bool {
+        self.rings.get().is_some()
+    }
+}
+
+/// The seconds from `from` to `to` (inclusive) that the windows can still hold.
+fn seconds(from: Nanos, to: Nanos) -> std::ops::RangeInclusive<u64> {
+    let (first, last) = (from / SECOND, to / SECOND);
+    first.max((last + 1).saturating_sub(WINDOW_SECONDS as u64))..=last
+}
+
+// === impl Rings ===
+
+impl Rings {
+    fn new() -> Self {
         Self {
             windows: (0..WINDOW_SECONDS).map(|_| SecondWindow::new()).collect(),
             attempts: (0..SAMPLE_CAPACITY)
@@ -158,11 +232,8 @@ impl Default for RouteTelemetry {
             sequence: AtomicU64::new(0),
         }
     }
-}
 
-impl RouteTelemetry {
-    /// Records a request arriving at `now`; returns whether it is sampled.
-    pub fn arrival(&self, now: Nanos) -> bool {
+    fn arrival(&self, now: Nanos) -> bool {
         let seen = self
             .window(now)
             .map_or(0, |w| w.requests.fetch_add(1, Ordering::Relaxed));
@@ -175,8 +246,7 @@ impl RouteTelemetry {
         sampled
     }
 
-    /// Records the route's in-flight count seen at `now`.
-    pub fn in_flight(&self, now: Nanos, in_flight: u32) {
+    fn in_flight(&self, now: Nanos, in_flight: u32) {
         if let Some(window) = self.window(now) {
             window
                 .peak_in_flight
@@ -184,15 +254,13 @@ impl RouteTelemetry {
         }
     }
 
-    /// Records a retry sent at `now`.
-    pub fn retry(&self, now: Nanos) {
+    fn retry(&self, now: Nanos) {
         if let Some(window) = self.window(now) {
             window.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Records an upstream attempt (counted always, sampled when its request is).
-    pub fn attempt(&self, sample: AttemptSample, sampled: bool) {
+    fn attempt(&self, sample: AttemptSample, sampled: bool) {
         if let Some(window) = self.window(sample.start) {
             window.attempts.fetch_add(1, Ordering::Relaxed);
         }
@@ -214,8 +282,7 @@ impl RouteTelemetry {
         slot.seq.store(2 * at + 2, Ordering::Release);
     }
 
-    /// Records a response: its outcome class and latency, in the window of `now`.
-    pub fn complete(&self, now: Nanos, outcome: Outcome, latency: Nanos) {
+    fn complete(&self, now: Nanos, outcome: Outcome, latency: Nanos) {
         if let Some(window) = self.window(now) {
             window.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
             window.latency_sum.fetch_add(latency, Ordering::Relaxed);
@@ -256,12 +323,8 @@ impl RouteTelemetry {
         None
     }
 
-    /// Copies of the windows from `from` to `to` (inclusive, by second), oldest first; seconds
-    /// without traffic come back empty.
-    pub fn windows(&self, from: Nanos, to: Nanos) -> Vec<Window> {
-        let (first, last) = (from / SECOND, to / SECOND);
-        let first = first.max((last + 1).saturating_sub(WINDOW_SECONDS as u64));
-        (first..=last)
+    fn windows(&self, from: Nanos, to: Nanos) -> Vec<Window> {
+        seconds(from, to)
             .map(|second| {
                 let slot = &self.windows[(second % WINDOW_SECONDS as u64) as usize];
                 let mut window = Window::empty(second * SECOND);
@@ -273,8 +336,7 @@ impl RouteTelemetry {
             .collect()
     }
 
-    /// The attempt samples held, oldest first.
-    pub fn attempts(&self) -> Vec<AttemptSample> {
+    fn attempts(&self) -> Vec<AttemptSample> {
         let head = self.attempt_head.load(Ordering::Acquire);
         let start = head.saturating_sub(SAMPLE_CAPACITY as u64);
         (start..head)
@@ -304,8 +366,7 @@ impl RouteTelemetry {
             .collect()
     }
 
-    /// The sampled arrival times held, oldest first.
-    pub fn arrivals(&self) -> Vec<Nanos> {
+    fn arrivals(&self) -> Vec<Nanos> {
         let head = self.arrival_head.load(Ordering::Acquire);
         let start = head.saturating_sub(SAMPLE_CAPACITY as u64);
         let mut times: Vec<Nanos> = (start..head)

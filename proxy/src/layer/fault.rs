@@ -20,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use metrics::Counter;
 use rafael_config::{Config, FaultStage};
 use tower::Service;
@@ -73,9 +73,17 @@ pub struct FaultSet {
     /// The run-time rules (the first `extra.rules.len()` of `rules`), for their count.
     extra: Option<Arc<ExtraFaults>>,
     secret: Option<String>,
+    /// The header names `only_with_header` rules look at: removed from every request of the
+    /// route, so the chaos secret never reaches the upstream.
+    targeting: Box<[HeaderName]>,
     max_active: u32,
     active: Arc<ActiveFaults>,
 }
+
+/// Which of a route's rules a request targets with the chaos secret: bit `i` for rule `i`
+/// (rules past the 64th never fire by header).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Targets(u64);
 
 /// Holds a slot of `max_active_faults` until dropped.
 #[derive(Debug)]
@@ -135,34 +143,67 @@ impl FaultSet {
                 (rule, counter)
             })
             .collect();
+        let mut targeting: Vec<HeaderName> = rules
+            .iter()
+            .filter_map(|(rule, _)| rule.only_with_header.as_deref())
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        targeting.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        targeting.dedup();
         (!rules.is_empty()).then(|| Self {
             rules,
             extra: extra.cloned(),
+            targeting: targeting.into(),
             secret: config.chaos.header_secret.clone(),
             max_active: config.chaos.max_active_faults,
             active: active.clone(),
         })
     }
 
-    /// The first rule of `stage` that fires for a request with `headers`, with a slot taken.
+    /// Reads which rules the request targets with the chaos secret (compared in constant
+    /// time), then removes every targeting header from it: the secret is rafael's, not the
+    /// upstream's. Costs nothing on routes without `only_with_header` rules.
+    pub fn take_targets(&self, headers: &mut HeaderMap) -> Targets {
+        if self.targeting.is_empty() {
+            return Targets::default();
+        }
+        let secret = self.secret.as_deref().filter(|s| !s.is_empty());
+        let mut targets = 0u64;
+        for (i, (rule, _)) in self.rules.iter().enumerate().take(64) {
+            let (Some(name), Some(secret)) = (rule.only_with_header.as_deref(), secret) else {
+                continue;
+            };
+            let carried = headers
+                .get_all(name)
+                .iter()
+                .any(|value| constant_time_eq(value.as_bytes(), secret.as_bytes()));
+            if carried {
+                targets |= 1 << i;
+            }
+        }
+        for name in self.targeting.iter() {
+            headers.remove(name);
+        }
+        Targets(targets)
+    }
+
+    /// The first rule of `stage` that fires for a request that targets `targets`, with a slot
+    /// taken.
     fn pick(
         &self,
         stage: FaultStage,
-        headers: &HeaderMap,
+        targets: Targets,
         now: Nanos,
     ) -> Option<(&FaultRule, ActiveFault)> {
-        let targeted = |name: &str| match (&self.secret, headers.get(name)) {
-            (Some(secret), Some(value)) => {
-                !secret.is_empty() && value.as_bytes() == secret.as_bytes()
-            }
-            _ => false,
-        };
         let (index, (rule, counter)) = self
             .rules
             .iter()
             .enumerate()
             .filter(|(_, (rule, _))| rule.stage == stage)
-            .find(|(_, (rule, _))| rule.fires(targeted, now, fastrand::f64()))?;
+            .find(|(i, (rule, _))| {
+                let targeted = |_: &str| *i < 64 && targets.0 & (1 << i) != 0;
+                rule.fires(targeted, now, fastrand::f64())
+            })?;
         if !self.active.try_begin(self.max_active) {
             return None;
         }
@@ -172,6 +213,11 @@ impl FaultSet {
         }
         Some((rule, ActiveFault(self.active.clone())))
     }
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl Drop for ActiveFault {
@@ -305,7 +351,7 @@ where
         };
         let Some((rule, slot)) = faults.pick(
             FaultStage::Downstream,
-            &request.head.parts.headers,
+            request.head.targets,
             request.arrived,
         ) else {
             return self.inner.call(request);
@@ -374,8 +420,7 @@ where
             return self.inner.call(attempt);
         };
         let now = super::now();
-        let Some((rule, slot)) =
-            faults.pick(FaultStage::Upstream, &attempt.head.parts.headers, now)
+        let Some((rule, slot)) = faults.pick(FaultStage::Upstream, attempt.head.targets, now)
         else {
             return self.inner.call(attempt);
         };

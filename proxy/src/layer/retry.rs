@@ -32,7 +32,7 @@ use tower::Service;
 use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
     ProxyError,
-    body::Body,
+    body::{Body, ClientBodyError},
     metrics::SkipReason,
     policy::{backoff::full_jitter, nanos},
     upstream::Exchange,
@@ -301,7 +301,10 @@ async fn buffer(mut body: Body, limit: usize) -> Result<(Body, Replay), ProxyErr
             None => break,
             Some(Err(error)) => {
                 tracing::debug!(%error, "request body failed while buffering it for replay");
-                return Err(ProxyError::BadRequest("the request body ended in an error"));
+                return Err(match ClientBodyError::find(&*error) {
+                    Some(failure) => failure.clone().into(),
+                    None => ProxyError::BadRequest("the request body ended in an error"),
+                });
             }
             Some(Ok(frame)) => {
                 let trailers = frame.is_trailers();

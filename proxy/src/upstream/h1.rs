@@ -66,9 +66,9 @@ pub enum ExchangeError {
     /// The upstream broke the protocol.
     #[error("invalid response: {0}")]
     Protocol(String),
-    /// The downstream request body failed while being forwarded.
+    /// The downstream request body failed while being forwarded: the client's fault.
     #[error("request body failed: {0}")]
-    RequestBody(String),
+    RequestBody(crate::body::BoxError),
 }
 
 /// A parsed response head and how its body is framed.
@@ -230,9 +230,16 @@ impl H1Connection {
         std::future::poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
                 if write_error.is_none() {
-                    if let Poll::Ready(Err(error)) = up.poll_send(&mut self.io, cx) {
+                    match up.poll_send(&mut self.io, cx) {
+                        // The client broke its body: the exchange is over, and dropping it
+                        // closes the upstream connection mid-request, so the upstream stops
+                        // working on it too.
+                        Poll::Ready(Err(error @ ExchangeError::RequestBody(_))) => {
+                            return Poll::Ready(Err(error));
+                        }
                         // The upstream may still answer (413, say); keep reading for it.
-                        write_error = Some(error);
+                        Poll::Ready(Err(error)) => write_error = Some(error),
+                        _ => {}
                     }
                 }
             }
@@ -443,9 +450,7 @@ impl Upload {
                     }
                     self.body_done = true;
                 }
-                Some(Err(error)) => {
-                    return Poll::Ready(Err(ExchangeError::RequestBody(error.to_string())));
-                }
+                Some(Err(error)) => return Poll::Ready(Err(ExchangeError::RequestBody(error))),
             }
         }
     }

@@ -33,8 +33,13 @@ pub use connector::{ConnectError, Connector, UpstreamIo};
 pub use h1::{ExchangeError, H1Body, H1Connection};
 
 use crate::{
-    Body, ProxyError, body::UpstreamBody, headers::AddedFields, route_policy::Permit,
-    server::RequestActive, tls,
+    Body, ProxyError,
+    body::{ClientBodyError, UpstreamBody},
+    headers::AddedFields,
+    layer::fault::Targets,
+    route_policy::Permit,
+    server::RequestActive,
+    tls,
 };
 
 /// Pooled connections tried for one request before a fresh one is opened for it, when they
@@ -105,6 +110,9 @@ pub struct RequestHead {
     pub parts: http::request::Parts,
     /// The fields rafael adds.
     pub added: AddedFields,
+    /// The route's fault rules this request targets with the chaos secret (whose header was
+    /// removed from `parts`).
+    pub targets: Targets,
 }
 
 /// An upstream's answer: the response, and for a protocol switch (101) the upstream stream with
@@ -337,6 +345,7 @@ impl Upstream {
         *request.uri_mut() = Uri::from_parts(parts)
             .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
         *request.version_mut() = Version::HTTP_2;
+        let client_failure = request.body_mut().failure_report();
         let mut sender = self.shared_http2(endpoint).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(Exchange {
@@ -349,7 +358,12 @@ impl Upstream {
                 answered_at: 0,
                 injected: false,
             }),
-            Err(error) => Err(self.failed(endpoint, &error)),
+            // hyper resets the stream when the request body fails, and reports the reset: the
+            // client's failure, recorded by its body, is the one to answer with.
+            Err(error) => Err(match client_failure.as_ref().and_then(|f| f.get()) {
+                Some(failure) => failure.clone().into(),
+                None => self.failed(endpoint, &error),
+            }),
         }
     }
 
@@ -415,9 +429,10 @@ impl Upstream {
 
     fn exchange_failed(&self, endpoint: &Endpoint, error: ExchangeError) -> ProxyError {
         match error {
-            ExchangeError::RequestBody(_) => {
-                ProxyError::BadRequest("the request body ended before it was complete")
-            }
+            ExchangeError::RequestBody(error) => match ClientBodyError::find(&*error) {
+                Some(failure) => failure.clone().into(),
+                None => ProxyError::BadRequest("the request body ended before it was complete"),
+            },
             other => self.error(endpoint, other.to_string()),
         }
     }
