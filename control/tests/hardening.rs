@@ -634,7 +634,13 @@ fn at_max_connections_idle_keep_alive_connections_make_room_and_the_admin_answer
             stream
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
-            matches!(stream.read(&mut [0u8; 16]), Ok(0) | Err(_))
+            match stream.read(&mut [0u8; 16]) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
         })
         .filter(|closed| *closed)
         .count();
