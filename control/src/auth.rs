@@ -17,6 +17,8 @@ use ring::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config_file::{self, ConfigFileError};
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,13 +90,17 @@ struct TokensFile {
 /// Why the tokens file is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
-    /// It cannot be read or written.
-    #[error("tokens file {path}: {source}")]
-    Io {
+    /// It cannot be read (or is not a regular file of bounded size).
+    #[error("tokens file: {0}")]
+    Read(ConfigFileError),
+    /// It cannot be written.
+    // The I/O error is in the message, so it is not also a `source` (printed twice by `{:#}`).
+    #[error("tokens file {path}: {error}")]
+    Write {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Its content is wrong.
     #[error("tokens file {path}: {detail}")]
@@ -202,18 +208,15 @@ pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensEr
         sha256: hash_hex(&secret),
     });
     let text = toml::to_string(&file).map_err(|e| invalid(path, e.to_string()))?;
-    std::fs::write(path, text).map_err(|source| TokensError::Io {
+    std::fs::write(path, text).map_err(|error| TokensError::Write {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     Ok(secret)
 }
 
 fn read_text(path: &Path) -> Result<String, TokensError> {
-    std::fs::read_to_string(path).map_err(|source| TokensError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    config_file::read(path).map_err(TokensError::Read)
 }
 
 fn read_tokens(path: &Path) -> Result<TokensFile, TokensError> {
