@@ -27,6 +27,7 @@ use crate::{
     audit::AuditLog,
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
+    store::Store,
 };
 
 /// What the admin handlers read.
@@ -44,6 +45,8 @@ pub struct AdminState {
     pub audit: AuditLog,
     /// Live experiments.
     pub chaos: Chaos,
+    /// The store, whose health `/readyz` reports.
+    pub store: Arc<Store>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,18 +281,29 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+/// 200 when rafael serves and its store is usable; 503 with the reason otherwise (starting,
+/// draining, a store that failed its integrity check at start, or one deleted while running).
+async fn readyz(State(state): State<AdminState>) -> Response {
     let version = state.snapshot.load().version();
-    if state.ready.load(Ordering::Acquire) {
+    let not_ready = |reason: &str| {
         (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": reason, "policy_version": version})),
+        )
+            .into_response()
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return not_ready("starting, or draining for shutdown");
+    }
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.health()).await {
+        Ok(Ok(())) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "policy_version": version})),
         )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "policy_version": version})),
-        )
+            .into_response(),
+        Ok(Err(e)) => not_ready(&e.to_string()),
+        Err(e) => not_ready(&format!("internal: {e}")),
     }
 }
 

@@ -44,7 +44,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/readyz",
         permission: None,
-        summary: "Readiness: listeners bound and not draining (503 otherwise)",
+        summary: "Readiness: listeners bound, not draining, and the store usable (503 with a reason otherwise)",
         response: "Status",
     },
     Operation {
@@ -184,7 +184,11 @@ fn schemas() -> Value {
         "OpenApi": { "type": "object" },
         "Status": {
             "type": "object",
-            "properties": { "status": { "type": "string" }, "policy_version": { "type": "integer" } },
+            "properties": {
+                "status": { "type": "string" },
+                "reason": { "type": "string", "description": "Why not ready (503 only)" },
+                "policy_version": { "type": "integer" }
+            },
             "required": ["status"]
         },
         "Error": {
