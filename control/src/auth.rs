@@ -167,7 +167,7 @@ impl Auth {
             Err(e) => tracing::error!("keeping the tokens read before: {e}"),
         }
         let tokens = &cache.1;
-        let secret = authorization?.strip_prefix("Bearer ")?.trim();
+        let secret = bearer_secret(authorization?)?;
         let presented = hash_hex(secret);
         let mut found = None;
         for token in tokens {
@@ -213,6 +213,14 @@ pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensEr
         error,
     })?;
     Ok(secret)
+}
+
+/// The secret of an `Authorization: Bearer SECRET` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work as `Bearer` does.
+fn bearer_secret(authorization: &str) -> Option<&str> {
+    let (scheme, secret) = authorization.split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
 }
 
 fn read_text(path: &Path) -> Result<String, TokensError> {
@@ -325,6 +333,27 @@ mod tests {
             "the scheme is required"
         );
         assert_eq!(auth.authenticate(None), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_required() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret ",
+            "bEaReR s3cret",
+        ] {
+            assert_eq!(bearer_secret(value), Some("s3cret"), "{value:?}");
+        }
+        for value in [
+            "s3cret",
+            "Basic s3cret",
+            "Bearers3cret",
+            "Bearer ",
+            "Bearer",
+        ] {
+            assert_eq!(bearer_secret(value), None, "{value:?}");
+        }
     }
 
     #[test]

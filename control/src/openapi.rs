@@ -137,6 +137,11 @@ pub fn document() -> Value {
                 map.remove("200");
             }
             responses["400"] = error_response("The spec is invalid");
+            responses["413"] = error_response("The body is larger than 1 MiB");
+            responses["415"] = error_response("The body is not declared as application/json");
+        }
+        if op.path.contains("{id}") || op.path == "/v1/audit" {
+            responses["400"] = error_response("A path id or query parameter is malformed");
         }
         if op.path == "/v1/audit" {
             operation["parameters"] = json!([
