@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::{ByteSize, ConfigErrors, HumanDuration};
 
+/// Largest `retry.max_replay_bytes`: Envoy buffers at most its 1 MiB connection buffer for a
+/// retry; 16 MiB leaves room for larger uploads while a route's replay buffers stay bounded.
+pub const MAX_REPLAY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// The policy vector of one route. A section left out is not applied.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 pub struct Genome {
@@ -241,6 +245,13 @@ impl RetryGenes {
             self.budget_min_per_sec,
             0,
             100_000,
+        );
+        // The replay buffer is held in memory for every request in flight on the route.
+        check_size(
+            errors,
+            &format!("{path}.max_replay_bytes"),
+            self.max_replay_bytes.bytes(),
+            MAX_REPLAY_BYTES,
         );
         check_statuses(errors, &format!("{path}.retry_on"), &self.retry_on);
     }
@@ -530,6 +541,28 @@ fn check_fraction(errors: &mut ConfigErrors, path: &str, value: f64, min: f64, m
     if !(min..=max).contains(&value) {
         errors.push(path, format!("must be {min}..={max}, got {value}"));
     }
+}
+
+/// Records an error unless `bytes` is at most `max`, in the wording of the other bounds.
+pub(crate) fn check_size(errors: &mut ConfigErrors, path: &str, bytes: u64, max: u64) {
+    if bytes > max {
+        errors.push(
+            path,
+            format!("must be at most {}, got {bytes} bytes", binary_size(max)),
+        );
+    }
+}
+
+/// `max` in the largest binary unit that divides it exactly (`65536` is `64KiB`).
+pub(crate) fn binary_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["TiB", "GiB", "MiB", "KiB", "B"];
+    for (i, unit) in UNITS.iter().enumerate() {
+        let scale = 1u64 << (10 * (UNITS.len() - 1 - i));
+        if bytes >= scale && bytes % scale == 0 {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
 }
 
 pub(crate) fn check_duration(

@@ -14,11 +14,12 @@ mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use genome::MAX_REPLAY_BYTES;
 pub use genome::{
     BreakerGenes, ConcurrencyGenes, Genome, RateLimitGenes, RateLimitKey, RetryCondition,
     RetryGenes,
 };
-pub use load::parse;
+pub use load::{parse, parse_fault_rule};
 pub use schema::{
     AdminConfig, ApprovalMode, ChaosConfig, Config, EvolutionConfig, FaultConfig, FaultStage,
     Guardrail, HostMatch, ListenerConfig, ListenerProtocol, ObjectiveWeights, Objectives,
@@ -26,4 +27,7 @@ pub use schema::{
     UpstreamProtocol, UpstreamTls,
 };
 pub use units::{ByteRate, ByteSize, HumanDuration};
-pub use validate::fault_rule_checks;
+pub use validate::{
+    MAX_ABORT_BODY_BYTES, MAX_FAULT_DELAY_MS, MAX_FAULT_RULES, MAX_NAME_BYTES,
+    MAX_THROTTLE_BYTES_PER_SEC, MAX_TRUNCATE_BYTES, fault_rule_checks,
+};

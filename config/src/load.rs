@@ -6,9 +6,11 @@
 //! are found by `serde_ignored` rather than `deny_unknown_fields`, so all of them are reported,
 //! while a wrong value type stops its own element only. Semantic validation runs once every element decoded.
 
-use serde::de::DeserializeOwned;
+use std::fmt::Display;
 
-use crate::{Config, ConfigErrors, validate};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+use crate::{Config, ConfigErrors, FaultConfig, validate};
 
 /// Parses and validates a config file's text.
 ///
@@ -53,6 +55,31 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     errors.into_result(config)
 }
 
+/// Decodes and checks one fault rule given outside the file (an experiment's, from the admin
+/// API's JSON) exactly as a `[[faults]]` rule of the file is: unknown keys are errors, and
+/// every bound applies. Errors are located under `path` (`faults[0]`); `config` is the live
+/// config, whose `[chaos]` settings the rule must agree with. Whether `route` names a route is
+/// the caller's to check.
+pub fn parse_fault_rule<'de, D>(
+    rule: D,
+    path: &str,
+    config: &Config,
+) -> Result<FaultConfig, ConfigErrors>
+where
+    D: Deserializer<'de>,
+    D::Error: Display,
+{
+    let mut errors = ConfigErrors::default();
+    let decoded: Option<FaultConfig> = decode_with(rule, path, &mut errors, |e| e.to_string());
+    match decoded {
+        Some(fault) => {
+            validate::fault_rule_checks(&fault, path, config, &mut errors);
+            errors.into_result(fault)
+        }
+        None => Err(errors),
+    }
+}
+
 fn decode_into<T: DeserializeOwned>(
     slot: &mut T,
     value: toml::Value,
@@ -86,11 +113,23 @@ fn decode_array<T: DeserializeOwned>(
         .collect()
 }
 
-/// Decodes one value, reporting every unknown key and the first type error under `path`.
+/// Decodes one TOML value, reporting every unknown key and the first type error under `path`.
 fn decode<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     errors: &mut ConfigErrors,
+) -> Option<T> {
+    decode_with(value, path, errors, |e: toml::de::Error| {
+        e.message().to_owned()
+    })
+}
+
+/// [`decode`] from any self-describing format; `message` phrases its errors.
+fn decode_with<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    value: D,
+    path: &str,
+    errors: &mut ConfigErrors,
+    message: impl FnOnce(D::Error) -> String,
 ) -> Option<T> {
     let mut unknown = Vec::new();
     let mut record = |ignored: serde_ignored::Path<'_>| {
@@ -106,7 +145,7 @@ fn decode<T: DeserializeOwned>(
         Err(error) => {
             let inner = error.path().to_string();
             let inner = if inner == "." { String::new() } else { inner };
-            errors.push(join(path, &inner), error.into_inner().message());
+            errors.push(join(path, &inner), message(error.into_inner()));
             None
         }
     }

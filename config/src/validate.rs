@@ -4,8 +4,24 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     Config, ConfigErrors, FaultConfig, ListenerConfig, RouteConfig, UpstreamConfig,
-    genome::{check_duration, check_range, http_token},
+    genome::{binary_size, check_duration, check_range, check_size, http_token},
 };
+
+/// Longest listener, upstream or route name: names become Prometheus label values and admin
+/// API paths, so a runaway one would bloat every scrape.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Most fault rules on one route, for the file's `[[faults]]` and for one experiment: each
+/// request is checked against every rule of its route.
+pub const MAX_FAULT_RULES: usize = 64;
+/// Largest `abort_body`: it is copied into every aborted response.
+pub const MAX_ABORT_BODY_BYTES: u64 = 64 * 1024;
+/// Longest `delay` and `delay_max`, in milliseconds (1 h): an experiment lasts at most
+/// 10 minutes, and a standing delay longer than an hour is a typo, not a test.
+pub const MAX_FAULT_DELAY_MS: u64 = 3_600_000;
+/// Largest `truncate`: the cut must be reachable by a real response.
+pub const MAX_TRUNCATE_BYTES: u64 = 1 << 40;
+/// Fastest `throttle`: above 1 GiB/s a throttle slows nothing down.
+pub const MAX_THROTTLE_BYTES_PER_SEC: u64 = 1 << 30;
 
 /// Records every semantic problem in `config`.
 pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
@@ -89,12 +105,35 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
         0,
         1_000_000,
     );
+    let mut rules_per_route: HashMap<&str, usize> = HashMap::new();
     for (i, fault) in config.faults.iter().enumerate() {
         fault_checks(fault, &format!("faults[{i}]"), &routes, config, errors);
+        let count = rules_per_route.entry(fault.route.as_str()).or_default();
+        *count += 1;
+        if *count == MAX_FAULT_RULES + 1 {
+            errors.push(
+                format!("faults[{i}].route"),
+                format!(
+                    "route {:?} has more than {MAX_FAULT_RULES} fault rules",
+                    fault.route
+                ),
+            );
+        }
     }
-    if config.evolution.interval.get().as_secs() < 1 {
-        errors.push("evolution.interval", "must be at least 1s");
-    }
+    check_duration(
+        errors,
+        "evolution.interval",
+        config.evolution.interval,
+        1_000,
+        7 * 86_400_000,
+    );
+    check_duration(
+        errors,
+        "evolution.objectives.slo_latency",
+        config.evolution.objectives.slo_latency,
+        1,
+        600_000,
+    );
     for (gene, guardrail) in &config.evolution.guardrails {
         if let (Some(min), Some(max)) = (guardrail.min, guardrail.max) {
             if min > max {
@@ -123,6 +162,12 @@ fn unique_names<'a>(
             errors.push(
                 &path,
                 format!("must be non-empty letters, digits, '-', '_' or '.', got {name:?}"),
+            );
+        }
+        if name.len() > MAX_NAME_BYTES {
+            errors.push(
+                &path,
+                format!("must be at most {MAX_NAME_BYTES} bytes, got {}", name.len()),
             );
         }
         if !seen.insert(name) {
@@ -370,6 +415,44 @@ pub fn fault_rule_checks(
             path,
             "names more than one fault; write one [[faults]] rule for each",
         ),
+    }
+    for (key, delay) in [("delay", fault.delay), ("delay_max", fault.delay_max)] {
+        if let Some(delay) = delay {
+            check_duration(
+                errors,
+                &format!("{path}.{key}"),
+                delay,
+                0,
+                MAX_FAULT_DELAY_MS,
+            );
+        }
+    }
+    if let Some(body) = &fault.abort_body {
+        check_size(
+            errors,
+            &format!("{path}.abort_body"),
+            body.len() as u64,
+            MAX_ABORT_BODY_BYTES,
+        );
+    }
+    if let Some(size) = fault.truncate {
+        check_size(
+            errors,
+            &format!("{path}.truncate"),
+            size.bytes(),
+            MAX_TRUNCATE_BYTES,
+        );
+    }
+    if let Some(rate) = fault.throttle {
+        if rate.bytes_per_sec > MAX_THROTTLE_BYTES_PER_SEC {
+            errors.push(
+                format!("{path}.throttle"),
+                format!(
+                    "must be at most {}/s, got {rate}",
+                    binary_size(MAX_THROTTLE_BYTES_PER_SEC)
+                ),
+            );
+        }
     }
     if let (Some(min), Some(max)) = (fault.delay, fault.delay_max) {
         if max < min {

@@ -12,22 +12,30 @@ use std::sync::{
 
 use axum::{
     Extension, Json, Router,
-    extract::{Path, Query, Request, State, rejection::JsonRejection},
-    http::{StatusCode, header},
+    extract::{
+        DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use rafael_proxy::SnapshotHandle;
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 use crate::{
     audit::AuditLog,
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
+    store::Store,
 };
+
+/// Largest request body the admin API reads (1 MiB, nginx's `client_max_body_size` default):
+/// an experiment spec is a few KiB; anything near this is a mistake or an attack.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the admin handlers read.
 #[derive(Clone, Debug)]
@@ -44,7 +52,21 @@ pub struct AdminState {
     pub audit: AuditLog,
     /// Live experiments.
     pub chaos: Chaos,
+    /// The store, whose health `/readyz` reports.
+    pub store: Arc<Store>,
 }
+
+/// [`Query`], whose rejection is the API's JSON error.
+#[derive(Debug)]
+struct ApiQuery<T>(T);
+
+/// [`Path`], whose rejection is the API's JSON error.
+#[derive(Debug)]
+struct ApiPath<T>(T);
+
+/// [`Json`], whose rejection is the API's JSON error (413 for a body over [`MAX_BODY_BYTES`]).
+#[derive(Debug)]
+struct ApiJson<T>(T);
 
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
@@ -80,7 +102,40 @@ pub fn router(state: AdminState) -> Router {
         .merge(read)
         .merge(operate)
         .fallback(not_found)
+        .layer(middleware::from_fn(refuse_declared_oversize))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Answers 413 at once for a body declared larger than [`MAX_BODY_BYTES`], before any of it
+/// is read; a body that does not declare its length is cut off by [`DefaultBodyLimit`].
+async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => too_large(),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!("the admin API reads request bodies of at most {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// An extractor's rejection as the API's JSON error, with the rejection's own status.
+fn rejected(status: StatusCode, detail: &str) -> Response {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        status if status.is_client_error() => error(status, "bad_request", detail),
+        status => error(status, "internal", detail),
+    }
 }
 
 /// Lets the request through when its token's role covers `permission`; the caller goes into
@@ -123,15 +178,26 @@ async fn authorize(
     next.run(request).await
 }
 
-/// True when the request's `Host` names this host (loopback), or is absent.
+/// True when the request names this host wherever it names one: every `Host` header, and
+/// the URI's authority (an absolute-form target `GET http://host/...`, or HTTP/2's
+/// `:authority`). A request that names no host at all (HTTP/1.0) can only come from a client
+/// that is not a browser, which a DNS-rebinding page needs.
 fn local_host(request: &Request) -> bool {
-    let Some(host) = request
+    let headers_local = request
         .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    else {
-        return true;
-    };
+        .get_all(header::HOST)
+        .iter()
+        .all(|host| host.to_str().is_ok_and(loopback_name));
+    let authority_local = request
+        .uri()
+        .authority()
+        .is_none_or(|authority| loopback_name(authority.host()));
+    headers_local && authority_local
+}
+
+/// True when `host` (`name`, `name:port`, `[v6]` or `[v6]:port`) is `localhost` or a loopback
+/// address.
+fn loopback_name(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.split(':').next().unwrap_or(""),
@@ -142,7 +208,10 @@ fn local_host(request: &Request) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-async fn audit_list(State(state): State<AdminState>, Query(query): Query<AuditQuery>) -> Response {
+async fn audit_list(
+    State(state): State<AdminState>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Response {
     let limit = query.limit.unwrap_or(100).min(1000);
     let audit = state.audit.clone();
     match tokio::task::spawn_blocking(move || audit.list(query.after, limit)).await {
@@ -172,18 +241,8 @@ async fn audit_verify(State(state): State<AdminState>) -> Response {
 async fn experiment_start(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    spec: Result<Json<ExperimentSpec>, JsonRejection>,
+    ApiJson(spec): ApiJson<ExperimentSpec>,
 ) -> Response {
-    let spec = match spec {
-        Ok(Json(spec)) => spec,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &rejection.body_text(),
-            );
-        }
-    };
     let chaos = state.chaos.clone();
     match blocking(move || chaos.start(spec, &caller.name)).await {
         Ok(experiment) => (StatusCode::CREATED, Json(experiment)).into_response(),
@@ -194,7 +253,7 @@ async fn experiment_start(
 async fn experiment_stop(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Response {
     let chaos = state.chaos.clone();
     match blocking(move || chaos.stop(id, &caller.name)).await {
@@ -211,7 +270,7 @@ async fn experiments_list(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn experiment_get(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
+async fn experiment_get(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>) -> Response {
     let chaos = state.chaos.clone();
     match blocking(move || chaos.get(id)).await {
         Ok(experiment) => Json(experiment).into_response(),
@@ -219,7 +278,7 @@ async fn experiment_get(State(state): State<AdminState>, Path(id): Path<i64>) ->
     }
 }
 
-async fn experiment_report(State(state): State<AdminState>, Path(id): Path<i64>) -> Response {
+async fn experiment_report(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>) -> Response {
     let chaos = state.chaos.clone();
     match blocking(move || chaos.report(id)).await {
         Ok(Some(report)) => Json(report).into_response(),
@@ -278,18 +337,29 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+/// 200 when rafael serves and its store is usable; 503 with the reason otherwise (starting,
+/// draining, a store that failed its integrity check at start, or one deleted while running).
+async fn readyz(State(state): State<AdminState>) -> Response {
     let version = state.snapshot.load().version();
-    if state.ready.load(Ordering::Acquire) {
+    let not_ready = |reason: &str| {
         (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": reason, "policy_version": version})),
+        )
+            .into_response()
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return not_ready("starting, or draining for shutdown");
+    }
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.health()).await {
+        Ok(Ok(())) => (
             StatusCode::OK,
             Json(json!({"status": "ready", "policy_version": version})),
         )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "policy_version": version})),
-        )
+            .into_response(),
+        Ok(Err(e)) => not_ready(&e.to_string()),
+        Err(e) => not_ready(&format!("internal: {e}")),
     }
 }
 
@@ -298,4 +368,45 @@ async fn not_found() -> impl IntoResponse {
         StatusCode::NOT_FOUND,
         Json(json!({"error": "no_such_endpoint", "detail": "no such admin endpoint"})),
     )
+}
+
+// === impl ApiQuery, ApiPath, ApiJson ===
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Self(value))
+            .map_err(|rejection: QueryRejection| {
+                rejected(rejection.status(), &rejection.body_text())
+            })
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(|rejection: PathRejection| {
+                rejected(rejection.status(), &rejection.body_text())
+            })
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        Json::<T>::from_request(request, state)
+            .await
+            .map(|Json(value)| Self(value))
+            .map_err(|rejection: JsonRejection| {
+                rejected(rejection.status(), &rejection.body_text())
+            })
+    }
 }

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rafael_config::Config;
 use rafael_proxy::{Server, SnapshotHandle, bind_listeners, server::DrainOutcome};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin,
@@ -56,7 +56,18 @@ impl App {
         let drain_timeout = config.runtime.drain_timeout.get();
         let watch = config.runtime.watch_config;
         let admin_bind = config.admin.bind;
-        let store = Arc::new(open_store(&config, options.config_path.as_deref())?);
+        // SQLite is synchronous, and the integrity check reads every page.
+        let store = {
+            let config = config.clone();
+            let path = options.config_path.clone();
+            tokio::task::spawn_blocking(move || open_store(&config, path.as_deref()))
+                .await
+                .context("opening the store")??
+        };
+        if let Err(e) = store.health() {
+            error!("{e}; /readyz answers 503 until the store is repaired or replaced");
+        }
+        let store = Arc::new(store);
         let audit = AuditLog::new(store.clone());
         let tokens_file = config
             .admin
@@ -94,7 +105,7 @@ impl App {
         let admin_address = admin_socket.local_addr()?;
 
         let ready = Arc::new(AtomicBool::new(false));
-        let chaos = Chaos::new(snapshot.clone(), store, audit.clone())?;
+        let chaos = Chaos::new(snapshot.clone(), store.clone(), audit.clone())?;
         chaos.set_listeners(listeners.iter().filter_map(|bound| {
             let address = bound.socket.local_addr().ok()?;
             Some((bound.name.to_string(), address))
@@ -106,6 +117,7 @@ impl App {
             auth,
             audit: audit.clone(),
             chaos,
+            store,
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {

@@ -87,6 +87,8 @@ impl AuditLog {
         target: &str,
         details: Value,
     ) -> Result<AuditEntry, StoreError> {
+        // An entry written into a deleted file would be lost with the process: refuse instead.
+        self.store.check_present()?;
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let details_text = details.to_string();
         let entry = self.store.with(|connection| {

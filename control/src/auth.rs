@@ -17,6 +17,8 @@ use ring::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config_file::{self, ConfigFileError};
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,13 +90,17 @@ struct TokensFile {
 /// Why the tokens file is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
-    /// It cannot be read or written.
-    #[error("tokens file {path}: {source}")]
-    Io {
+    /// It cannot be read (or is not a regular file of bounded size).
+    #[error("tokens file: {0}")]
+    Read(ConfigFileError),
+    /// It cannot be written.
+    // The I/O error is in the message, so it is not also a `source` (printed twice by `{:#}`).
+    #[error("tokens file {path}: {error}")]
+    Write {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Its content is wrong.
     #[error("tokens file {path}: {detail}")]
@@ -161,7 +167,7 @@ impl Auth {
             Err(e) => tracing::error!("keeping the tokens read before: {e}"),
         }
         let tokens = &cache.1;
-        let secret = authorization?.strip_prefix("Bearer ")?.trim();
+        let secret = bearer_secret(authorization?)?;
         let presented = hash_hex(secret);
         let mut found = None;
         for token in tokens {
@@ -202,18 +208,23 @@ pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensEr
         sha256: hash_hex(&secret),
     });
     let text = toml::to_string(&file).map_err(|e| invalid(path, e.to_string()))?;
-    std::fs::write(path, text).map_err(|source| TokensError::Io {
+    std::fs::write(path, text).map_err(|error| TokensError::Write {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     Ok(secret)
 }
 
+/// The secret of an `Authorization: Bearer SECRET` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work as `Bearer` does.
+fn bearer_secret(authorization: &str) -> Option<&str> {
+    let (scheme, secret) = authorization.split_once(' ')?;
+    let secret = secret.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
+}
+
 fn read_text(path: &Path) -> Result<String, TokensError> {
-    std::fs::read_to_string(path).map_err(|source| TokensError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    config_file::read(path).map_err(TokensError::Read)
 }
 
 fn read_tokens(path: &Path) -> Result<TokensFile, TokensError> {
@@ -322,6 +333,27 @@ mod tests {
             "the scheme is required"
         );
         assert_eq!(auth.authenticate(None), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_required() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret ",
+            "bEaReR s3cret",
+        ] {
+            assert_eq!(bearer_secret(value), Some("s3cret"), "{value:?}");
+        }
+        for value in [
+            "s3cret",
+            "Basic s3cret",
+            "Bearers3cret",
+            "Bearer ",
+            "Bearer",
+        ] {
+            assert_eq!(bearer_secret(value), None, "{value:?}");
+        }
     }
 
     #[test]

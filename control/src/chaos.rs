@@ -17,7 +17,7 @@ use std::{
 };
 
 use metrics::{describe_gauge, gauge};
-use rafael_config::{FaultConfig, FaultStage, HumanDuration};
+use rafael_config::{ConfigErrors, FaultStage, HumanDuration, MAX_FAULT_RULES};
 use rafael_proxy::{
     SnapshotHandle,
     layer::fault::ExtraFaults,
@@ -634,30 +634,7 @@ fn rules_of(
     live: &rafael_config::Config,
 ) -> Result<Vec<FaultRule>, ChaosError> {
     let mut rules = match (&spec.faults, spec.threat, spec.severity) {
-        (Some(faults), None, None) => faults
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let mut value = value.clone();
-                if let Some(map) = value.as_object_mut() {
-                    map.insert("route".into(), json!(spec.route));
-                }
-                let config: FaultConfig = serde_json::from_value(value)
-                    .map_err(|e| ChaosError::Invalid(format!("faults[{i}]: {e}")))?;
-                let mut errors = rafael_config::ConfigErrors::default();
-                rafael_config::fault_rule_checks(
-                    &config,
-                    &format!("faults[{i}]"),
-                    live,
-                    &mut errors,
-                );
-                if !errors.is_empty() {
-                    return Err(ChaosError::Invalid(errors.to_string()));
-                }
-                FaultRule::from_config(&config)
-                    .ok_or_else(|| ChaosError::Invalid(format!("faults[{i}]: names no fault")))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+        (Some(faults), None, None) => explicit_rules(faults, &spec.route, live)?,
         (None, Some(threat), Some(severity)) => threat_rules(threat, severity)?,
         _ => {
             return Err(ChaosError::Invalid(
@@ -679,6 +656,41 @@ fn rules_of(
         }
     }
     Ok(rules)
+}
+
+/// An experiment's explicit `faults`, decoded and checked by the config file's own rules
+/// (unknown keys, bounds), every problem reported at once under `faults[i]`.
+fn explicit_rules(
+    faults: &[Value],
+    route: &str,
+    live: &rafael_config::Config,
+) -> Result<Vec<FaultRule>, ChaosError> {
+    // Checked before decoding any: a body of 10,000 rules costs one comparison.
+    if faults.len() > MAX_FAULT_RULES {
+        return Err(ChaosError::Invalid(format!(
+            "faults: at most {MAX_FAULT_RULES} rules, got {}",
+            faults.len()
+        )));
+    }
+    let mut errors = ConfigErrors::default();
+    let mut rules = Vec::with_capacity(faults.len());
+    for (i, value) in faults.iter().enumerate() {
+        let path = format!("faults[{i}]");
+        let mut value = value.clone();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("route".into(), json!(route));
+        }
+        match rafael_config::parse_fault_rule(value, &path, live) {
+            Ok(config) => match FaultRule::from_config(&config) {
+                Some(rule) => rules.push(rule),
+                None => errors.push(path, "names no fault"),
+            },
+            Err(found) => errors.0.extend(found.0),
+        }
+    }
+    errors
+        .into_result(rules)
+        .map_err(|errors| ChaosError::Invalid(errors.to_string()))
 }
 
 /// What each threat injects at each severity (the README has this table).

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod chaos;
 pub mod client;
+pub mod config_file;
 pub mod demo;
 pub mod openapi;
 pub mod reload;

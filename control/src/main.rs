@@ -287,9 +287,9 @@ fn block_on(
 }
 
 /// Reads and validates a config file, printing every error with its key path.
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("error: cannot read {}: {e}", path.display());
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let text = rafael_control::config_file::read(path).map_err(|e| {
+        eprintln!("error: {e}");
         ExitCode::from(2)
     })?;
     let report = |errors: &ConfigErrors| {
@@ -468,10 +468,8 @@ fn print_verification(
 /// Reads and parses a config file for the commands that only need its settings (no
 /// snapshot is built): the message on failure names the file.
 fn parse_config_file(path: &std::path::Path) -> Result<Config, String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| rafael_config::parse(&text).map_err(|e| e.to_string()))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let text = rafael_control::config_file::read(path).map_err(|e| e.to_string())?;
+    rafael_config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `rafael token add NAME --role R (--file F | --config FILE)`.
@@ -579,7 +577,7 @@ fn audit(command: AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     // Building upstream clients wants a runtime context even though nothing runs.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

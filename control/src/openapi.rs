@@ -44,7 +44,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "get",
         path: "/readyz",
         permission: None,
-        summary: "Readiness: listeners bound and not draining (503 otherwise)",
+        summary: "Readiness: listeners bound, not draining, and the store usable (503 with a reason otherwise)",
         response: "Status",
     },
     Operation {
@@ -137,6 +137,11 @@ pub fn document() -> Value {
                 map.remove("200");
             }
             responses["400"] = error_response("The spec is invalid");
+            responses["413"] = error_response("The body is larger than 1 MiB");
+            responses["415"] = error_response("The body is not declared as application/json");
+        }
+        if op.path.contains("{id}") || op.path == "/v1/audit" {
+            responses["400"] = error_response("A path id or query parameter is malformed");
         }
         if op.path == "/v1/audit" {
             operation["parameters"] = json!([
@@ -184,7 +189,11 @@ fn schemas() -> Value {
         "OpenApi": { "type": "object" },
         "Status": {
             "type": "object",
-            "properties": { "status": { "type": "string" }, "policy_version": { "type": "integer" } },
+            "properties": {
+                "status": { "type": "string" },
+                "reason": { "type": "string", "description": "Why not ready (503 only)" },
+                "policy_version": { "type": "integer" }
+            },
             "required": ["status"]
         },
         "Error": {

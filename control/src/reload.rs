@@ -12,7 +12,10 @@ use serde_json::json;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 
-use crate::audit::AuditLog;
+use crate::{
+    audit::AuditLog,
+    config_file::{self, ConfigFileError},
+};
 
 /// Reloads one config file into one snapshot handle.
 #[derive(Debug)]
@@ -26,14 +29,9 @@ pub struct Reloader {
 /// Why a reload did not apply.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The config file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The file could not be read, or is not a regular file of bounded size.
+    #[error("{0}")]
+    Read(ConfigFileError),
     /// The file is invalid; the running config stays.
     #[error("{0}")]
     Invalid(rafael_config::ConfigErrors),
@@ -52,7 +50,7 @@ pub fn describe_metrics() {
 impl Reloader {
     /// A reloader of `path` into `snapshot`.
     pub fn new(path: PathBuf, snapshot: SnapshotHandle) -> Self {
-        let last_text = std::fs::read_to_string(&path).ok();
+        let last_text = config_file::read(&path).ok();
         Self {
             path,
             snapshot,
@@ -70,10 +68,7 @@ impl Reloader {
     /// Reads, validates and applies the file now. Returns the new snapshot version, or `None`
     /// when the file is byte-for-byte what is already running.
     pub fn reload(&mut self) -> Result<Option<u64>, ReloadError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ReloadError::Read {
-            path: self.path.display().to_string(),
-            source,
-        })?;
+        let text = config_file::read(&self.path).map_err(ReloadError::Read)?;
         if self.last_text.as_deref() == Some(text.as_str()) {
             return Ok(None);
         }

@@ -3,10 +3,19 @@
 //! API, `rafael audit verify --config`) never block the writer.
 //!
 //! rusqlite is synchronous: async callers go through `tokio::task::spawn_blocking`.
+//!
+//! Its health is watched two ways, both cheap enough for every readiness probe: `PRAGMA
+//! quick_check` once at open (a pass over every page, milliseconds for a store of a few
+//! megabytes), whose failure stays reported; and, before every audit append and every probe,
+//! a `stat` of the path compared with the file opened, so a store deleted or replaced while
+//! rafael runs is noticed instead of written into an unlinked file.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,23 +50,51 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// Most `quick_check` findings kept for the report: the first few say what is wrong.
+const INTEGRITY_FINDINGS: usize = 3;
+
 /// The open store.
 #[derive(Debug)]
 pub struct Store {
     connection: Mutex<Connection>,
     path: PathBuf,
+    /// Device and inode of the file opened; `None` in memory (or off Unix).
+    identity: Option<(u64, u64)>,
+    /// What `PRAGMA quick_check` found at open, when it was not `ok`.
+    integrity: Option<String>,
+    /// Set once a vanished file has been logged, so probes do not repeat it every few seconds.
+    gone_reported: AtomicBool,
 }
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite refused.
-    #[error("store {path}: {source}")]
+    // SQLite's message is in ours, so the error is not also a `source`: `{:#}` (anyhow) would
+    // print it again, and rusqlite's own source (the result code) a third time.
+    #[error("store {path}: {error}")]
     Sqlite {
         /// The database file.
         path: String,
         /// What SQLite said.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
+    },
+    /// `PRAGMA quick_check` found damage when the store was opened.
+    #[error("store {path} failed its integrity check (PRAGMA quick_check): {findings}")]
+    Corrupt {
+        /// The database file.
+        path: String,
+        /// The first findings.
+        findings: String,
+    },
+    /// The file opened is no longer at its path (deleted, or replaced by another file).
+    #[error(
+        "store {path}: the file is no longer there (deleted or replaced while rafael ran); \
+         nothing more is written to it; restore it or restart rafael"
+    )]
+    Gone {
+        /// The database file.
+        path: String,
     },
     /// The file was written by a newer rafael.
     #[error(
@@ -78,26 +115,30 @@ pub enum StoreError {
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path).map_err(|source| StoreError::Sqlite {
+        let connection = Connection::open(path).map_err(|error| StoreError::Sqlite {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
-        Self::setup(connection, path.to_owned())
+        Self::setup(connection, path.to_owned(), file_identity(path))
     }
 
     /// A store that lives in memory only (the demo's).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let connection = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+        let connection = Connection::open_in_memory().map_err(|error| StoreError::Sqlite {
             path: ":memory:".to_owned(),
-            source,
+            error,
         })?;
-        Self::setup(connection, PathBuf::from(":memory:"))
+        Self::setup(connection, PathBuf::from(":memory:"), None)
     }
 
-    fn setup(mut connection: Connection, path: PathBuf) -> Result<Self, StoreError> {
-        let sqlite = |source| StoreError::Sqlite {
+    fn setup(
+        mut connection: Connection,
+        path: PathBuf,
+        identity: Option<(u64, u64)>,
+    ) -> Result<Self, StoreError> {
+        let sqlite = |error| StoreError::Sqlite {
             path: path.display().to_string(),
-            source,
+            error,
         };
         connection
             .busy_timeout(Duration::from_secs(5))
@@ -110,6 +151,8 @@ impl Store {
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite)?;
+        // Before any migration writes to it.
+        let integrity = quick_check(&connection);
         let applied: u32 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(sqlite)?;
@@ -132,7 +175,41 @@ impl Store {
         Ok(Self {
             connection: Mutex::new(connection),
             path,
+            identity,
+            integrity,
+            gone_reported: AtomicBool::new(false),
         })
+    }
+
+    /// `Ok` when the store passed its integrity check at open and its file is still the one
+    /// opened; otherwise what is wrong ([`StoreError::Corrupt`], [`StoreError::Gone`]).
+    pub fn health(&self) -> Result<(), StoreError> {
+        if let Some(findings) = &self.integrity {
+            return Err(StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                findings: findings.clone(),
+            });
+        }
+        self.check_present()
+    }
+
+    /// `Ok` while the file opened is still at the store's path (one `stat`): writes to a file
+    /// that was deleted would vanish with the process, so callers about to record something
+    /// durable ask first.
+    pub fn check_present(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        if file_identity(&self.path) == Some(opened) {
+            return Ok(());
+        }
+        let error = StoreError::Gone {
+            path: self.path.display().to_string(),
+        };
+        if !self.gone_reported.swap(true, Ordering::Relaxed) {
+            tracing::error!("{error}");
+        }
+        Err(error)
     }
 
     /// The schema version (migrations applied).
@@ -149,11 +226,41 @@ impl Store {
             .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        f(&mut connection).map_err(|source| StoreError::Sqlite {
+        f(&mut connection).map_err(|error| StoreError::Sqlite {
             path: self.path.display().to_string(),
-            source,
+            error,
         })
     }
+}
+
+/// `None` when `PRAGMA quick_check` says `ok`, else its first findings (or the error it
+/// stopped on, which is a finding too: SQLite answers "database disk image is malformed").
+fn quick_check(connection: &Connection) -> Option<String> {
+    let findings = connection
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut statement| {
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            rows.take(INTEGRITY_FINDINGS)
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    match findings {
+        Ok(findings) if findings.len() == 1 && findings[0] == "ok" => None,
+        Ok(findings) => Some(findings.join("; ")),
+        Err(error) => Some(error.to_string()),
+    }
+}
+
+/// Device and inode of the file at `path`: what tells the file opened from one put in its
+/// place.
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_path: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 #[cfg(test)]
@@ -175,5 +282,32 @@ mod tests {
         drop(store);
         let error = Store::open(&path).unwrap_err().to_string();
         assert!(error.contains("schema version 99 is newer"), "{error}");
+    }
+
+    #[test]
+    fn an_error_prints_sqlites_message_once_even_with_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Store::open(&dir.path().join("missing/rafael.db")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(error)).to_lowercase();
+        assert_eq!(
+            chain.matches("unable to open database file").count(),
+            1,
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rafael.db");
+        let store = Store::open(&path).unwrap();
+        assert!(store.health().is_ok());
+        std::fs::remove_file(&path).unwrap();
+        let error = store.check_present().unwrap_err().to_string();
+        assert!(error.contains("no longer there"), "{error}");
+        // Another file at the same path is not the one opened either.
+        drop(Store::open(&path).unwrap());
+        assert!(store.health().is_err());
+        assert!(Store::in_memory().unwrap().health().is_ok());
     }
 }

@@ -63,10 +63,11 @@ upstream = "app"
     router(AdminState {
         metrics: None,
         ready: Arc::new(AtomicBool::new(true)),
-        chaos: Chaos::new(snapshot.clone(), store, audit.clone()).unwrap(),
+        chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
         snapshot,
         auth: Arc::new(Auth::Local),
         audit,
+        store,
     })
 }
 

@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -19,6 +19,8 @@ pub struct Rafael {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// Every line rafael has written to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
     _logs: thread::JoinHandle<()>,
 }
 
@@ -34,11 +36,14 @@ impl Rafael {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = log.clone();
         let logs = thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("RAFAEL_TEST_LOGS").is_some() {
                     eprintln!("rafael: {line}");
                 }
+                kept.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
@@ -62,6 +67,7 @@ impl Rafael {
             child,
             proxy: proxy.unwrap(),
             admin: admin.unwrap(),
+            log,
             _logs: logs,
         }
     }
@@ -86,6 +92,26 @@ impl Rafael {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The log lines so far, parsed (rafael runs with `--log-format json`).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// True when some log line at `level` (`"ERROR"`, `"WARN"`) has a message containing `text`.
+    pub fn logged(&self, level: &str, text: &str) -> bool {
+        self.log_lines().iter().any(|line| {
+            line["level"] == level
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(text))
+        })
     }
 
     pub fn metrics(&self) -> String {
@@ -300,4 +326,43 @@ pub fn audit_actions(admin: SocketAddr) -> Vec<String> {
 
 pub fn json_of(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Runs `rafael ARGS...` and waits for it at most `limit`, killing it past that: (exit code,
+/// stderr), or `None` when it had to be killed (it hung).
+pub fn run_bounded(args: &[&std::ffi::OsStr], limit: Duration) -> Option<(Option<i32>, String)> {
+    run_command_bounded(Command::new(RAFAEL).args(args), limit)
+}
+
+/// [`run_bounded`] for any command.
+pub fn run_command_bounded(
+    command: &mut Command,
+    limit: Duration,
+) -> Option<(Option<i32>, String)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap();
+    status.map(|status| (status.code(), text))
 }
