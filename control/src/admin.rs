@@ -406,7 +406,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .await
             .map(|Json(value)| Self(value))
             .map_err(|rejection: JsonRejection| {
-                rejected(rejection.status(), &rejection.body_text())
+                // axum answers 422 for JSON of the wrong shape; the API answers 400 for every
+                // invalid spec, whether serde or its own checks find the problem.
+                let status = match rejection.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    status => status,
+                };
+                rejected(status, &rejection.body_text())
             })
     }
 }

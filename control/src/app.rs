@@ -60,13 +60,16 @@ impl App {
         let store = {
             let config = config.clone();
             let path = options.config_path.clone();
-            tokio::task::spawn_blocking(move || open_store(&config, path.as_deref()))
-                .await
-                .context("opening the store")??
+            tokio::task::spawn_blocking(move || {
+                let store = open_store(&config, path.as_deref())?;
+                if let Err(e) = store.health() {
+                    error!("{e}; /readyz answers 503 until the store is repaired or replaced");
+                }
+                Ok::<_, StoreError>(store)
+            })
+            .await
+            .context("opening the store")??
         };
-        if let Err(e) = store.health() {
-            error!("{e}; /readyz answers 503 until the store is repaired or replaced");
-        }
         let store = Arc::new(store);
         let audit = AuditLog::new(store.clone());
         let tokens_file = config

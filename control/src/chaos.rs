@@ -304,6 +304,8 @@ impl Chaos {
         // One start at a time: the busy check, the insert and the faults going in are one step,
         // so two requests cannot both start an experiment on a route.
         let _starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        // A store deleted under rafael would take the experiment's rows into an unlinked file.
+        self.store.check_present()?;
         let busy = self.store.with(|c| {
             c.query_row(
                 "SELECT 1 FROM experiments WHERE route = ?1 AND state = 'running' LIMIT 1",

@@ -544,7 +544,13 @@ fn audit(command: AuditCommand, admin: &str, token: Option<&str>) -> ExitCode {
         return ExitCode::from(1);
     }
     let log = match rafael_control::store::Store::open(&path) {
-        Ok(store) => rafael_control::audit::AuditLog::new(std::sync::Arc::new(store)),
+        Ok(store) => {
+            // Reading a damaged store may still work, and is what one wants of it now.
+            if let Err(e) = store.health() {
+                eprintln!("warning: {e}");
+            }
+            rafael_control::audit::AuditLog::new(std::sync::Arc::new(store))
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
