@@ -710,7 +710,7 @@ fn http2_clients_that_never_read_hold_bounded_streams_and_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "", &main_route(upstream.addr, ""));
     let rafael = Rafael::start(&path);
-    let before = rss_kib(&rafael);
+    let before = rafael.rss_kib();
     // Two connections advertise 2 GB windows, ask for 300 large bodies each, and never read.
     let clients: Vec<H2Client> = (0..2)
         .map(|_| {
@@ -744,20 +744,10 @@ fn http2_clients_that_never_read_hold_bounded_streams_and_memory() {
         accepted <= 2 * 128,
         "{accepted} streams reached the upstream: more than 128 per connection"
     );
-    let grown_mib = rss_kib(&rafael).saturating_sub(before) / 1024;
+    let grown_mib = rafael.rss_kib().saturating_sub(before) / 1024;
     eprintln!("{accepted} streams reached the upstream; rafael grew by {grown_mib} MiB");
     assert!(grown_mib < 100, "rafael grew by {grown_mib} MiB");
     drop(clients);
-}
-
-/// Resident memory of rafael now, in KiB.
-fn rss_kib(rafael: &Rafael) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", rafael.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]
@@ -866,7 +856,7 @@ fn thousands_of_idle_routes_stay_small() {
     let path = config(dir.path(), "", &routes);
     let rafael = Rafael::start(&path);
     assert_eq!(get(rafael.proxy, "/r7/x"), 200);
-    let rss_mib = rss_kib(&rafael) / 1024;
+    let rss_mib = rafael.rss_kib() / 1024;
     eprintln!("{ROUTES} idle routes: {rss_mib} MiB resident");
     assert!(rss_mib < 150, "{ROUTES} idle routes take {rss_mib} MiB");
 }

@@ -13,11 +13,11 @@ use std::{
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use crate::{
     layer::fault::ActiveFault,
     policy::fault::FaultKind,
+    send_timeout::StallTimer,
     upstream::{H1Body, ResponseGuard},
 };
 
@@ -163,12 +163,8 @@ impl http_body::Body for Body {
 #[derive(Debug)]
 pub struct ClientBody {
     incoming: Incoming,
-    timeout: Duration,
-    /// Armed the first time the body makes rafael wait; boxed, so a request whose body never
-    /// waits carries one empty pointer.
-    wait: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Since when rafael has been waiting for the next frame, while it waits.
-    waiting_since: Option<Instant>,
+    /// How long rafael has been waiting for the next frame.
+    stall: StallTimer,
     /// Where a failure is also reported (see [`Body::failure_report`]).
     report: Option<Arc<OnceLock<ClientBodyError>>>,
 }
@@ -241,9 +237,7 @@ impl ClientBody {
     pub fn new(incoming: Incoming, timeout: Duration) -> Self {
         Self {
             incoming,
-            timeout,
-            wait: None,
-            waiting_since: None,
+            stall: StallTimer::new(timeout),
             report: None,
         }
     }
@@ -258,7 +252,7 @@ impl ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match http_body::Body::poll_frame(Pin::new(&mut self.incoming), cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.waiting_since = None;
+                self.stall.progressed();
                 Poll::Ready(Some(Ok(match frame.into_trailers() {
                     Ok(mut trailers) => {
                         for name in FORBIDDEN_TRAILERS {
@@ -277,32 +271,20 @@ impl ClientBody {
         }
     }
 
-    /// The body has nothing for now: pending, unless the wait has lasted the timeout. The
-    /// clock is read once per wait, and the timer reset at most once per timeout period.
+    /// The body has nothing for now: pending, unless the wait has lasted the timeout.
     fn poll_wait(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let since = *self.waiting_since.get_or_insert_with(Instant::now);
-        let deadline = since + self.timeout;
-        let wait = self
-            .wait
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            std::task::ready!(wait.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                let error = ClientBodyError {
-                    kind: ClientBodyErrorKind::TimedOut,
-                    detail: format!(
-                        "the request body sent nothing for {:?} (body_read_timeout)",
-                        self.timeout
-                    ),
-                };
-                return Poll::Ready(Some(Err(self.fail(error))));
-            }
-            // The timer was set for an earlier wait: move it to this one's deadline.
-            wait.as_mut().reset(deadline);
-        }
+        std::task::ready!(self.stall.poll_stalled(cx));
+        let error = ClientBodyError {
+            kind: ClientBodyErrorKind::TimedOut,
+            detail: format!(
+                "the request body sent nothing for {:?} (body_read_timeout)",
+                self.stall.timeout()
+            ),
+        };
+        Poll::Ready(Some(Err(self.fail(error))))
     }
 
     fn fail(&self, error: ClientBodyError) -> ClientBodyError {

@@ -22,11 +22,19 @@ use tokio::{
 #[derive(Debug)]
 pub struct SendTimeout<I> {
     inner: I,
+    stall: StallTimer,
+}
+
+/// Times a stretch of waiting: ready once one stretch has lasted `timeout`. The timer is armed
+/// on the first wait (boxed, as most waits never happen), the clock read once per stretch, and
+/// the timer reset at most once per timeout period. Shared with the request body's read
+/// timeout ([`crate::body::ClientBody`]).
+#[derive(Debug)]
+pub(crate) struct StallTimer {
     timeout: Duration,
-    /// Armed on the first blocked write; boxed, as most connections never block.
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the current blocked stretch began, while writes are blocked.
-    blocked_since: Option<Instant>,
+    /// When the current stretch began, while it lasts.
+    since: Option<Instant>,
 }
 
 // === impl SendTimeout ===
@@ -36,9 +44,7 @@ impl<I> SendTimeout<I> {
     pub fn new(inner: I, timeout: Duration) -> Self {
         Self {
             inner,
-            timeout,
-            timer: None,
-            blocked_since: None,
+            stall: StallTimer::new(timeout),
         }
     }
 
@@ -47,17 +53,49 @@ impl<I> SendTimeout<I> {
         &self.inner
     }
 
-    /// Passes a write's readiness through, keeping the blocked stretch's clock.
+    /// Passes a write's readiness through, timing how long writes stay blocked.
     fn track<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.blocked_since = None;
+            self.stall.progressed();
             return polled;
         }
-        let since = *self.blocked_since.get_or_insert_with(Instant::now);
+        ready!(self.stall.poll_stalled(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took nothing for send_timeout",
+        )))
+    }
+}
+
+// === impl StallTimer ===
+
+impl StallTimer {
+    /// A timer for stretches of `timeout`.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            since: None,
+        }
+    }
+
+    /// The timeout it was made with.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The awaited thing moved: the current stretch, if any, is over.
+    pub(crate) fn progressed(&mut self) {
+        self.since = None;
+    }
+
+    /// Called while waiting: ready once this stretch of waiting has lasted the timeout.
+    pub(crate) fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let since = *self.since.get_or_insert_with(Instant::now);
         let deadline = since + self.timeout;
         let timer = self
             .timer
@@ -65,12 +103,9 @@ impl<I> SendTimeout<I> {
         loop {
             ready!(timer.as_mut().poll(cx));
             if Instant::now() >= deadline {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client took nothing for send_timeout",
-                )));
+                return Poll::Ready(());
             }
-            // Set for an earlier blocked stretch: move it to this one's deadline.
+            // Set for an earlier stretch: move it to this one's deadline.
             timer.as_mut().reset(deadline);
         }
     }
