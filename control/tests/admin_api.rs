@@ -2,19 +2,12 @@
 //! every endpoint DESIGN §5 names but the document does not list answers 404.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, atomic::AtomicBool};
+mod support;
 
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
-use rafael_control::{
-    admin::{AdminState, router},
-    audit::AuditLog,
-    auth::Auth,
-    chaos::Chaos,
-    openapi::{OPERATIONS, document},
-    store::Store,
-};
-use rafael_proxy::SnapshotHandle;
+use rafael_control::openapi::{OPERATIONS, document};
+use support::local_admin_router;
 use tower::ServiceExt;
 
 /// Every endpoint of DESIGN §5, as (method, a concrete path).
@@ -42,7 +35,7 @@ const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
 ];
 
 fn app() -> axum::Router {
-    let config = rafael_config::parse(
+    local_admin_router(
         r#"
 [[listeners]]
 name = "in"
@@ -56,19 +49,6 @@ listener = "in"
 upstream = "app"
 "#,
     )
-    .unwrap();
-    let snapshot = SnapshotHandle::new(config).unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
-    let audit = AuditLog::new(store.clone());
-    router(AdminState {
-        metrics: None,
-        ready: Arc::new(AtomicBool::new(true)),
-        chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
-        snapshot,
-        auth: Arc::new(Auth::Local),
-        audit,
-        store,
-    })
 }
 
 /// True when the router has a route for `method` `path` (whatever that route answers).

@@ -12,20 +12,13 @@ use std::{
     net::TcpStream,
     path::Path,
     process::Command,
-    sync::{Arc, atomic::AtomicBool},
+    sync::Arc,
     time::Duration,
 };
 
 use axum::body::Body;
 use http::{Request, StatusCode, Version};
-use rafael_control::{
-    admin::{AdminState, router},
-    audit::AuditLog,
-    auth::Auth,
-    chaos::Chaos,
-    store::Store,
-};
-use rafael_proxy::SnapshotHandle;
+use rafael_control::{audit::AuditLog, store::Store};
 use tower::ServiceExt;
 
 /// Long enough for a loaded 2-core machine to start a process; a hang is far longer.
@@ -430,19 +423,7 @@ fn a_store_error_says_what_failed_once() {
 
 /// The admin router over an in-memory store, without tokens (as a loopback bind may run).
 fn local_admin() -> axum::Router {
-    let config = rafael_config::parse(&config_text("127.0.0.1:9".parse().unwrap(), "")).unwrap();
-    let snapshot = SnapshotHandle::new(config).unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
-    let audit = AuditLog::new(store.clone());
-    router(AdminState {
-        metrics: None,
-        ready: Arc::new(AtomicBool::new(true)),
-        chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
-        snapshot,
-        auth: Arc::new(Auth::Local),
-        audit,
-        store,
-    })
+    local_admin_router(&config_text("127.0.0.1:9".parse().unwrap(), ""))
 }
 
 /// Asserts `head`/`body` are a JSON error `{"error", "detail"}` and returns the error code.

@@ -375,3 +375,31 @@ pub fn run_command_bounded(
     let text = reader.join().unwrap();
     status.map(|status| (status.code(), text))
 }
+
+/// The admin router for `config` (TOML), over an in-memory store and without tokens (every
+/// caller is `admin`, as on a loopback bind): for tests that drive it with `oneshot`.
+pub fn local_admin_router(config: &str) -> axum::Router {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use rafael_control::{
+        admin::{AdminState, router},
+        audit::AuditLog,
+        auth::Auth,
+        chaos::Chaos,
+        store::Store,
+    };
+
+    let config = rafael_config::parse(config).unwrap();
+    let snapshot = rafael_proxy::SnapshotHandle::new(config).unwrap();
+    let store = Arc::new(Store::in_memory().unwrap());
+    let audit = AuditLog::new(store.clone());
+    router(AdminState {
+        metrics: None,
+        ready: Arc::new(AtomicBool::new(true)),
+        chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
+        snapshot,
+        auth: Arc::new(Auth::Local),
+        audit,
+        store,
+    })
+}
