@@ -14,10 +14,9 @@ mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use genome::MAX_REPLAY_BYTES;
 pub use genome::{
-    BreakerGenes, ConcurrencyGenes, Genome, RateLimitGenes, RateLimitKey, RetryCondition,
-    RetryGenes,
+    BreakerGenes, ConcurrencyGenes, Genome, MAX_REPLAY_BYTES, RateLimitGenes, RateLimitKey,
+    RetryCondition, RetryGenes,
 };
 pub use load::{parse, parse_fault_rule};
 pub use schema::{

@@ -213,18 +213,20 @@ fn listener_checks(listener: &ListenerConfig, path: &str, errors: &mut ConfigErr
         1,
         3_600_000,
     );
-    if !(1..=1_000_000).contains(&listener.max_connections) {
-        errors.push(
-            format!("{path}.max_connections"),
-            format!("must be 1..=1000000, got {}", listener.max_connections),
-        );
-    }
-    if !(1..=1024).contains(&listener.max_concurrent_streams) {
-        errors.push(
-            format!("{path}.max_concurrent_streams"),
-            format!("must be 1..=1024, got {}", listener.max_concurrent_streams),
-        );
-    }
+    check_range(
+        errors,
+        &format!("{path}.max_connections"),
+        listener.max_connections,
+        1,
+        1_000_000,
+    );
+    check_range(
+        errors,
+        &format!("{path}.max_concurrent_streams"),
+        listener.max_concurrent_streams,
+        1,
+        1024,
+    );
 }
 
 fn upstream_checks(upstream: &UpstreamConfig, path: &str, errors: &mut ConfigErrors) {

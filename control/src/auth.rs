@@ -17,6 +17,8 @@ use ring::{
 };
 use serde::{Deserialize, Serialize};
 
+use rafael_proxy::headers::constant_time_eq;
+
 use crate::config_file::{self, ConfigFileError};
 
 /// What a token may do.
@@ -269,14 +271,6 @@ pub fn hash_hex(secret: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Equality whose time depends only on the lengths, not on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 #[cfg(test)]

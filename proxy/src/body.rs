@@ -299,7 +299,8 @@ impl ClientBody {
 
 impl ClientBodyError {
     fn from_hyper(error: &hyper::Error) -> Self {
-        let invalid = std::error::Error::source(error)
+        let cause = std::error::Error::source(error);
+        let invalid = cause
             .and_then(|cause| cause.downcast_ref::<std::io::Error>())
             .is_some_and(|io| {
                 matches!(
@@ -312,7 +313,7 @@ impl ClientBodyError {
         } else {
             ClientBodyErrorKind::Aborted
         };
-        let detail = match (kind, std::error::Error::source(error)) {
+        let detail = match (kind, cause) {
             (ClientBodyErrorKind::Malformed, Some(cause)) => {
                 format!("the request body is malformed: {cause}")
             }
@@ -326,14 +327,7 @@ impl ClientBodyError {
 
     /// The error a failed client body left in `error`'s chain, if it was one.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
-        let mut current = Some(error);
-        while let Some(error) = current {
-            if let Some(found) = error.downcast_ref::<Self>() {
-                return Some(found);
-            }
-            current = error.source();
-        }
-        None
+        crate::error::cause(error)
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     Body,
-    body::{ClientBodyError, ClientBodyErrorKind},
+    body::{BoxError, ClientBodyError, ClientBodyErrorKind},
     layer::{AttemptTimedOut, BreakerOpen, RateLimited, Shed},
     metrics::AttemptOutcome,
 };
@@ -197,6 +197,22 @@ impl ProxyError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
+    }
+}
+
+/// The first error of type `T` in `error`'s chain of sources, `error` itself included.
+pub(crate) fn cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// The error a request body that failed on its way (`error`) answers with: the client's own
+/// failure when its body recorded one, else `otherwise`.
+pub(crate) fn request_body_failed(error: &BoxError, otherwise: &'static str) -> ProxyError {
+    match ClientBodyError::find(&**error) {
+        Some(failure) => failure.clone().into(),
+        None => ProxyError::BadRequest(otherwise),
     }
 }
 

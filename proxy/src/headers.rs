@@ -227,6 +227,12 @@ fn is_authority(value: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
+/// Equality whose time depends only on the lengths, not on where the bytes differ: for
+/// secrets that arrive in header fields (the chaos secret, a bearer token's hash).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// The `Via` element for a message received over `version`.
 pub fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {

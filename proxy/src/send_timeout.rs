@@ -48,11 +48,6 @@ impl<I> SendTimeout<I> {
         }
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &I {
-        &self.inner
-    }
-
     /// Passes a write's readiness through, timing how long writes stay blocked.
     fn track<T>(
         &mut self,

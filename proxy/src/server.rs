@@ -592,17 +592,9 @@ impl ConnectionError {
 
 /// True when `error` comes from the send timeout ([`SendTimeout`]).
 fn timed_out_sending(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::TimedOut)
 }
 
 // === impl Activity ===

@@ -347,21 +347,27 @@ impl Route {
     /// is: rafael speaks HTTP/2 to clients itself, and a spliced h2c connection would carry
     /// whatever the client sends next straight to the upstream, past routing and policies.
     pub fn allows_upgrade(&self, headers: &HeaderMap) -> bool {
-        let mut offered = headers
-            .get_all(http::header::UPGRADE)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("h2c").split(','))
-            .map(|protocol| protocol.split('/').next().unwrap_or(protocol).trim())
-            .filter(|protocol| !protocol.is_empty())
-            .peekable();
-        offered.peek().is_some()
-            && offered.all(|protocol| {
-                !protocol.eq_ignore_ascii_case("h2c")
-                    && self
-                        .upgrades
-                        .iter()
-                        .any(|u| u.eq_ignore_ascii_case(protocol))
-            })
+        let mut offered = false;
+        for value in headers.get_all(http::header::UPGRADE) {
+            // A value that is not visible ASCII names no protocol this route could allow.
+            let Ok(value) = value.to_str() else {
+                return false;
+            };
+            // `name/version` tokens; the version does not change what is allowed.
+            for protocol in value.split(',') {
+                let name = protocol.split('/').next().unwrap_or(protocol).trim();
+                if name.is_empty() {
+                    continue;
+                }
+                let allowed = !name.eq_ignore_ascii_case("h2c")
+                    && self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name));
+                if !allowed {
+                    return false;
+                }
+                offered = true;
+            }
+        }
+        offered
     }
 }
 

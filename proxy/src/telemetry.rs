@@ -204,11 +204,6 @@ impl RouteTelemetry {
     pub fn arrivals(&self) -> Vec<Nanos> {
         self.rings.get().map_or_else(Vec::new, |r| r.arrivals())
     }
-
-    /// True once the route has seen a request (and holds its rings).
-    pub fn is_allocated(&self) -> bool {
-        self.rings.get().is_some()
-    }
 }
 
 /// The seconds from `from` to `to` (inclusive) that the windows can still hold.

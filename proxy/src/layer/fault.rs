@@ -29,6 +29,7 @@ use super::{Attempt, PolicyRequest, ResponseFuture};
 use crate::{
     ProxyError,
     body::{Body, FaultedBody},
+    headers::constant_time_eq,
     metrics::FAULTS_INJECTED_TOTAL,
     policy::{
         Nanos,
@@ -213,11 +214,6 @@ impl FaultSet {
         }
         Some((rule, ActiveFault(self.active.clone())))
     }
-}
-
-/// Equality whose time depends only on the lengths, not on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 impl Drop for ActiveFault {

@@ -32,7 +32,8 @@ use tower::Service;
 use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
     ProxyError,
-    body::{Body, ClientBodyError},
+    body::Body,
+    error::request_body_failed,
     metrics::SkipReason,
     policy::{backoff::full_jitter, nanos},
     upstream::Exchange,
@@ -301,10 +302,10 @@ async fn buffer(mut body: Body, limit: usize) -> Result<(Body, Replay), ProxyErr
             None => break,
             Some(Err(error)) => {
                 tracing::debug!(%error, "request body failed while buffering it for replay");
-                return Err(match ClientBodyError::find(&*error) {
-                    Some(failure) => failure.clone().into(),
-                    None => ProxyError::BadRequest("the request body ended in an error"),
-                });
+                return Err(request_body_failed(
+                    &error,
+                    "the request body ended in an error",
+                ));
             }
             Some(Ok(frame)) => {
                 let trailers = frame.is_trailers();

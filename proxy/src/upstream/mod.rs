@@ -33,13 +33,8 @@ pub use connector::{ConnectError, Connector, UpstreamIo};
 pub use h1::{ExchangeError, H1Body, H1Connection};
 
 use crate::{
-    Body, ProxyError,
-    body::{ClientBodyError, UpstreamBody},
-    headers::AddedFields,
-    layer::fault::Targets,
-    route_policy::Permit,
-    server::RequestActive,
-    tls,
+    Body, ProxyError, body::UpstreamBody, error::request_body_failed, headers::AddedFields,
+    layer::fault::Targets, route_policy::Permit, server::RequestActive, tls,
 };
 
 /// Pooled connections tried for one request before a fresh one is opened for it, when they
@@ -429,10 +424,9 @@ impl Upstream {
 
     fn exchange_failed(&self, endpoint: &Endpoint, error: ExchangeError) -> ProxyError {
         match error {
-            ExchangeError::RequestBody(error) => match ClientBodyError::find(&*error) {
-                Some(failure) => failure.clone().into(),
-                None => ProxyError::BadRequest("the request body ended before it was complete"),
-            },
+            ExchangeError::RequestBody(error) => {
+                request_body_failed(&error, "the request body ended before it was complete")
+            }
             other => self.error(endpoint, other.to_string()),
         }
     }
