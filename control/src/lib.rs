@@ -11,6 +11,7 @@ pub mod chaos;
 pub mod client;
 pub mod config_file;
 pub mod demo;
+pub mod evolution;
 pub mod openapi;
 pub mod reload;
 pub mod store;

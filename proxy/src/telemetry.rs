@@ -114,7 +114,7 @@ pub struct AttemptSample {
     pub endpoint: u16,
     /// 1 for the first attempt.
     pub attempt: u8,
-    /// Route requests in flight when it started.
+    /// Attempts in flight on its endpoint when it started, itself included.
     pub in_flight: u32,
     /// Time to the response head (or the failure).
     pub latency: Nanos,

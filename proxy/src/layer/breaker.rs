@@ -83,7 +83,8 @@ where
             return Box::pin(std::future::ready(Err(error.into())));
         };
         attempt.endpoint = endpoint;
-        let in_flight = upstream.endpoints()[endpoint].begin();
+        let (in_flight, on_endpoint) = upstream.endpoints()[endpoint].begin();
+        let on_endpoint = u32::try_from(on_endpoint).unwrap_or(u32::MAX);
         let number = attempt.number;
         let sampled = attempt.sampled;
         let in_flight_at_start = attempt.in_flight;
@@ -147,7 +148,7 @@ where
                     start: started_at,
                     endpoint: u16::try_from(endpoint).unwrap_or(u16::MAX),
                     attempt: u8::try_from(number).unwrap_or(u8::MAX),
-                    in_flight: in_flight_at_start,
+                    in_flight: on_endpoint,
                     latency: crate::policy::nanos(latency),
                     outcome: outcome as u8,
                     fault: match &result {

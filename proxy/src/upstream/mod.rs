@@ -505,10 +505,11 @@ impl Endpoint {
             .len()
     }
 
-    /// Marks one more request in flight until the returned guard drops.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+    /// Marks one more request in flight until the returned guard drops. Also returns the
+    /// count with it included.
+    pub fn begin(self: &Arc<Self>) -> (InFlight, usize) {
+        let count = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        (InFlight(self.clone()), count)
     }
 
     /// The most recently used idle connection that is still open.

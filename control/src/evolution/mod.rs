@@ -1,0 +1,8 @@
+//! The learning half of the control plane (DESIGN §7.1-7.4): fit a model of each route's
+//! upstream from its telemetry, simulate genomes against it under chaos, score them and evolve
+//! better ones.
+//!
+//! - [`model`]: what the upstream is like (service time and its growth with load, capacity,
+//!   failures and their bursts, bad regimes, arrivals, abandoned work), fitted from telemetry.
+
+pub mod model;

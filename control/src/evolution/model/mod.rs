@@ -1,0 +1,209 @@
+//! The fitted model of a route's upstream (DESIGN §7.1).
+//!
+//! A model is what the simulator needs to replay the route: how requests arrive, and for every
+//! endpoint how long it takes to answer at a given load, how many requests it serves at once
+//! before they queue, how often and in what bursts it fails, and whether it keeps working on an
+//! attempt rafael gave up on. Regimes (a brownout, an outage) are the periods where the
+//! upstream was unlike itself, kept with their place in the window so the `observed` scenario
+//! can replay them and `nominal` can leave them out.
+//!
+//! Where the telemetry never covered a region the model says so instead of inventing it: an
+//! endpoint never seen saturated has `capacity: None`, and a scenario that drives it past what
+//! was observed is marked extrapolated.
+//!
+//! The serialized form is the contract of `GET /v1/routes/{route}/model` (fields may be added).
+
+use serde::{Deserialize, Serialize};
+
+/// The fitted model of one route's upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// The route's name.
+    pub route: String,
+    /// When it was fitted (RFC 3339, UTC).
+    pub fitted_at: String,
+    /// Seconds of telemetry it was fitted on.
+    pub window_secs: u64,
+    /// Requests in that window.
+    pub requests: u64,
+    /// How requests arrived.
+    pub arrivals: Arrivals,
+    /// One per upstream endpoint, in the upstream's endpoint order.
+    pub endpoints: Vec<EndpointModel>,
+    /// Periods where the upstream was unlike itself.
+    pub regimes: Vec<Regime>,
+    /// The model check, once it has run: the incumbent simulated on this model against what
+    /// was observed.
+    pub fidelity: Option<Fidelity>,
+}
+
+/// The arrival process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arrivals {
+    /// Mean requests per second over the window.
+    pub rate_per_sec: f64,
+    /// Index of dispersion of the per-second counts (variance / mean): 1 for a Poisson
+    /// process, above 1 for bursty traffic.
+    pub burstiness: f64,
+    /// Requests that arrived in each second of the window, oldest first: the `observed`
+    /// scenario replays this timeline.
+    pub per_second: Vec<u32>,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointModel {
+    /// Its address, as in the config.
+    pub endpoint: String,
+    /// Attempt samples it was fitted on.
+    pub samples: u64,
+    /// Service time of successful attempts below the capacity knee (no queueing).
+    pub service_time: ServiceTime,
+    /// Latency by load: how service time grows with the attempts in flight on the endpoint.
+    pub by_load: Vec<LoadBucket>,
+    /// The capacity knee; `None` when the endpoint was never seen saturated.
+    pub capacity: Option<Capacity>,
+    /// How it fails.
+    pub failure: Failure,
+    /// Whether it keeps working on attempts rafael abandoned (timed out or cancelled), so
+    /// they still hold a worker. The default assumption for HTTP/1.1 servers.
+    pub abandoned_work: bool,
+}
+
+/// A latency distribution, summarized by two quantiles (the simulator draws from the
+/// log-normal distribution through them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ServiceTime {
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// Latency of attempts that started with `in_flight` attempts on the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoadBucket {
+    /// Attempts in flight on the endpoint when these started (lower bound of the bucket).
+    pub in_flight: u32,
+    /// Samples in the bucket.
+    pub samples: u64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// The capacity knee: beyond it, requests queue.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Attempts the endpoint serves at once (its workers).
+    pub concurrency: f64,
+    /// Attempts per second it completes when saturated (`concurrency / mean service time`).
+    pub throughput_per_sec: f64,
+}
+
+/// How an endpoint fails: a two-state (healthy / degraded) process, so an error burst is not
+/// mistaken for a steady error rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Failure probability of an attempt, overall.
+    pub rate: f64,
+    /// Failure probability while healthy.
+    pub healthy_rate: f64,
+    /// Failure probability during a burst (0 when no bursts were seen).
+    pub burst_rate: f64,
+    /// Mean length of a burst, seconds (0 when none).
+    pub mean_burst_secs: f64,
+    /// Mean time between bursts, seconds (0 when none).
+    pub mean_healthy_secs: f64,
+    /// What a failure looks like: the status it answers with, `None` for a reset connection.
+    pub status: Option<u16>,
+    /// Median latency of failed attempts, milliseconds (fast 503s differ from slow 500s).
+    pub latency_p50_ms: f64,
+}
+
+/// A period where the upstream was unlike itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Regime {
+    /// `brownout` (slow) or `outage` (failing).
+    pub kind: RegimeKind,
+    /// Share of the window spent in this kind of regime.
+    pub share: f64,
+    /// Mean length of one period, seconds.
+    pub mean_secs: f64,
+    /// Service time during the regime over service time outside it.
+    pub service_time_factor: f64,
+    /// Failure probability during the regime.
+    pub failure_rate: f64,
+    /// Where the periods were: offsets from the window's start, seconds.
+    pub periods: Vec<Period>,
+}
+
+/// What kind of bad period a regime is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegimeKind {
+    /// The upstream was slow.
+    Brownout,
+    /// The upstream was failing.
+    Outage,
+}
+
+/// One period of a regime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    /// Seconds from the start of the window.
+    pub start_sec: u32,
+    /// Its length, seconds.
+    pub secs: u32,
+}
+
+/// The model check: the incumbent genome simulated on the model with the observed arrivals,
+/// against what was observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Share of requests answered 2xx within the SLO.
+    pub goodput: Check,
+    /// Median latency, milliseconds.
+    pub p50_ms: Check,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: Check,
+    /// Upstream attempts per request.
+    pub amplification: Check,
+    /// Every error under `[evolution].max_model_error`.
+    pub trusted: bool,
+    /// Why not, when not trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One figure of the model check.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// What the route did.
+    pub observed: f64,
+    /// What the simulation of the same window did.
+    pub simulated: f64,
+    /// `|simulated - observed| / observed`.
+    pub error: f64,
+}
+
+// === impl Check ===
+
+impl Check {
+    /// Compares `simulated` with `observed`. An observed zero compares absolutely, so a route
+    /// with no retries at all is not divided by zero.
+    pub fn new(observed: f64, simulated: f64) -> Self {
+        let difference = (simulated - observed).abs();
+        let error = if observed.abs() > f64::EPSILON {
+            difference / observed.abs()
+        } else {
+            difference
+        };
+        Self {
+            observed,
+            simulated,
+            error,
+        }
+    }
+}
