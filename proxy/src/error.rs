@@ -12,7 +12,8 @@ use crate::{
     Body,
     body::{BoxError, ClientBodyError, ClientBodyErrorKind},
     layer::{AttemptTimedOut, BreakerOpen, RateLimited, Shed},
-    metrics::AttemptOutcome,
+    policy::outcome::AttemptEnd,
+    upstream::Exchange,
 };
 
 /// Why rafael answered a request itself instead of relaying the upstream's response.
@@ -151,14 +152,14 @@ impl ProxyError {
         }
     }
 
-    /// The attempt outcome this error records, for errors that end an upstream attempt.
-    pub fn attempt_outcome(&self) -> Option<AttemptOutcome> {
+    /// How the upstream attempt this error ended went, for errors that end one.
+    pub fn attempt_end(&self) -> Option<AttemptEnd> {
         match self {
-            Self::Connect { .. } => Some(AttemptOutcome::ConnectError),
-            Self::ConnectTimeout { .. } | Self::Timeout(_) | Self::AttemptTimedOut(_) => {
-                Some(AttemptOutcome::Timeout)
-            }
-            Self::Upstream { .. } => Some(AttemptOutcome::Reset),
+            Self::Connect { .. } => Some(AttemptEnd::ConnectFailure),
+            Self::ConnectTimeout { .. } => Some(AttemptEnd::ConnectTimeout),
+            Self::Timeout(_) => Some(AttemptEnd::RouteTimeout),
+            Self::AttemptTimedOut(_) => Some(AttemptEnd::AttemptTimeout),
+            Self::Upstream { .. } => Some(AttemptEnd::Reset),
             Self::NoRoute { .. }
             | Self::HeadersTooLarge { .. }
             | Self::BadRequest(_)
@@ -232,4 +233,12 @@ pub fn error_response(status: StatusCode, code: &str, detail: String) -> Respons
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// How an attempt with this result ended, in the terms the policies decide by.
+pub fn attempt_end(result: &Result<Exchange, ProxyError>) -> Option<AttemptEnd> {
+    match result {
+        Ok(exchange) => Some(AttemptEnd::Status(exchange.response.status().as_u16())),
+        Err(error) => error.attempt_end(),
+    }
 }

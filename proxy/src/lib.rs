@@ -11,7 +11,7 @@ pub mod headers;
 pub mod histogram;
 pub mod layer;
 pub mod metrics;
-pub mod policy;
+
 pub mod route_policy;
 pub mod router;
 pub mod send_timeout;
@@ -24,6 +24,7 @@ pub mod upstream;
 
 pub use body::Body;
 pub use error::ProxyError;
+pub use rafael_policy as policy;
 pub use server::{BoundListener, Server, bind_listeners};
 pub use snapshot::{PolicyHandle, Snapshot, SnapshotHandle};
 pub use telemetry::TelemetryHandle;

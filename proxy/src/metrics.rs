@@ -49,36 +49,13 @@ pub const FAULTS_INJECTED_TOTAL: &str = "rafael_faults_injected_total";
 /// `rafael_genome_generation{route}`.
 pub const GENOME_GENERATION: &str = "rafael_genome_generation";
 
-/// Why a retry was not made: the `reason` label of `rafael_retries_skipped_total`.
-pub const SKIP_REASONS: [&str; 5] = [
-    "budget",
-    "body_too_large",
-    "non_idempotent",
-    "retry_after",
-    "deadline",
-];
-
-/// Index of a reason in [`SKIP_REASONS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
-    /// The route's retry budget was spent.
-    Budget = 0,
-    /// The request body was larger than `max_replay_bytes`, so it could not be sent again.
-    BodyTooLarge = 1,
-    /// The method is not idempotent and the route does not opt in.
-    NonIdempotent = 2,
-    /// The upstream's `Retry-After` asked for a longer wait than `backoff_max`.
-    RetryAfter = 3,
-    /// The backoff would end past the route's deadline.
-    Deadline = 4,
-}
+pub use crate::policy::{
+    outcome::{ATTEMPT_OUTCOMES, AttemptOutcome},
+    retry::{SKIP_REASONS, SkipReason},
+};
 
 /// The `route` label of requests no route took.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-/// Attempt outcomes, the `outcome` label of `rafael_upstream_attempts_total`.
-pub const ATTEMPT_OUTCOMES: [&str; 5] =
-    ["success", "http_5xx", "connect_error", "timeout", "reset"];
 
 /// Histogram buckets for every `*_seconds` metric: 0.5 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -168,21 +145,6 @@ pub struct RouteMetrics {
     by_code: Box<[OnceLock<Counter>]>,
 }
 
-/// Index of an attempt outcome in [`ATTEMPT_OUTCOMES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// A response that is not a 5xx.
-    Success = 0,
-    /// A 5xx response.
-    Http5xx = 1,
-    /// No connection could be made.
-    ConnectError = 2,
-    /// A deadline passed.
-    Timeout = 3,
-    /// The connection failed after the request was sent.
-    Reset = 4,
-}
-
 // === impl RouteMetrics ===
 
 impl RouteMetrics {
@@ -229,16 +191,5 @@ impl RouteMetrics {
 
     fn code_counter(&self, code: u16) -> Counter {
         counter!(REQUESTS_TOTAL, "route" => self.route.to_string(), "code" => code.to_string())
-    }
-}
-
-impl AttemptOutcome {
-    /// The outcome of an attempt that got a response with `status`.
-    pub fn of_status(status: http::StatusCode) -> Self {
-        if status.is_server_error() {
-            Self::Http5xx
-        } else {
-            Self::Success
-        }
     }
 }

@@ -307,7 +307,8 @@ impl RoutePolicy {
         }
     }
 
-    /// Takes a retry from the budget; false (and counted) when it is spent.
+    /// Takes a retry from the budget (counted as a retry when granted); false when it is
+    /// spent, which the caller counts as a skip.
     pub fn withdraw(&self, now: Nanos) -> bool {
         let Some(params) = &self.budget else {
             return false;
@@ -316,8 +317,6 @@ impl RoutePolicy {
         if granted {
             self.metrics.retries.increment(1);
             self.state.telemetry.retry(now);
-        } else {
-            self.skip(SkipReason::Budget);
         }
         granted
     }

@@ -12,21 +12,22 @@ use std::{
 
 use tower::Service;
 
-use super::{
-    Attempt, AttemptTimedOut, ResponseFuture, fault::INJECTED_RESET, now, retry::outcome_matches,
-};
+use super::{Attempt, AttemptTimedOut, ResponseFuture, fault::INJECTED_RESET, now};
 use crate::{
     ProxyError,
     body::Body,
-    metrics::AttemptOutcome,
+    error::attempt_end,
     policy::{
         Nanos,
         breaker::{Admission, AttemptResult},
+        choice::{self, Endpoints},
         nanos,
+        outcome::{AttemptOutcome, charged},
     },
+    route_policy::RoutePolicy,
     snapshot::Route,
     telemetry::AttemptSample,
-    upstream::Exchange,
+    upstream::{Exchange, Upstream},
 };
 
 policy_layer!(
@@ -122,21 +123,15 @@ where
                         _ => Err(super::timeout::route_timeout(&pending.route)),
                     }),
             };
-            // Cut off by the route deadline after a fair share of it (half the route timeout or
-            // more), the attempt is charged to its endpoint like any timeout; cut off after
-            // starting late (a retry with little time left), it says nothing about the endpoint.
-            let fair_share = match (&result, route_deadline) {
-                (Err(ProxyError::Timeout(timeout)), Some(at)) => {
-                    at.saturating_sub(started_at) >= nanos(*timeout) / 2
-                }
-                _ => true,
-            };
             let finished_at = now();
             let latency = Duration::from_nanos(finished_at.saturating_sub(started_at));
-            let outcome = match &result {
-                Ok(exchange) => Some(AttemptOutcome::of_status(exchange.response.status())),
-                Err(error) => error.attempt_outcome(),
+            let end = attempt_end(&result);
+            let route_timeout = pending.route.policy().timeout.map(|t| t.get());
+            let fair_share = match (end, route_timeout) {
+                (Some(end), Some(timeout)) => charged(end, started_at, route_deadline, timeout),
+                _ => true,
             };
+            let outcome = end.map(|end| end.outcome());
             let route = pending.route.clone();
             let policy = route.live();
             if outcome.is_some() && fair_share {
@@ -158,23 +153,17 @@ where
                     },
                 };
                 policy.telemetry().attempt(sample, sampled);
-                if let Some((params, breaker)) = policy.breaker(endpoint).filter(|_| fair_share) {
-                    let failed = policy
-                        .genome()
-                        .circuit_breaker
-                        .as_ref()
-                        .is_some_and(|genes| {
-                            genes
-                                .failure_on
-                                .iter()
-                                .any(|condition| outcome_matches(condition, &result))
-                        });
-                    let result = if failed {
-                        AttemptResult::Failure(latency)
-                    } else {
-                        AttemptResult::Success(latency)
-                    };
-                    breaker.record(finished_at, params, admission, result);
+                if let (Some((params, breaker)), Some(genes), Some(end)) = (
+                    policy.breaker(endpoint).filter(|_| fair_share),
+                    policy.genome().circuit_breaker.as_ref(),
+                    end,
+                ) {
+                    breaker.record(
+                        finished_at,
+                        params,
+                        admission,
+                        end.breaker_result(genes, latency),
+                    );
                 }
                 if outcome == AttemptOutcome::Success {
                     policy.sample_latency(finished_at, latency, in_flight_at_start);
@@ -195,38 +184,48 @@ where
     }
 }
 
-/// Picks the attempt's endpoint and has its breaker admit it: power of two choices among
-/// endpoints other than `avoid` whose breaker would admit, then `avoid` itself; an endpoint
-/// whose breaker refuses at the last moment (its last probe slot just went) is passed over for
-/// the next one. `None` when no breaker admits.
+/// Picks the attempt's endpoint and has its breaker admit it (`rafael_policy::choice`, the
+/// same choice the simulator makes). `None` when no breaker admits.
 fn choose(route: &Route, avoid: Option<usize>, now: Nanos) -> Option<(usize, Admission)> {
-    let policy = route.live();
-    let upstream = route.upstream();
-    if policy.breakers().is_empty() {
-        // Without breakers every endpoint takes attempts; the failed one again when it is the
-        // only one.
-        let chosen = upstream.pick_index(|i| Some(i) != avoid).or(avoid)?;
-        return Some((chosen, Admission::Allowed { epoch: 0 }));
+    let mut endpoints = LiveEndpoints {
+        policy: route.live(),
+        upstream: route.upstream(),
+    };
+    choice::choose(&mut endpoints, avoid, now, &mut |n| fastrand::usize(..n))
+}
+
+/// A route's endpoints as the choice reads them: the upstream's in-flight counts and the
+/// route's breakers.
+struct LiveEndpoints<'a> {
+    policy: &'a RoutePolicy,
+    upstream: &'a Upstream,
+}
+
+impl Endpoints for LiveEndpoints<'_> {
+    fn count(&self) -> usize {
+        self.upstream.endpoints().len()
     }
-    let available = |i: usize| {
-        policy
+
+    fn load(&self, i: usize) -> usize {
+        self.upstream.endpoints()[i].in_flight()
+    }
+
+    fn has_breakers(&self) -> bool {
+        !self.policy.breakers().is_empty()
+    }
+
+    fn available(&self, i: usize, now: Nanos) -> bool {
+        self.policy
             .breaker(i)
             .is_some_and(|(params, breaker)| breaker.available(now, params))
-    };
-    let admit = |i: usize| {
-        let (params, breaker) = policy.breaker(i)?;
-        let admission = breaker.admit(now, params);
-        (admission != Admission::Refused).then_some((i, admission))
-    };
-    let first = upstream
-        .pick_index(|i| Some(i) != avoid && available(i))
-        .or_else(|| avoid.filter(|&i| available(i)))?;
-    admit(first).or_else(|| {
-        let count = upstream.endpoints().len();
-        (1..count)
-            .map(|step| (first + step) % count)
-            .find_map(|i| if available(i) { admit(i) } else { None })
-    })
+    }
+
+    fn admit(&mut self, i: usize, now: Nanos) -> Admission {
+        match self.policy.breaker(i) {
+            Some((params, breaker)) => breaker.admit(now, params),
+            None => Admission::Refused,
+        }
+    }
 }
 
 // === impl Pending ===

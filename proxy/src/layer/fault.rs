@@ -33,7 +33,7 @@ use crate::{
     metrics::FAULTS_INJECTED_TOTAL,
     policy::{
         Nanos,
-        fault::{ActiveFaults, FaultKind, FaultRule, grpc_status},
+        fault::{ActiveFaults, Effect, FaultKind, FaultRule, first_firing, grpc_status},
         nanos,
     },
     snapshot::Route,
@@ -196,15 +196,15 @@ impl FaultSet {
         targets: Targets,
         now: Nanos,
     ) -> Option<(&FaultRule, ActiveFault)> {
-        let (index, (rule, counter)) = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, (rule, _))| rule.stage == stage)
-            .find(|(i, (rule, _))| {
-                let targeted = |_: &str| *i < 64 && targets.0 & (1 << i) != 0;
-                rule.fires(targeted, now, fastrand::f64())
-            })?;
+        let targeted = |i: usize| i < 64 && targets.0 & (1 << i) != 0;
+        let index = first_firing(
+            self.rules.iter().map(|(rule, _)| rule),
+            stage,
+            targeted,
+            now,
+            fastrand::f64,
+        )?;
+        let (rule, counter) = &self.rules[index];
         if !self.active.try_begin(self.max_active) {
             return None;
         }
@@ -222,27 +222,21 @@ impl Drop for ActiveFault {
     }
 }
 
-/// Decides what a fired rule does to this request.
+/// What a fired rule does to this request (`FaultRule::effect`, the decision the simulator
+/// makes too), in the data plane's terms.
 fn inject(rule: &FaultRule, headers: &HeaderMap, in_flight: u32, now: Nanos) -> Injected {
-    let delay = |wait| Injected::Delay {
-        wait,
-        then_reset: false,
-    };
-    match &rule.kind {
-        FaultKind::Delay { .. } => delay(rule.delay(fastrand::f64())),
-        FaultKind::Brownout { .. } => delay(rule.brownout_delay(in_flight)),
-        FaultKind::Stall { reset_percent, .. } => Injected::Delay {
-            wait: rule.stall_left(now).unwrap_or_default(),
-            then_reset: fastrand::f64() * 100.0 < *reset_percent,
-        },
-        FaultKind::Abort { status, body } => {
-            Injected::Abort(Box::new(aborted(*status, body.as_deref(), headers)))
+    match rule.effect(in_flight, now, fastrand::f64()) {
+        Effect::Delay { wait, then_reset } => Injected::Delay { wait, then_reset },
+        Effect::Abort { status } => {
+            let body = match &rule.kind {
+                FaultKind::Abort { body, .. } => body.as_deref(),
+                _ => None,
+            };
+            Injected::Abort(Box::new(aborted(status, body, headers)))
         }
-        FaultKind::Reset => Injected::Reset,
-        FaultKind::Throttle { .. } | FaultKind::Truncate { .. } => {
-            Injected::Body(rule.kind.clone())
-        }
-        FaultKind::Blackhole => Injected::Blackhole,
+        Effect::Reset => Injected::Reset,
+        Effect::Body => Injected::Body(rule.kind.clone()),
+        Effect::Blackhole => Injected::Blackhole,
     }
 }
 

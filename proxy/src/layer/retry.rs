@@ -1,16 +1,7 @@
 //! The retry layer: budgeted retries with full-jitter backoff.
 //!
-//! An attempt is retried when its outcome is in the route's `retry_on`, attempts remain, and
-//! none of these holds (each counted in `rafael_retries_skipped_total{reason}`):
-//! - `non_idempotent`: the method is not idempotent (RFC 9110 §9.2.2) and the route does not
-//!   set `retry_non_idempotent`;
-//! - `body_too_large`: the request body was larger than `max_replay_bytes`, so it was streamed
-//!   once and cannot be sent again;
-//! - `retry_after`: the upstream's `Retry-After` asks for a longer wait than `backoff_max`
-//!   (retrying sooner than the upstream asked would only earn the same answer);
-//! - `deadline`: the backoff would end past the route's deadline (the answer at hand is
-//!   relayed rather than a 504 later);
-//! - `budget`: the route's retry budget is spent.
+//! Whether and when to retry is decided by `rafael_policy::retry::decide`, the same function
+//! the simulator runs; this layer feeds it and carries the decision out.
 //!
 //! Bodies that may be retried are read into a replay buffer before the first attempt, up to
 //! `max_replay_bytes`; a body that turns out larger is sent once, what was read followed by
@@ -23,19 +14,17 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode, header::RETRY_AFTER};
+use http::{Method, header::RETRY_AFTER};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use rafael_config::{RetryCondition, RetryGenes};
 use tower::Service;
 
 use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
     ProxyError,
     body::Body,
-    error::request_body_failed,
-    metrics::SkipReason,
-    policy::{backoff::full_jitter, nanos},
+    error::{attempt_end, request_body_failed},
+    policy::retry::{AfterAttempt, Retry as Decision, decide},
     upstream::Exchange,
 };
 
@@ -155,38 +144,24 @@ where
                         permit: None,
                     })
                     .await;
-                if !should_retry(&result, genes) || number >= genes.max_attempts {
-                    return hold(result, permit.take());
-                }
-                if !idempotent && !genes.retry_non_idempotent {
-                    policy.skip(SkipReason::NonIdempotent);
-                    return hold(result, permit.take());
-                }
-                if matches!(replay, Replay::TooLarge) {
-                    policy.skip(SkipReason::BodyTooLarge);
-                    return hold(result, permit.take());
-                }
-                let asked = result.as_ref().ok().and_then(retry_after);
-                if asked.is_some_and(|wait| wait > genes.backoff_max.get()) {
-                    policy.skip(SkipReason::RetryAfter);
-                    return hold(result, permit.take());
-                }
-                let jitter = full_jitter(
-                    genes.backoff_base.get(),
-                    genes.backoff_max.get(),
-                    number,
-                    fastrand::f64(),
-                );
-                let wait = jitter.max(asked.unwrap_or_default());
-                let at = now();
-                if deadline.is_some_and(|deadline| at.saturating_add(nanos(wait)) >= deadline) {
-                    // No time left for another attempt: the answer we have beats a 504.
-                    policy.skip(SkipReason::Deadline);
-                    return hold(result, permit.take());
-                }
-                if !policy.withdraw(at) {
-                    return hold(result, permit.take());
-                }
+                let after = AfterAttempt {
+                    end: attempt_end(&result),
+                    attempt: number,
+                    idempotent,
+                    replayable: !matches!(replay, Replay::TooLarge),
+                    retry_after: result.as_ref().ok().and_then(retry_after),
+                    deadline,
+                    now: now(),
+                    random: fastrand::f64(),
+                };
+                let wait = match decide(genes, &after, |at| policy.withdraw(at)) {
+                    Decision::After(wait) => wait,
+                    Decision::Relay => return hold(result, permit.take()),
+                    Decision::Skip(reason) => {
+                        policy.skip(reason);
+                        return hold(result, permit.take());
+                    }
+                };
                 avoid = match &result {
                     Ok(exchange) => Some(exchange.endpoint),
                     Err(error) => error.endpoint().and_then(|address| {
@@ -225,48 +200,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// True when the attempt's outcome is one the route retries. Past the route deadline nothing
-/// is: another attempt would have no time at all.
-fn should_retry(result: &Result<Exchange, ProxyError>, genes: &RetryGenes) -> bool {
-    !matches!(result, Err(ProxyError::Timeout(_)))
-        && genes.retry_on.iter().any(|c| outcome_matches(c, result))
-}
-
-/// True when an attempt's outcome meets `condition` (the vocabulary of `retry_on` and of the
-/// breaker's `failure_on`).
-pub(crate) fn outcome_matches(
-    condition: &RetryCondition,
-    result: &Result<Exchange, ProxyError>,
-) -> bool {
-    match result {
-        Ok(exchange) => {
-            let status = exchange.response.status();
-            match condition {
-                RetryCondition::ServerError => status.is_server_error(),
-                RetryCondition::GatewayError => matches!(
-                    status,
-                    StatusCode::BAD_GATEWAY
-                        | StatusCode::SERVICE_UNAVAILABLE
-                        | StatusCode::GATEWAY_TIMEOUT
-                ),
-                RetryCondition::Status(code) => status.as_u16() == *code,
-                _ => false,
-            }
-        }
-        Err(error) => matches!(
-            (condition, error),
-            (
-                RetryCondition::ConnectFailure,
-                ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
-            ) | (RetryCondition::Reset, ProxyError::Upstream { .. })
-                | (
-                    RetryCondition::Timeout,
-                    ProxyError::AttemptTimedOut(_) | ProxyError::Timeout(_)
-                )
-        ),
-    }
 }
 
 /// The wait a `Retry-After` field asks for (delta-seconds or an HTTP date).

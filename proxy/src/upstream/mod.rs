@@ -200,31 +200,6 @@ impl Upstream {
         &self.endpoints
     }
 
-    /// Picks an endpoint by power of two choices among those `usable` accepts: two at random,
-    /// the one with fewer requests in flight wins. This avoids both the herding of least-loaded
-    /// and the blindness of random. When neither of the two is usable, the first usable one
-    /// from a random start is taken; `None` when none is.
-    pub fn pick_index(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.endpoints.len();
-        if n <= 1 {
-            return usable(0).then_some(0);
-        }
-        let a = fastrand::usize(..n);
-        let mut b = fastrand::usize(..n - 1);
-        if b >= a {
-            b += 1;
-        }
-        match (usable(a), usable(b)) {
-            (true, true) => {
-                let fewer = self.endpoints[b].in_flight() < self.endpoints[a].in_flight();
-                Some(if fewer { b } else { a })
-            }
-            (true, false) => Some(a),
-            (false, true) => Some(b),
-            (false, false) => (1..n).map(|step| (a + step) % n).find(|&i| usable(i)),
-        }
-    }
-
     /// Sends `request` to `endpoint` and returns its response head, the body streaming on.
     ///
     /// `added` holds the fields this hop adds (forwarding headers, request id): written after

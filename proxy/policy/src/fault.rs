@@ -11,7 +11,7 @@ use std::{
 
 use rafael_config::{FaultConfig, FaultStage};
 
-use super::{Nanos, nanos};
+use crate::{Nanos, nanos};
 
 /// What a rule injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +76,29 @@ pub struct FaultRule {
     pub percent: f64,
     /// When set, it fires only on requests carrying this header with the chaos secret.
     pub only_with_header: Option<String>,
+}
+
+/// What a rule that fired does to one request or attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Effect {
+    /// Wait this long, then go on, or reset (a stall's restart).
+    Delay {
+        /// How long.
+        wait: Duration,
+        /// Reset instead of going on.
+        then_reset: bool,
+    },
+    /// Answer with this status instead of going on.
+    Abort {
+        /// The status.
+        status: u16,
+    },
+    /// Reset now.
+    Reset,
+    /// Go on, and slow or cut the response body (throttle, truncate).
+    Body,
+    /// Never answer: the attempt's or request's own deadline ends it.
+    Blackhole,
 }
 
 /// Faults in progress, all rules together, against `[chaos].max_active_faults`.
@@ -167,6 +190,30 @@ impl FaultRule {
         }
     }
 
+    /// What the rule does when it fired at `now` on a request or attempt that met `in_flight`
+    /// requests in flight. `random`, uniform in `[0, 1)`, jitters a delay or decides a
+    /// stall's reset.
+    pub fn effect(&self, in_flight: u32, now: Nanos, random: f64) -> Effect {
+        match &self.kind {
+            FaultKind::Delay { .. } => Effect::Delay {
+                wait: self.delay(random),
+                then_reset: false,
+            },
+            FaultKind::Brownout { .. } => Effect::Delay {
+                wait: self.brownout_delay(in_flight),
+                then_reset: false,
+            },
+            FaultKind::Stall { reset_percent, .. } => Effect::Delay {
+                wait: self.stall_left(now).unwrap_or_default(),
+                then_reset: random * 100.0 < *reset_percent,
+            },
+            FaultKind::Abort { status, .. } => Effect::Abort { status: *status },
+            FaultKind::Reset => Effect::Reset,
+            FaultKind::Throttle { .. } | FaultKind::Truncate { .. } => Effect::Body,
+            FaultKind::Blackhole => Effect::Blackhole,
+        }
+    }
+
     /// The `kind` label of `rafael_faults_injected_total`.
     pub fn kind_label(&self) -> &'static str {
         match self.kind {
@@ -180,6 +227,24 @@ impl FaultRule {
             FaultKind::Stall { .. } => "stall",
         }
     }
+}
+
+/// The index of the first of `rules` at `stage` that fires at `now`: one fault per request or
+/// attempt, earlier rules first. `targeted(i)` says whether the request carries rule `i`'s
+/// header with the secret; `random` draws one uniform number in `[0, 1)` per rule tried.
+pub fn first_firing<'r>(
+    rules: impl IntoIterator<Item = &'r FaultRule>,
+    stage: FaultStage,
+    targeted: impl Fn(usize) -> bool,
+    now: Nanos,
+    mut random: impl FnMut() -> f64,
+) -> Option<usize> {
+    rules
+        .into_iter()
+        .enumerate()
+        .filter(|(_, rule)| rule.stage == stage)
+        .find(|(i, rule)| rule.fires(|_| targeted(*i), now, random()))
+        .map(|(i, _)| i)
 }
 
 /// The gRPC status an injected HTTP status stands for, as gRPC maps HTTP statuses

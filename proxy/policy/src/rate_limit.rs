@@ -24,7 +24,7 @@ use std::{
 
 use rafael_config::RateLimitGenes;
 
-use super::Nanos;
+use crate::Nanos;
 
 /// The parameters of one limit: how far apart admissions are, and how far ahead of now the
 /// bucket may run.

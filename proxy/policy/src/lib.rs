@@ -1,9 +1,12 @@
-//! The policy engines: circuit breaker, GCRA rate limiter, retry budget, backoff and adaptive
-//! concurrency limit.
+//! RAFAEL's policy engines and the decisions built on them: circuit breaker, GCRA rate
+//! limiter, retry budget, backoff, adaptive concurrency limit, fault rules, and the sans-IO
+//! decisions the request path makes with them (how an attempt ended, whether to retry it,
+//! which endpoint the next one goes to).
 //!
-//! They are sans-IO: plain state machines that take the time (and, where they need it,
-//! randomness) as arguments and never read a clock, sleep or spawn. The data plane drives them
-//! with real time from its tower layers; the control plane's simulator will drive the same code
+//! Everything here is sans-IO: plain state machines and functions that take the time (and,
+//! where they need it, randomness) as arguments and never read a clock, sleep or spawn. This
+//! crate depends on neither tokio nor hyper, so the compiler checks it. The data plane drives
+//! it with real time from its tower layers; the control plane's simulator drives the same code
 //! with a virtual clock, so a policy evaluated in simulation is the policy that runs.
 //!
 //! State that many requests share (a route's rate limit, its retry budget, its in-flight count)
@@ -13,9 +16,12 @@
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod choice;
 pub mod concurrency;
 pub mod fault;
+pub mod outcome;
 pub mod rate_limit;
+pub mod retry;
 
 use std::time::Duration;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rafael_config::BreakerGenes;
 
-use super::{Nanos, nanos};
+use crate::{Nanos, nanos};
 
 const BUCKETS: usize = 10;
 

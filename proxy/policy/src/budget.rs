@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Nanos;
+use crate::Nanos;
 
 const SECOND: Nanos = 1_000_000_000;
 const COUNT_BITS: u32 = 20;

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::Nanos;
+use crate::Nanos;
 
 /// How far the short-term latency may exceed the long-term one before the limit shrinks.
 const TOLERANCE: f64 = 1.5;
