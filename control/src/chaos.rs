@@ -271,7 +271,7 @@ impl Chaos {
             .ok_or_else(|| {
                 ChaosError::Invalid(format!("listener {:?} is not bound", route.listener))
             })?;
-        let rate = [50, 200, 500, 1_000][severity as usize];
+        let rate = surge_rate(severity);
         Ok(Some(SurgePlan::for_route(route, listener, rate)))
     }
 
@@ -693,6 +693,11 @@ fn explicit_rules(
     errors
         .into_result(rules)
         .map_err(|errors| ChaosError::Invalid(errors.to_string()))
+}
+
+/// Extra requests per second a `surge` of `severity` sends (the README's table).
+pub fn surge_rate(severity: Severity) -> u32 {
+    [50, 200, 500, 1_000][severity as usize]
 }
 
 /// What each threat injects at each severity (the README has this table).

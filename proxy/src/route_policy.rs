@@ -19,7 +19,7 @@ use std::{
 };
 
 use metrics::{Counter, Gauge, counter, gauge};
-use rafael_config::{Genome, RateLimitKey, RetryGenes};
+use rafael_config::{Genome, RateLimitKey};
 
 use crate::{
     metrics::{
@@ -115,7 +115,7 @@ impl RoutePolicy {
         previous: Option<&RoutePolicy>,
     ) -> Self {
         let gcra = genome.rate_limit.as_ref().map(Gcra::from_genes);
-        let budget = genome.retry.as_ref().map(budget_params);
+        let budget = genome.retry.as_ref().map(BudgetParams::from_genes);
         let breaker = genome
             .circuit_breaker
             .as_ref()
@@ -358,13 +358,6 @@ impl RoutePolicy {
     /// Requests in flight on the route now.
     pub fn in_flight(&self) -> u32 {
         self.state.in_flight.get()
-    }
-}
-
-fn budget_params(genes: &RetryGenes) -> BudgetParams {
-    BudgetParams {
-        ratio: genes.budget_ratio,
-        min_per_sec: genes.budget_min_per_sec,
     }
 }
 

@@ -3,6 +3,10 @@
 //! better ones.
 //!
 //! - [`model`]: what the upstream is like (service time and its growth with load, capacity,
-//!   failures and their bursts, bad regimes, arrivals, abandoned work), fitted from telemetry.
+//!   failures and their bursts, bad regimes, arrivals, abandoned work), fitted from telemetry;
+//! - [`scenario`]: the conditions a genome is simulated under;
+//! - [`sim`]: the discrete-event simulator running the real engines against the model.
 
 pub mod model;
+pub mod scenario;
+pub mod sim;

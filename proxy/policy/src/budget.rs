@@ -30,6 +30,18 @@ pub struct BudgetParams {
     pub min_per_sec: u32,
 }
 
+// === impl BudgetParams ===
+
+impl BudgetParams {
+    /// The budget a route's retry genes describe.
+    pub fn from_genes(genes: &rafael_config::RetryGenes) -> Self {
+        Self {
+            ratio: genes.budget_ratio,
+            min_per_sec: genes.budget_min_per_sec,
+        }
+    }
+}
+
 /// A route's retry budget, shared by all its requests.
 #[derive(Debug, Default)]
 pub struct RetryBudget {
