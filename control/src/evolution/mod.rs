@@ -7,6 +7,7 @@
 //! - [`scenario`]: the conditions a genome is simulated under;
 //! - [`sim`]: the discrete-event simulator running the real engines against the model.
 
+pub mod fitness;
 pub mod model;
 pub mod scenario;
 pub mod sim;

@@ -1,0 +1,148 @@
+//! Simulated requests per CPU-second (DESIGN §7.2: at least 1M with every policy on).
+//!
+//! `cargo bench -p rafael-benches --bench simulator`. Each iteration simulates 60 virtual
+//! seconds of a route near its capacity knee (two endpoints of four workers at 20 ms, 5%
+//! errors, 300 requests per second against a capacity of 400): with no policies (the event
+//! loop and the upstream model alone, the baseline of the same run), with every policy on
+//! (timeout, budgeted retries with per-try timeouts, breakers, rate limit, adaptive
+//! concurrency), and with every policy on under `upstream-failure:high`. Time is the bench
+//! thread's CPU time, so criterion's throughput line reads as requests per CPU-second.
+
+use std::{hint::black_box, time::Duration};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rafael_config::{
+    BreakerGenes, ConcurrencyGenes, Genome, HumanDuration, RateLimitGenes, RetryCondition,
+    RetryGenes,
+};
+use rafael_control::evolution::{
+    model::{Arrivals, Capacity, EndpointModel, Failure, LoadBucket, Model, ServiceTime},
+    scenario::Scenario,
+    sim::{Prepared, Run},
+};
+use rustix::time::{ClockId, clock_gettime};
+
+fn endpoint(address: &str) -> EndpointModel {
+    EndpointModel {
+        endpoint: address.into(),
+        samples: 4096,
+        service_time: ServiceTime {
+            p50_ms: 20.0,
+            p99_ms: 45.0,
+        },
+        by_load: vec![LoadBucket {
+            in_flight: 16,
+            samples: 100,
+            p50_ms: 80.0,
+            p99_ms: 120.0,
+        }],
+        capacity: Some(Capacity {
+            concurrency: 4.0,
+            throughput_per_sec: 200.0,
+        }),
+        failure: Failure {
+            rate: 0.05,
+            healthy_rate: 0.05,
+            burst_rate: 0.0,
+            mean_burst_secs: 0.0,
+            mean_healthy_secs: 0.0,
+            status: Some(500),
+            latency_p50_ms: 20.0,
+        },
+        abandoned_work: true,
+    }
+}
+
+fn model() -> Model {
+    Model {
+        route: "bench".into(),
+        fitted_at: "2026-12-01T10:00:00Z".into(),
+        window_secs: 600,
+        requests: 180_000,
+        arrivals: Arrivals {
+            rate_per_sec: 300.0,
+            burstiness: 1.0,
+            per_second: Vec::new(),
+        },
+        endpoints: vec![endpoint("10.0.0.1:8080"), endpoint("10.0.0.2:8080")],
+        regimes: Vec::new(),
+        fidelity: None,
+    }
+}
+
+fn every_policy() -> Genome {
+    Genome {
+        timeout: Some(HumanDuration::from_secs(1)),
+        retry: Some(RetryGenes {
+            max_attempts: 3,
+            per_try_timeout: Some(HumanDuration::from_millis(250)),
+            retry_on: vec![
+                RetryCondition::ServerError,
+                RetryCondition::Reset,
+                RetryCondition::Timeout,
+            ],
+            ..RetryGenes::default()
+        }),
+        circuit_breaker: Some(BreakerGenes::default()),
+        rate_limit: Some(RateLimitGenes {
+            rps: 1000.0,
+            burst: 100,
+            key: None,
+            max_keys: 10_000,
+        }),
+        concurrency: Some(ConcurrencyGenes {
+            max_in_flight: 64,
+            adaptive: true,
+        }),
+    }
+}
+
+fn thread_cpu() -> Duration {
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn bench(c: &mut Criterion) {
+    let model = model();
+    let run = |scenario| Run {
+        model: &model,
+        scenario,
+        duration: Duration::from_secs(60),
+        rate: None,
+        slo_latency: Duration::from_millis(300),
+        client_timeout: Duration::from_secs(5),
+        seed: 1,
+    };
+    let nominal = Prepared::new(run(Scenario::Nominal));
+    let failing = Prepared::new(run("upstream-failure:high"
+        .parse()
+        .expect("a known scenario")));
+    let mut group = c.benchmark_group("simulator");
+    group.throughput(Throughput::Elements(nominal.requests() as u64));
+    group.sample_size(20);
+    let cases = [
+        ("no_policies", &nominal, Genome::default()),
+        ("every_policy", &nominal, every_policy()),
+        (
+            "every_policy_upstream_failure_high",
+            &failing,
+            every_policy(),
+        ),
+    ];
+    for (name, prepared, genome) in cases {
+        group.throughput(Throughput::Elements(prepared.requests() as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let start = thread_cpu();
+                for _ in 0..iterations {
+                    black_box(prepared.simulate(black_box(&genome)));
+                }
+                thread_cpu() - start
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
