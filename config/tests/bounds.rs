@@ -180,7 +180,10 @@ fn the_model_keys_default_and_are_bounded_by_their_paths() {
     let set = |extra: &str| base.replace("[evolution]\n", &format!("[evolution]\n{extra}\n"));
     let config = parse(&set("min_requests = 500\nmax_model_error = 0.3")).unwrap();
     assert_eq!(
-        (config.evolution.min_requests, config.evolution.max_model_error),
+        (
+            config.evolution.min_requests,
+            config.evolution.max_model_error
+        ),
         (500, 0.3)
     );
     assert_eq!(
