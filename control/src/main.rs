@@ -520,8 +520,11 @@ fn print_model(
             .collect();
         writeln!(
             out,
-            "regime {:?}: {:.0}% of the time, {:.0} s on average, service time x{:.1}, failures {:.0}%, at {}",
-            r.kind,
+            "regime {}: {:.0}% of the time, {:.0} s on average, service time x{:.1}, failures {:.0}%, at {}",
+            match r.kind {
+                rafael_control::evolution::model::RegimeKind::Brownout => "brownout",
+                rafael_control::evolution::model::RegimeKind::Outage => "outage",
+            },
             r.share * 100.0,
             r.mean_secs,
             r.service_time_factor,

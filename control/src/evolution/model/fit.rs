@@ -466,7 +466,7 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
     let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
     let by_load = buckets(&triples);
     let capacity = knee(&successes, &by_load);
-    let unqueued = capacity.map_or(u32::MAX, |c| (c.concurrency.floor() as u32).max(1));
+    let unqueued = unqueued(capacity);
     let mut service: Vec<(f64, f64)> = successes
         .iter()
         .filter(|s| s.0 <= unqueued)
@@ -499,24 +499,29 @@ fn endpoint_model(
 ) -> EndpointModel {
     let own: Vec<&Sample> = samples.iter().filter(|s| s.endpoint == index).collect();
     let total: f64 = own.iter().map(|s| s.weight).sum();
-    let timed_out: f64 = own
+    // A fold from +0.0: an empty f64 sum is -0.0, which would print as such.
+    let timed_out = own
         .iter()
         .filter(|s| s.class == Class::Timeout)
-        .map(|s| s.weight)
-        .sum();
+        .fold(0.0, |sum, s| sum + s.weight);
     EndpointModel {
         endpoint: address.to_owned(),
         samples: own.len() as u64,
         service_time: load.service_time,
         by_load: load.by_load,
         capacity: load.capacity,
-        failure: failure(&own, covered),
+        failure: failure(&own, covered, unqueued(load.capacity)),
         timeout_rate: if total > 0.0 { timed_out / total } else { 0.0 },
         // Only the absence of evidence: rafael cannot see a server's workers. What would flip
         // it is latency at a given load that does not rise after timeouts (the server dropped
         // the work), which needs saturated seconds with and without timeouts to compare.
         abandoned_work: true,
     }
+}
+
+/// The highest load at which attempts do not queue: every load when no knee was seen.
+fn unqueued(capacity: Option<Capacity>) -> u32 {
+    capacity.map_or(u32::MAX, |c| (c.concurrency.floor() as u32).max(1))
 }
 
 /// Seconds in which a server may still be working on an attempt rafael timed out.
@@ -534,15 +539,17 @@ fn abandoned_seconds(samples: &[Sample]) -> Vec<usize> {
     seconds
 }
 
-/// The failure process of one endpoint's samples, judged (time-out apart) attempt by attempt.
-fn failure(own: &[&Sample], covered: usize) -> Failure {
+/// The failure process of one endpoint's samples, judged (time-out apart) attempt by attempt;
+/// the failures' latency from loads up to `unqueued`, as the service time, so time spent
+/// queueing is not taken for how long the upstream takes to fail.
+fn failure(own: &[&Sample], covered: usize, unqueued: u32) -> Failure {
     let judged: Vec<&&Sample> = own.iter().filter(|s| s.class != Class::Timeout).collect();
     let total: f64 = judged.iter().map(|s| s.weight).sum();
     let failed: Vec<&&&Sample> = judged
         .iter()
         .filter(|s| matches!(s.class, Class::Failure(_)))
         .collect();
-    let failed_weight: f64 = failed.iter().map(|s| s.weight).sum();
+    let failed_weight = failed.iter().fold(0.0, |sum, s| sum + s.weight);
     let mut seconds = Seconds::default();
     for s in &judged {
         seconds.add(s.second, matches!(s.class, Class::Failure(_)));
@@ -554,7 +561,11 @@ fn failure(own: &[&Sample], covered: usize) -> Failure {
         .iter()
         .filter_map(|s| seconds.counts.get(s))
         .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
-    let mut latencies: Vec<(f64, f64)> = failed.iter().map(|s| (s.latency_ms, s.weight)).collect();
+    let mut latencies: Weighted = failed
+        .iter()
+        .filter(|s| s.k <= unqueued)
+        .map(|s| (s.latency_ms, s.weight))
+        .collect();
     Failure {
         rate: if total > 0.0 {
             failed_weight / total

@@ -143,6 +143,11 @@ fn a_pool_of_four_workers_at_20ms_fits_its_knee_within_ten_percent() {
         "{capacity:?}"
     );
     assert!(!capacity.timeouts_in_fit);
+    // Failures in the queue waited too; how long the upstream takes to fail is unqueued.
+    let mut truth = truth.clone();
+    truth.error = 0.05;
+    let failure = fit(&truth.telemetry(), 1000).unwrap().endpoints[0].failure;
+    assert!(within(failure.latency_p50_ms, 20.0, 0.1), "{failure:?}");
     assert!(
         within(endpoint.service_time.p50_ms, 20.0, 0.1),
         "{:?}",
