@@ -537,7 +537,13 @@ pub(crate) fn check_range(errors: &mut ConfigErrors, path: &str, value: u32, min
     }
 }
 
-fn check_fraction(errors: &mut ConfigErrors, path: &str, value: f64, min: f64, max: f64) {
+pub(crate) fn check_fraction(
+    errors: &mut ConfigErrors,
+    path: &str,
+    value: f64,
+    min: f64,
+    max: f64,
+) {
     if !(min..=max).contains(&value) {
         errors.push(path, format!("must be {min}..={max}, got {value}"));
     }

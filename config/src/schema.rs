@@ -283,6 +283,10 @@ pub struct EvolutionConfig {
     pub enabled: bool,
     /// Time between rounds.
     pub interval: HumanDuration,
+    /// Requests a route's telemetry window needs before its model is fitted (and a round runs).
+    pub min_requests: u32,
+    /// Largest relative error of the model check before the model is not trusted.
+    pub max_model_error: f64,
     /// Whether winners wait for a human.
     pub approval: ApprovalMode,
     /// What a good genome is.
@@ -435,6 +439,8 @@ impl Default for EvolutionConfig {
         Self {
             enabled: false,
             interval: HumanDuration::from_secs(600),
+            min_requests: 2000,
+            max_model_error: 0.15,
             approval: ApprovalMode::Manual,
             objectives: Objectives::default(),
             guardrails: BTreeMap::new(),

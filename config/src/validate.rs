@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     Config, ConfigErrors, FaultConfig, ListenerConfig, RouteConfig, UpstreamConfig,
-    genome::{binary_size, check_duration, check_range, check_size, http_token},
+    genome::{binary_size, check_duration, check_fraction, check_range, check_size, http_token},
 };
 
 /// Longest listener, upstream or route name: names become Prometheus label values and admin
@@ -126,6 +126,22 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
         config.evolution.interval,
         1_000,
         7 * 86_400_000,
+    );
+    // A fit on fewer than a few hundred attempts cannot tell a burst from noise; above ten
+    // million the ten-minute window of a route never holds enough.
+    check_range(
+        errors,
+        "evolution.min_requests",
+        config.evolution.min_requests,
+        100,
+        10_000_000,
+    );
+    check_fraction(
+        errors,
+        "evolution.max_model_error",
+        config.evolution.max_model_error,
+        0.0,
+        10.0,
     );
     check_duration(
         errors,

@@ -170,3 +170,31 @@ fn a_fault_rule_from_elsewhere_is_checked_as_the_files_are() {
         "{errors}"
     );
 }
+
+#[test]
+fn the_model_keys_default_and_are_bounded_by_their_paths() {
+    let base = every_key("1s", "16KiB");
+    let config: Config = parse(&base).unwrap();
+    assert_eq!(config.evolution.min_requests, 2000);
+    assert_eq!(config.evolution.max_model_error, 0.15);
+    let set = |extra: &str| base.replace("[evolution]\n", &format!("[evolution]\n{extra}\n"));
+    let config = parse(&set("min_requests = 500\nmax_model_error = 0.3")).unwrap();
+    assert_eq!(
+        (
+            config.evolution.min_requests,
+            config.evolution.max_model_error
+        ),
+        (500, 0.3)
+    );
+    assert_eq!(
+        errors_of(&set("min_requests = 0\nmax_model_error = -0.1")),
+        [
+            "evolution.min_requests: must be 100..=10000000, got 0",
+            "evolution.max_model_error: must be 0..=10, got -0.1",
+        ]
+    );
+    assert_eq!(
+        errors_of(&set("max_model_error = nan")),
+        ["evolution.max_model_error: must be 0..=10, got NaN"]
+    );
+}

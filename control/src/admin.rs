@@ -30,6 +30,7 @@ use crate::{
     audit::AuditLog,
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
+    evolution::model::{FitError, fit_route},
     store::Store,
 };
 
@@ -83,6 +84,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/experiments", get(experiments_list))
         .route("/v1/experiments/{id}", get(experiment_get))
         .route("/v1/experiments/{id}/report", get(experiment_report))
+        .route("/v1/routes/{route}/model", get(route_model))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Read),
             authorize,
@@ -288,6 +290,36 @@ async fn experiment_report(State(state): State<AdminState>, ApiPath(id): ApiPath
             "the experiment has no report yet: it is running, or watching the recovery",
         ),
         Err(e) => chaos_error(&e),
+    }
+}
+
+/// The route's model, fitted now from its telemetry on the blocking pool: the fit sorts and
+/// scans thousands of samples, which would stall an async worker the proxy shares.
+async fn route_model(State(state): State<AdminState>, ApiPath(route): ApiPath<String>) -> Response {
+    let snapshots = state.snapshot.clone();
+    let min_requests = u64::from(snapshots.load().config().evolution.min_requests);
+    let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let fitted =
+        tokio::task::spawn_blocking(move || fit_route(&snapshots, &route, min_requests, fitted_at))
+            .await;
+    match fitted {
+        Ok(Ok(model)) => Json(model).into_response(),
+        Ok(Err(e @ FitError::NoSuchRoute(_))) => {
+            error(StatusCode::NOT_FOUND, "not_found", &e.to_string())
+        }
+        Ok(Err(FitError::NotEnoughTelemetry { requests, needed })) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "not enough telemetry",
+                "detail": { "requests": requests, "needed": needed }
+            })),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
     }
 }
 

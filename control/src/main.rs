@@ -78,6 +78,20 @@ enum Command {
         #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// The fitted model of ROUTE's upstream, through a running rafael's admin API.
+    Model {
+        /// The route.
+        route: String,
+        /// Print the raw JSON object instead.
+        #[arg(long)]
+        json: bool,
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Read and check the audit log: through a running rafael's admin API, or with `--config`
     /// straight from its store (offline).
     Audit {
@@ -225,6 +239,12 @@ fn main() -> ExitCode {
             admin,
             token,
         } => chaos(command, &admin, token.as_deref()),
+        Command::Model {
+            route,
+            json,
+            admin,
+            token,
+        } => model(&route, json, &admin, token.as_deref()),
         Command::Token {
             command:
                 TokenCommand::Add {
@@ -383,6 +403,146 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
             eprintln!("error: {url}: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `rafael model ROUTE`: the model, one line per endpoint (or `--json`). Exit 1 with the
+/// reason when the API answers an error (too little telemetry, an unknown route).
+fn model(route: &str, json: bool, admin: &str, token: Option<&str>) -> ExitCode {
+    let url = format!("{}/v1/routes/{route}/model", admin.trim_end_matches('/'));
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(rafael_control::client::call("GET", &url, token, None))
+                .map_err(|e| e.to_string())
+        });
+    let body = match answer {
+        Ok((200, body)) => body,
+        Ok((status, body)) => {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let detail = &value["detail"];
+            match (detail["requests"].as_u64(), detail["needed"].as_u64()) {
+                (Some(requests), Some(needed)) if status == 409 => eprintln!(
+                    "error: route {route:?} has not enough telemetry: {requests} requests in its window, {needed} needed ([evolution].min_requests)"
+                ),
+                _ => eprintln!("error: {url} answered {status}: {body}"),
+            }
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let parsed = serde_json::from_str::<rafael_control::evolution::model::Model>(&body);
+    let mut out = std::io::stdout().lock();
+    let written = match parsed {
+        Ok(model) if json => serde_json::to_string_pretty(&model)
+            .map_err(std::io::Error::other)
+            .and_then(|text| writeln!(out, "{text}")),
+        Ok(model) => print_model(&mut out, &model),
+        Err(e) => {
+            eprintln!("error: {url} answered an unexpected document: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the model: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The model for a reader: the window, arrivals, one line per endpoint, the regimes.
+fn print_model(
+    out: &mut impl std::io::Write,
+    model: &rafael_control::evolution::model::Model,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "route {}: {} requests over {} s (endpoints from the last {} s), fitted {}",
+        model.route, model.requests, model.window_secs, model.sampled_secs, model.fitted_at
+    )?;
+    writeln!(
+        out,
+        "arrivals: {:.1}/s, burstiness {:.2} (variance/mean of per-second counts)",
+        model.arrivals.rate_per_sec, model.arrivals.burstiness
+    )?;
+    for e in &model.endpoints {
+        let capacity = match e.capacity {
+            Some(c) => format!(
+                "capacity {:.1} in flight, {:.0}/s{}",
+                c.concurrency,
+                c.throughput_per_sec,
+                if c.timeouts_in_fit {
+                    " (fitted near timeouts)"
+                } else {
+                    ""
+                }
+            ),
+            None => "never saturated".to_owned(),
+        };
+        let f = &e.failure;
+        let bursts = if f.mean_burst_secs > 0.0 {
+            format!(
+                "bursts of {:.0}% for {:.0} s every {:.0} s",
+                f.burst_rate * 100.0,
+                f.mean_burst_secs,
+                f.mean_healthy_secs
+            )
+        } else {
+            "no bursts".to_owned()
+        };
+        writeln!(
+            out,
+            "endpoint {}: p50 {:.1} ms, p99 {:.1} ms, {capacity}, failures {:.1}% ({bursts}), timeouts {:.1}%, {} samples",
+            e.endpoint,
+            e.service_time.p50_ms,
+            e.service_time.p99_ms,
+            f.rate * 100.0,
+            e.timeout_rate * 100.0,
+            e.samples
+        )?;
+    }
+    if model.regimes.is_empty() {
+        writeln!(out, "regimes: none")?;
+    }
+    for r in &model.regimes {
+        let periods: Vec<String> = r
+            .periods
+            .iter()
+            .map(|p| format!("{}s+{}s", p.start_sec, p.secs))
+            .collect();
+        writeln!(
+            out,
+            "regime {}: {:.0}% of the time, {:.0} s on average, service time x{:.1}, failures {:.0}%, at {}",
+            match r.kind {
+                rafael_control::evolution::model::RegimeKind::Brownout => "brownout",
+                rafael_control::evolution::model::RegimeKind::Outage => "outage",
+            },
+            r.share * 100.0,
+            r.mean_secs,
+            r.service_time_factor,
+            r.failure_rate * 100.0,
+            periods.join(", ")
+        )?;
+    }
+    match &model.fidelity {
+        None => writeln!(out, "fidelity: not checked yet"),
+        Some(f) => writeln!(
+            out,
+            "fidelity: {} (goodput error {:.3}, p50 {:.3}, p99 {:.3}, amplification {:.3})",
+            if f.trusted { "trusted" } else { "not trusted" },
+            f.goodput.error,
+            f.p50_ms.error,
+            f.p99_ms.error,
+            f.amplification.error
+        ),
     }
 }
 

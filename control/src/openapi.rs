@@ -103,6 +103,13 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "The report: steady state before, during and after, what was injected, what the policies did, a verdict and recommendations (409 until ready)",
         response: "Report",
     },
+    Operation {
+        method: "get",
+        path: "/v1/routes/{route}/model",
+        permission: Some(Permission::Read),
+        summary: "The route's upstream model, fitted now from its telemetry (404 for an unknown route, 409 with the request counts until the window holds [evolution].min_requests)",
+        response: "Model",
+    },
 ];
 
 /// The document.
@@ -143,6 +150,16 @@ pub fn document() -> Value {
         if op.path.contains("{id}") || op.path == "/v1/audit" {
             responses["400"] = error_response("A path id or query parameter is malformed");
         }
+        if op.path.contains("{route}") {
+            operation["parameters"] = json!([{ "name": "route", "in": "path", "required": true, "schema": { "type": "string" } }]);
+            responses["404"] = error_response("No route of that name");
+        }
+        if op.path.ends_with("/model") {
+            responses["409"] = json!({
+                "description": "Not enough telemetry: the window holds fewer requests than [evolution].min_requests",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/NotEnoughTelemetry" } } }
+            });
+        }
         if op.path == "/v1/audit" {
             operation["parameters"] = json!([
                 { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
@@ -180,6 +197,85 @@ fn error_response(description: &str) -> Value {
     json!({
         "description": description,
         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+/// The model (DESIGN §7.1); `fidelity` is null until the model check has run.
+fn model_schema() -> Value {
+    let number = json!({ "type": "number" });
+    let quantiles = json!({
+        "type": "object",
+        "properties": { "p50_ms": number, "p99_ms": number },
+        "required": ["p50_ms", "p99_ms"]
+    });
+    let check = json!({
+        "type": "object",
+        "properties": { "observed": number, "simulated": number, "error": number }
+    });
+    json!({
+        "type": "object",
+        "properties": {
+            "route": { "type": "string" },
+            "fitted_at": { "type": "string", "format": "date-time" },
+            "window_secs": { "type": "integer" },
+            "sampled_secs": { "type": "integer", "description": "Seconds (the newest) the attempt samples cover; endpoint figures and regimes come from them" },
+            "requests": { "type": "integer" },
+            "arrivals": {
+                "type": "object",
+                "properties": {
+                    "rate_per_sec": number,
+                    "burstiness": number,
+                    "per_second": { "type": "array", "items": { "type": "integer" } }
+                }
+            },
+            "endpoints": { "type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "endpoint": { "type": "string" },
+                    "samples": { "type": "integer" },
+                    "service_time": quantiles,
+                    "by_load": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": { "in_flight": { "type": "integer" }, "samples": { "type": "integer" }, "p50_ms": number, "p99_ms": number }
+                    }},
+                    "capacity": {
+                        "type": ["object", "null"],
+                        "description": "null when the endpoint was never seen saturated",
+                        "properties": { "concurrency": number, "throughput_per_sec": number, "timeouts_in_fit": { "type": "boolean" } }
+                    },
+                    "failure": {
+                        "type": "object",
+                        "properties": {
+                            "rate": number, "healthy_rate": number, "burst_rate": number,
+                            "mean_burst_secs": number, "mean_healthy_secs": number,
+                            "status": { "type": ["integer", "null"] }, "latency_p50_ms": number
+                        }
+                    },
+                    "timeout_rate": number,
+                    "abandoned_work": { "type": "boolean" }
+                },
+                "required": ["endpoint", "service_time", "capacity", "failure", "abandoned_work"]
+            }},
+            "regimes": { "type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "kind": { "enum": ["brownout", "outage"] },
+                    "share": number, "mean_secs": number, "service_time_factor": number, "failure_rate": number,
+                    "periods": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": { "start_sec": { "type": "integer" }, "secs": { "type": "integer" } }
+                    }}
+                }
+            }},
+            "fidelity": {
+                "type": ["object", "null"],
+                "properties": {
+                    "goodput": check, "p50_ms": check, "p99_ms": check, "amplification": check,
+                    "trusted": { "type": "boolean" }, "reason": { "type": "string" }
+                }
+            }
+        },
+        "required": ["route", "fitted_at", "window_secs", "requests", "arrivals", "endpoints", "regimes", "fidelity"]
     })
 }
 
@@ -253,6 +349,19 @@ fn schemas() -> Value {
             "required": ["route", "duration"]
         },
         "Report": { "type": "object" },
+        "NotEnoughTelemetry": {
+            "type": "object",
+            "properties": {
+                "error": { "const": "not enough telemetry" },
+                "detail": {
+                    "type": "object",
+                    "properties": { "requests": { "type": "integer" }, "needed": { "type": "integer" } },
+                    "required": ["requests", "needed"]
+                }
+            },
+            "required": ["error", "detail"]
+        },
+        "Model": model_schema(),
         "Verification": {
             "type": "object",
             "properties": {

@@ -19,6 +19,7 @@ const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/routes"),
     ("GET", "/v1/routes/r/genomes"),
+    ("GET", "/v1/routes/r/model"),
     ("GET", "/v1/proposals"),
     ("POST", "/v1/proposals/1/approve"),
     ("POST", "/v1/proposals/1/reject"),
@@ -67,7 +68,7 @@ async fn served(method: &str, path: &str) -> bool {
     !(status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND && fallback)
 }
 
-/// `template` (with `{id}` segments) matches the concrete `path`.
+/// `template` (with `{id}` or `{route}` segments) matches the concrete `path`.
 fn matches(template: &str, path: &str) -> bool {
     let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
     t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
@@ -76,7 +77,7 @@ fn matches(template: &str, path: &str) -> bool {
 #[tokio::test]
 async fn every_documented_operation_is_served_and_nothing_else_is() {
     for op in OPERATIONS {
-        let path = op.path.replace("{id}", "1");
+        let path = op.path.replace("{id}", "1").replace("{route}", "r");
         assert!(
             served(&op.method.to_uppercase(), &path).await,
             "{} {} is documented but not served",
@@ -145,4 +146,32 @@ async fn without_tokens_only_requests_to_this_host_are_served() {
         let status = app().oneshot(request).await.unwrap().status();
         assert_eq!(status, expected, "Host: {host}");
     }
+}
+
+/// (status, JSON body) of a GET through the router.
+async fn get_json(path: &str) -> (StatusCode, serde_json::Value) {
+    let response = app()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn a_model_needs_a_known_route_and_enough_telemetry() {
+    let (status, body) = get_json("/v1/routes/nope/model").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "not_found", "{body}");
+    let (status, body) = get_json("/v1/routes/r/model").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "not enough telemetry", "detail": {"requests": 0, "needed": 2000}})
+    );
+    let documented = &document()["paths"]["/v1/routes/{route}/model"]["get"]["responses"];
+    assert!(documented["404"].is_object() && documented["409"].is_object());
 }

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod worker_pool;
+
 pub const RAFAEL: &str = env!("CARGO_BIN_EXE_rafael");
 
 /// A `rafael run` child process, with the addresses it logged.

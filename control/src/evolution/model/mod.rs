@@ -15,6 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod fit;
+
+pub use fit::{FitError, Telemetry, fit, fit_route};
+
 /// The fitted model of one route's upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -24,6 +28,11 @@ pub struct Model {
     pub fitted_at: String,
     /// Seconds of telemetry it was fitted on.
     pub window_secs: u64,
+    /// Seconds of that window the attempt samples cover (its newest part): the endpoint
+    /// figures and the regimes come from them. Added because the sample ring holds 4,096
+    /// attempts, so on a busy route this is a minute or so, not the whole window.
+    #[serde(default)]
+    pub sampled_secs: u64,
     /// Requests in that window.
     pub requests: u64,
     /// How requests arrived.
@@ -65,6 +74,11 @@ pub struct EndpointModel {
     pub capacity: Option<Capacity>,
     /// How it fails.
     pub failure: Failure,
+    /// Share of its attempts cut off by a deadline. Added because a timeout is not counted as
+    /// a failure (the simulator derives timeouts from latency and the genome), and a reader
+    /// should still see how many there were.
+    #[serde(default)]
+    pub timeout_rate: f64,
     /// Whether it keeps working on attempts rafael abandoned (timed out or cancelled), so
     /// they still hold a worker. The default assumption for HTTP/1.1 servers.
     pub abandoned_work: bool,
@@ -100,6 +114,11 @@ pub struct Capacity {
     pub concurrency: f64,
     /// Attempts per second it completes when saturated (`concurrency / mean service time`).
     pub throughput_per_sec: f64,
+    /// Whether the fit had to use seconds near timed-out attempts, when the server may still
+    /// have been working on them unseen. Added so a reader knows the knee may be biased (see
+    /// [`fit`]).
+    #[serde(default)]
+    pub timeouts_in_fit: bool,
 }
 
 /// How an endpoint fails: a two-state (healthy / degraded) process, so an error burst is not

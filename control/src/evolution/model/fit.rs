@@ -1,0 +1,806 @@
+//! Fitting a [`Model`] from a copy of a route's telemetry (DESIGN §7.1, §8).
+//!
+//! [`fit`] is a pure function of the copy (no clock, no I/O), so it is tested on synthetic
+//! telemetry drawn from a known process; [`fit_route`] copies a live route's telemetry and
+//! calls it. The method, per endpoint:
+//!
+//! - **Load buckets**: successful attempts by the endpoint's in-flight count at their start
+//!   (`k`, itself included), exact up to 8 and four buckets per doubling above.
+//! - **Capacity**: a pool of N workers with service time S answers in about S while `k <= N`
+//!   and in about `S·k/N` beyond, because each attempt ahead in the queue adds `S/N`. So the
+//!   *slope* of latency over `k` in the saturated region is `1 / throughput`; it is fitted by
+//!   least squares with a free intercept, and `N = mean service time × throughput`. An
+//!   endpoint counts as seen saturated only when a load bucket above the lowest one has a
+//!   median at least [`SATURATED_FACTOR`] times the lowest one's, at least
+//!   [`MIN_SATURATED_SAMPLES`] successes lie at or above that load, and the fitted slope is
+//!   positive, precise (standard error under [`MAX_SLOPE_ERROR`] of it) and adds at least one
+//!   service time across the loads seen. Otherwise `capacity` is `None`: no knee is invented
+//!   from flat data.
+//! - **Abandoned work**: rafael's in-flight count drops an attempt when it times out, while an
+//!   HTTP/1.1 server usually keeps working on it, so after timeouts the server is busier than
+//!   `k` says and latency at a given `k` reads high. Seconds near a timed-out attempt are left
+//!   out of the capacity fit when enough saturated seconds remain without them; when not, the
+//!   fit uses them and says so (`timeouts_in_fit`). The slope, unlike `k·S/latency`, is not
+//!   moved by a steady backlog of abandoned work, only by one that changes with `k`.
+//! - **Service time**: quantiles of successful attempts at `k <= N` (every success when the
+//!   endpoint was never saturated), outside brownouts; fault-injected attempts never count.
+//! - **Failures** (5xx, connect errors, resets; a timeout is the genome's deadline meeting the
+//!   upstream's latency, which the simulator derives, so it is reported apart): the overall
+//!   rate, and a two-state process. A second is *degraded* when its failure share is both
+//!   far above the healthy rate (a one-sided binomial z of at least [`BURST_Z`]) and at least
+//!   double it; the healthy rate is re-estimated without degraded seconds until it settles. A
+//!   steady 5% rate almost never passes (about 1 second in 10,000 at 100 samples a second).
+//! - **Regimes** (route-wide): brownout seconds, where successes took at least
+//!   [`BROWNOUT_FACTOR`] times their load bucket's median (so queueing under load is not
+//!   mistaken for a brownout), and outage seconds, degraded as above over all endpoints.
+//! - **Arrivals**: from the per-second windows, which count every request over the whole
+//!   horizon; the sampled arrival times are thinned 1 in 8 above 100 requests a second and
+//!   hold only the last 4,096, so they are not used.
+//!
+//! Samples are thinned above 100 requests a second, so each is weighted by its second's
+//! attempts over that second's samples; and the ring holds 4,096 attempts, so the endpoint
+//! figures cover only its newest part of the window (`sampled_secs`).
+
+use std::collections::BTreeMap;
+
+use rafael_proxy::{
+    SnapshotHandle,
+    metrics::ATTEMPT_OUTCOMES,
+    policy::Nanos,
+    telemetry::{AttemptSample, WINDOW_SECONDS, Window},
+};
+
+use super::{
+    Arrivals, Capacity, EndpointModel, Failure, LoadBucket, Model, Period, Regime, RegimeKind,
+    ServiceTime,
+};
+
+#[cfg(test)]
+mod tests;
+
+const SECOND: Nanos = 1_000_000_000;
+/// A bucket's median this many times the lowest bucket's marks the knee: jitter alone does not
+/// move a median of 10 or more samples by half.
+pub const SATURATED_FACTOR: f64 = 1.5;
+/// Successes at or above the knee needed to fit a slope.
+pub const MIN_SATURATED_SAMPLES: usize = 50;
+/// Largest standard error of the slope, relative to it, for a capacity to be reported.
+pub const MAX_SLOPE_ERROR: f64 = 0.2;
+/// One-sided z of a degraded second's failures against the healthy rate.
+pub const BURST_Z: f64 = 4.0;
+/// Successes this many times slower than their load bucket's median make a brownout second.
+pub const BROWNOUT_FACTOR: f64 = 2.0;
+/// Samples a bucket needs before its median is trusted as a reference.
+const MIN_BUCKET_SAMPLES: u64 = 10;
+/// Samples a second needs before it can be called degraded or a brownout.
+const MIN_SECOND_SAMPLES: u64 = 5;
+/// Seconds after a timed-out attempt ends in which the server may still work on it.
+const ABANDONED_SECS: u64 = 2;
+/// How far back [`fit_route`] waits for attempts still running on a route with no timeout.
+const UNSETTLED_SECS: u64 = 30;
+
+/// A copy of one route's telemetry: everything [`fit`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// The route's name.
+    pub route: String,
+    /// When the copy was taken (RFC 3339), stamped on the model.
+    pub fitted_at: String,
+    /// Per-second windows, oldest first.
+    pub windows: Vec<Window>,
+    /// Attempt samples, oldest first.
+    pub attempts: Vec<AttemptSample>,
+    /// Endpoint addresses, by endpoint index.
+    pub endpoints: Vec<String>,
+    /// The data plane clock when the copy was taken: its second is still running.
+    pub now: Nanos,
+    /// Attempts that started at or after this may still be running, and only the quick ones
+    /// among them have reported; they are left out so the slow ones are not missed.
+    pub settled: Nanos,
+}
+
+/// Why no model was fitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FitError {
+    /// The window holds fewer requests than a fit needs.
+    #[error("not enough telemetry: {requests} requests, {needed} needed")]
+    NotEnoughTelemetry {
+        /// Requests in the window.
+        requests: u64,
+        /// `[evolution].min_requests`.
+        needed: u64,
+    },
+    /// No live route has this name.
+    #[error("no route named {0:?}")]
+    NoSuchRoute(String),
+}
+
+/// `(value, weight)` pairs.
+type Weighted = Vec<(f64, f64)>;
+
+/// One attempt sample as the fit sees it.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Seconds from the window's start.
+    second: usize,
+    endpoint: usize,
+    k: u32,
+    latency_ms: f64,
+    class: Class,
+    weight: f64,
+}
+
+/// What an attempt's outcome says about the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Success,
+    Failure(u8),
+    Timeout,
+}
+
+/// Seconds with their sample and failure counts (raw, for binomial tests).
+#[derive(Debug, Clone, Default)]
+struct Seconds {
+    counts: BTreeMap<usize, (u64, u64)>,
+}
+
+/// The degraded seconds of a failure process.
+#[derive(Debug, Clone, Default)]
+struct Degraded {
+    healthy_rate: f64,
+    seconds: Vec<usize>,
+}
+
+// === fit ===
+
+/// Fits the model of `telemetry`'s route; `min_requests` is `[evolution].min_requests`.
+pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> {
+    let windows = complete_windows(telemetry);
+    let requests: u64 = windows.iter().map(|w| w.requests).sum();
+    if requests < min_requests || windows.is_empty() {
+        return Err(FitError::NotEnoughTelemetry {
+            requests,
+            needed: min_requests,
+        });
+    }
+    let samples = samples(telemetry, windows);
+    let (first, last) = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => (a.second, b.second),
+        _ => (0, 0),
+    };
+    let covered = if samples.is_empty() {
+        0
+    } else {
+        last - first + 1
+    };
+    let timeouts = abandoned_seconds(&samples);
+    let endpoints = telemetry.endpoints.len();
+    // Queueing first, on every second; then the seconds slower than queueing explains are
+    // brownouts, and the load fit is redone without them.
+    let first_pass: Vec<Expected> = (0..endpoints)
+        .map(|e| load_fit(&samples, e, &[], &timeouts).expected)
+        .collect();
+    let brownout = brownout_seconds(&samples, &first_pass);
+    let fits: Vec<LoadFit> = (0..endpoints)
+        .map(|e| load_fit(&samples, e, &brownout, &timeouts))
+        .collect();
+    let expected: Vec<Expected> = fits.iter().map(|f| f.expected).collect();
+    let regimes = regimes(&samples, &expected, &brownout, covered);
+    let endpoints = telemetry
+        .endpoints
+        .iter()
+        .zip(fits)
+        .enumerate()
+        .map(|(index, (address, load))| endpoint_model(address, index, load, &samples, covered))
+        .collect();
+    Ok(Model {
+        route: telemetry.route.clone(),
+        fitted_at: telemetry.fitted_at.clone(),
+        window_secs: windows.len() as u64,
+        sampled_secs: covered as u64,
+        requests,
+        arrivals: arrivals(windows),
+        endpoints,
+        regimes,
+        fidelity: None,
+    })
+}
+
+/// Copies `route`'s telemetry from the live snapshot and fits it.
+pub fn fit_route(
+    snapshots: &SnapshotHandle,
+    route: &str,
+    min_requests: u64,
+    fitted_at: String,
+) -> Result<Model, FitError> {
+    let snapshot = snapshots.load();
+    let live = snapshot
+        .route(route)
+        .ok_or_else(|| FitError::NoSuchRoute(route.to_owned()))?;
+    let telemetry = live.live().telemetry();
+    let now = rafael_proxy::layer::now();
+    let from = now.saturating_sub(WINDOW_SECONDS as u64 * SECOND);
+    let endpoints = live.upstream().endpoints();
+    // With nothing in flight every attempt has reported; otherwise the route's deadline bounds
+    // how long the unreported ones can have been running.
+    let busy = endpoints.iter().any(|e| e.in_flight() > 0);
+    let settled = if busy {
+        let horizon = live.policy().timeout.map_or(UNSETTLED_SECS * SECOND, |t| {
+            rafael_proxy::policy::nanos(t.get())
+        });
+        now.saturating_sub(horizon)
+    } else {
+        now
+    };
+    let copy = Telemetry {
+        route: route.to_owned(),
+        fitted_at,
+        windows: telemetry.windows(from, now),
+        attempts: telemetry.attempts(),
+        endpoints: endpoints.iter().map(|e| e.address().to_owned()).collect(),
+        now,
+        settled,
+    };
+    fit(&copy, min_requests)
+}
+
+/// The windows of whole seconds, from the first with a request to the last before `now`'s.
+fn complete_windows(telemetry: &Telemetry) -> &[Window] {
+    let complete = telemetry
+        .windows
+        .iter()
+        .take_while(|w| w.start + SECOND <= telemetry.now)
+        .count();
+    let windows = &telemetry.windows[..complete];
+    let first = windows
+        .iter()
+        .position(|w| w.requests > 0)
+        .unwrap_or(complete);
+    &windows[first..]
+}
+
+fn arrivals(windows: &[Window]) -> Arrivals {
+    let per_second: Vec<u32> = windows
+        .iter()
+        .map(|w| u32::try_from(w.requests).unwrap_or(u32::MAX))
+        .collect();
+    let n = per_second.len().max(1) as f64;
+    let mean = per_second.iter().map(|&c| f64::from(c)).sum::<f64>() / n;
+    let variance = per_second
+        .iter()
+        .map(|&c| (f64::from(c) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    Arrivals {
+        rate_per_sec: mean,
+        burstiness: if mean > 0.0 { variance / mean } else { 0.0 },
+        per_second,
+    }
+}
+
+/// The settled, genuine (not fault-injected) samples inside the window, weighted by their
+/// second's thinning. When the ring does not reach back to the window's first attempts, its
+/// oldest second is partly overwritten, so that second is dropped rather than over-weighted.
+fn samples(telemetry: &Telemetry, windows: &[Window]) -> Vec<Sample> {
+    let start = windows.first().map_or(0, |w| w.start);
+    let end = (start + windows.len() as u64 * SECOND).min(telemetry.settled);
+    let in_window: Vec<&AttemptSample> = telemetry
+        .attempts
+        .iter()
+        .filter(|a| a.start >= start && a.start < end)
+        .collect();
+    let mut per_second = vec![0u64; windows.len()];
+    for attempt in &in_window {
+        per_second[((attempt.start - start) / SECOND) as usize] += 1;
+    }
+    let oldest = per_second.iter().position(|&n| n > 0);
+    let truncated = oldest.is_some_and(|s| windows[..s].iter().any(|w| w.attempts > 0));
+    let mut samples: Vec<Sample> = in_window
+        .into_iter()
+        .filter(|a| !a.fault)
+        .filter_map(|a| {
+            let second = ((a.start - start) / SECOND) as usize;
+            if truncated && Some(second) == oldest {
+                return None;
+            }
+            let class = match ATTEMPT_OUTCOMES.get(usize::from(a.outcome)).copied() {
+                Some("success") => Class::Success,
+                Some("timeout") => Class::Timeout,
+                _ => Class::Failure(a.outcome),
+            };
+            Some(Sample {
+                second,
+                endpoint: usize::from(a.endpoint),
+                k: a.in_flight.max(1),
+                latency_ms: a.latency as f64 / 1e6,
+                class,
+                weight: (windows[second].attempts as f64 / per_second[second] as f64).max(1.0),
+            })
+        })
+        .collect();
+    samples.sort_by_key(|s| s.second);
+    samples
+}
+
+// === load buckets and capacity ===
+
+/// The lower bound of `k`'s load bucket: exact below 8, four buckets per doubling above.
+fn bucket_of(k: u32) -> u32 {
+    if k < 8 {
+        return k;
+    }
+    let shift = 31 - k.leading_zeros() - 2;
+    (k >> shift) << shift
+}
+
+/// Load buckets of `successes` (`(k, latency, weight)`), lowest first.
+fn buckets(successes: &[(u32, f64, f64)]) -> Vec<LoadBucket> {
+    let mut by_bucket: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
+    for &(k, latency, weight) in successes {
+        by_bucket
+            .entry(bucket_of(k))
+            .or_default()
+            .push((latency, weight));
+    }
+    by_bucket
+        .into_iter()
+        .map(|(in_flight, mut values)| LoadBucket {
+            in_flight,
+            samples: values.len() as u64,
+            p50_ms: quantile(&mut values, 0.5),
+            p99_ms: quantile(&mut values, 0.99),
+        })
+        .collect()
+}
+
+/// Fits the knee from `successes` (`(k, latency ms, weight, near a timeout)`).
+fn knee(successes: &[(u32, f64, f64, bool)], buckets: &[LoadBucket]) -> Option<Capacity> {
+    let trusted: Vec<&LoadBucket> = buckets
+        .iter()
+        .filter(|b| b.samples >= MIN_BUCKET_SAMPLES)
+        .collect();
+    let base = trusted.first()?;
+    let onset = trusted
+        .iter()
+        .find(|b| b.in_flight > base.in_flight && b.p50_ms >= SATURATED_FACTOR * base.p50_ms)?;
+    let saturated = |with_timeouts: bool| -> Vec<(f64, f64)> {
+        successes
+            .iter()
+            .filter(|s| s.0 >= onset.in_flight && (with_timeouts || !s.3))
+            .map(|s| (f64::from(s.0), s.1 / 1e3))
+            .collect()
+    };
+    let clean = saturated(false);
+    let (points, timeouts_in_fit) = if clean.len() >= MIN_SATURATED_SAMPLES {
+        (clean, false)
+    } else {
+        (saturated(true), true)
+    };
+    if points.len() < MIN_SATURATED_SAMPLES {
+        return None;
+    }
+    let (slope, error) = slope(&points)?;
+    let span = points.iter().map(|p| p.0).fold(f64::MIN, f64::max)
+        - points.iter().map(|p| p.0).fold(f64::MAX, f64::min);
+    let precise = slope > 0.0 && error < MAX_SLOPE_ERROR * slope;
+    if !precise || slope * span < base.p50_ms / 1e3 {
+        return None;
+    }
+    let throughput = 1.0 / slope;
+    let implied = base.p50_ms / 1e3 * throughput;
+    // Queueing puts the median's knee near 1.5 N; a slope that implies a pool far from where
+    // the medians turned is not queueing (a brownout raises load and latency together).
+    if !(0.75..=4.0).contains(&(f64::from(onset.in_flight) / implied)) {
+        return None;
+    }
+    // Below the knee: first guess from the lowest bucket, then the loads the fit says are
+    // unqueued.
+    let mut concurrency = implied;
+    for _ in 0..2 {
+        let limit = concurrency.floor().max(f64::from(base.in_flight));
+        let below: Vec<(f64, f64)> = successes
+            .iter()
+            .filter(|s| f64::from(s.0) <= limit)
+            .map(|s| (s.1, s.2))
+            .collect();
+        concurrency = trimmed_mean(&below) / 1e3 * throughput;
+    }
+    Some(Capacity {
+        concurrency,
+        throughput_per_sec: throughput,
+        timeouts_in_fit,
+    })
+}
+
+/// Least-squares slope of `y` over `x` with a free intercept, and its standard error.
+fn slope(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    if sxx <= 0.0 || n < 3.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    let slope = sxy / sxx;
+    let intercept = mean_y - slope * mean_x;
+    let residuals: f64 = points
+        .iter()
+        .map(|p| (p.1 - intercept - slope * p.0).powi(2))
+        .sum();
+    let error = (residuals / (n - 2.0) / sxx).sqrt();
+    Some((slope, error))
+}
+
+// === endpoints ===
+
+/// What an endpoint's latency should be at a load: the lowest bucket's median, grown by
+/// `k / N` past the knee when there is one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Expected {
+    base_ms: f64,
+    concurrency: Option<f64>,
+}
+
+/// The load side of one endpoint's fit.
+#[derive(Debug, Clone)]
+struct LoadFit {
+    by_load: Vec<LoadBucket>,
+    capacity: Option<Capacity>,
+    service_time: ServiceTime,
+    expected: Expected,
+}
+
+/// Fits endpoint `index`'s load buckets, knee and service time from its successes outside
+/// `brownout` seconds.
+fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[usize]) -> LoadFit {
+    let successes: Vec<(u32, f64, f64, bool)> = samples
+        .iter()
+        .filter(|s| s.endpoint == index && s.class == Class::Success)
+        .filter(|s| brownout.binary_search(&s.second).is_err())
+        .map(|s| {
+            let near_timeout = timeouts.binary_search(&s.second).is_ok();
+            (s.k, s.latency_ms, s.weight, near_timeout)
+        })
+        .collect();
+    let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
+    let by_load = buckets(&triples);
+    let capacity = knee(&successes, &by_load);
+    let unqueued = unqueued(capacity);
+    let mut service: Vec<(f64, f64)> = successes
+        .iter()
+        .filter(|s| s.0 <= unqueued)
+        .map(|s| (s.1, s.2))
+        .collect();
+    let base_ms = by_load
+        .iter()
+        .find(|b| b.samples >= MIN_BUCKET_SAMPLES)
+        .map_or(0.0, |b| b.p50_ms);
+    LoadFit {
+        service_time: ServiceTime {
+            p50_ms: quantile(&mut service, 0.5),
+            p99_ms: quantile(&mut service, 0.99),
+        },
+        expected: Expected {
+            base_ms,
+            concurrency: capacity.map(|c| c.concurrency),
+        },
+        by_load,
+        capacity,
+    }
+}
+
+fn endpoint_model(
+    address: &str,
+    index: usize,
+    load: LoadFit,
+    samples: &[Sample],
+    covered: usize,
+) -> EndpointModel {
+    let own: Vec<&Sample> = samples.iter().filter(|s| s.endpoint == index).collect();
+    let total: f64 = own.iter().map(|s| s.weight).sum();
+    // A fold from +0.0: an empty f64 sum is -0.0, which would print as such.
+    let timed_out = own
+        .iter()
+        .filter(|s| s.class == Class::Timeout)
+        .fold(0.0, |sum, s| sum + s.weight);
+    EndpointModel {
+        endpoint: address.to_owned(),
+        samples: own.len() as u64,
+        service_time: load.service_time,
+        by_load: load.by_load,
+        capacity: load.capacity,
+        failure: failure(&own, covered, unqueued(load.capacity)),
+        timeout_rate: if total > 0.0 { timed_out / total } else { 0.0 },
+        // Only the absence of evidence: rafael cannot see a server's workers. What would flip
+        // it is latency at a given load that does not rise after timeouts (the server dropped
+        // the work), which needs saturated seconds with and without timeouts to compare.
+        abandoned_work: true,
+    }
+}
+
+/// The highest load at which attempts do not queue: every load when no knee was seen.
+fn unqueued(capacity: Option<Capacity>) -> u32 {
+    capacity.map_or(u32::MAX, |c| (c.concurrency.floor() as u32).max(1))
+}
+
+/// Seconds in which a server may still be working on an attempt rafael timed out.
+fn abandoned_seconds(samples: &[Sample]) -> Vec<usize> {
+    let mut seconds: Vec<usize> = samples
+        .iter()
+        .filter(|s| s.class == Class::Timeout)
+        .flat_map(|s| {
+            let end = s.second + (s.latency_ms / 1e3).ceil() as usize;
+            s.second..=end + ABANDONED_SECS as usize
+        })
+        .collect();
+    seconds.sort_unstable();
+    seconds.dedup();
+    seconds
+}
+
+/// The failure process of one endpoint's samples, judged (time-out apart) attempt by attempt;
+/// the failures' latency from loads up to `unqueued`, as the service time, so time spent
+/// queueing is not taken for how long the upstream takes to fail.
+fn failure(own: &[&Sample], covered: usize, unqueued: u32) -> Failure {
+    let judged: Vec<&&Sample> = own.iter().filter(|s| s.class != Class::Timeout).collect();
+    let total: f64 = judged.iter().map(|s| s.weight).sum();
+    let failed: Vec<&&&Sample> = judged
+        .iter()
+        .filter(|s| matches!(s.class, Class::Failure(_)))
+        .collect();
+    let failed_weight = failed.iter().fold(0.0, |sum, s| sum + s.weight);
+    let mut seconds = Seconds::default();
+    for s in &judged {
+        seconds.add(s.second, matches!(s.class, Class::Failure(_)));
+    }
+    let degraded = seconds.degraded();
+    let runs = runs(&degraded.seconds);
+    let (burst_n, burst_f) = degraded
+        .seconds
+        .iter()
+        .filter_map(|s| seconds.counts.get(s))
+        .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
+    let mut latencies: Weighted = failed
+        .iter()
+        .filter(|s| s.k <= unqueued)
+        .map(|s| (s.latency_ms, s.weight))
+        .collect();
+    Failure {
+        rate: if total > 0.0 {
+            failed_weight / total
+        } else {
+            0.0
+        },
+        healthy_rate: degraded.healthy_rate,
+        burst_rate: ratio(burst_f, burst_n),
+        mean_burst_secs: mean_length(&runs),
+        mean_healthy_secs: if runs.is_empty() {
+            0.0
+        } else {
+            covered.saturating_sub(degraded.seconds.len()) as f64 / runs.len() as f64
+        },
+        status: status(&failed),
+        latency_p50_ms: quantile(&mut latencies, 0.5),
+    }
+}
+
+/// The status failures answer with: a 5xx when most are (the samples keep the outcome class,
+/// not the code, so 500 stands for the class), `None` when most are resets or refused
+/// connections.
+fn status(failed: &[&&&Sample]) -> Option<u16> {
+    let http_5xx = ATTEMPT_OUTCOMES.iter().position(|&o| o == "http_5xx");
+    let fives = failed
+        .iter()
+        .filter(|s| matches!(s.class, Class::Failure(o) if Some(usize::from(o)) == http_5xx))
+        .count();
+    (fives * 2 > failed.len()).then_some(500)
+}
+
+// === regimes ===
+
+/// Seconds whose successes took at least [`BROWNOUT_FACTOR`] times what their load explains.
+fn brownout_seconds(samples: &[Sample], expected: &[Expected]) -> Vec<usize> {
+    let mut by_second: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+    for (s, ratio) in ratios(samples, expected) {
+        by_second
+            .entry(s.second)
+            .or_default()
+            .push((ratio, s.weight));
+    }
+    by_second
+        .into_iter()
+        .filter(|(_, ratios)| ratios.len() as u64 >= MIN_SECOND_SAMPLES)
+        .filter_map(|(second, mut ratios)| {
+            (quantile(&mut ratios, 0.5) >= BROWNOUT_FACTOR).then_some(second)
+        })
+        .collect()
+}
+
+/// Each success with its latency over what its load explains.
+fn ratios<'a>(
+    samples: &'a [Sample],
+    expected: &'a [Expected],
+) -> impl Iterator<Item = (&'a Sample, f64)> + 'a {
+    samples
+        .iter()
+        .filter(|s| s.class == Class::Success)
+        .filter_map(move |s| {
+            let reference = expected.get(s.endpoint)?.at(s.k);
+            (reference > 0.0).then(|| (s, s.latency_ms / reference))
+        })
+}
+
+fn regimes(
+    samples: &[Sample],
+    expected: &[Expected],
+    brownout: &[usize],
+    covered: usize,
+) -> Vec<Regime> {
+    let mut seconds = Seconds::default();
+    for s in samples.iter().filter(|s| s.class != Class::Timeout) {
+        seconds.add(s.second, matches!(s.class, Class::Failure(_)));
+    }
+    let outage = seconds.degraded().seconds;
+    [
+        (RegimeKind::Brownout, brownout.to_vec()),
+        (RegimeKind::Outage, outage),
+    ]
+    .into_iter()
+    .filter(|(_, secs)| !secs.is_empty())
+    .map(|(kind, secs)| {
+        let inside = |second: usize| secs.binary_search(&second).is_ok();
+        let (mut during, mut outside): (Weighted, Weighted) = (vec![], vec![]);
+        for (s, ratio) in ratios(samples, expected) {
+            if inside(s.second) {
+                during.push((ratio, s.weight));
+            } else {
+                outside.push((ratio, s.weight));
+            }
+        }
+        let factor = match (quantile(&mut during, 0.5), quantile(&mut outside, 0.5)) {
+            (d, o) if d > 0.0 && o > 0.0 => d / o,
+            _ => 1.0,
+        };
+        let (n, f) = secs
+            .iter()
+            .filter_map(|s| seconds.counts.get(s))
+            .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
+        let runs = runs(&secs);
+        Regime {
+            kind,
+            share: secs.len() as f64 / covered.max(1) as f64,
+            mean_secs: mean_length(&runs),
+            service_time_factor: factor,
+            failure_rate: ratio(f, n),
+            periods: runs
+                .into_iter()
+                .map(|(start, secs)| Period {
+                    start_sec: u32::try_from(start).unwrap_or(u32::MAX),
+                    secs: u32::try_from(secs).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }
+    })
+    .collect()
+}
+
+// === impl Expected ===
+
+impl Expected {
+    /// The latency load `k` explains, milliseconds.
+    fn at(&self, k: u32) -> f64 {
+        let queued = self
+            .concurrency
+            .map_or(1.0, |n| (f64::from(k) / n).max(1.0));
+        self.base_ms * queued
+    }
+}
+
+// === impl Seconds ===
+
+impl Seconds {
+    fn add(&mut self, second: usize, failed: bool) {
+        let entry = self.counts.entry(second).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(failed);
+    }
+
+    /// The degraded seconds: failures far above the healthy rate, which is re-estimated
+    /// without them until the set stops changing.
+    fn degraded(&self) -> Degraded {
+        let (n, f) = self
+            .counts
+            .values()
+            .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
+        let mut healthy = ratio(f, n);
+        let mut seconds: Vec<usize> = Vec::new();
+        for _ in 0..10 {
+            let flagged: Vec<usize> = self
+                .counts
+                .iter()
+                .filter(|(_, (n, f))| degraded_second(*n, *f, healthy))
+                .map(|(&s, _)| s)
+                .collect();
+            let (n, f) = self
+                .counts
+                .iter()
+                .filter(|(s, _)| flagged.binary_search(s).is_err())
+                .fold((0, 0), |(n, f), (_, &(a, b))| (n + a, f + b));
+            healthy = ratio(f, n);
+            if flagged == seconds {
+                break;
+            }
+            seconds = flagged;
+        }
+        Degraded {
+            healthy_rate: healthy,
+            seconds,
+        }
+    }
+}
+
+/// Whether `f` failures in `n` attempts are far above a healthy `rate`: at least double it
+/// (and 10 points above), and [`BURST_Z`] standard deviations out.
+fn degraded_second(n: u64, f: u64, rate: f64) -> bool {
+    if n < MIN_SECOND_SAMPLES || f < 3 {
+        return false;
+    }
+    let share = f as f64 / n as f64;
+    // A floor on the rate keeps the z finite when the healthy seconds never failed.
+    let p = rate.max(0.001);
+    let z = (f as f64 - n as f64 * p) / (n as f64 * p * (1.0 - p)).sqrt();
+    share >= 2.0 * rate && share >= rate + 0.1 && z >= BURST_Z
+}
+
+// === statistics ===
+
+/// The weighted quantile `q` of `(value, weight)`; 0 for none.
+fn quantile(values: &mut [(f64, f64)], q: f64) -> f64 {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = values.iter().map(|v| v.1).sum();
+    let mut seen = 0.0;
+    for &(value, weight) in values.iter() {
+        seen += weight;
+        if seen >= q * total {
+            return value;
+        }
+    }
+    values.last().map_or(0.0, |v| v.0)
+}
+
+/// The weighted mean of `(value, weight)` below its 99th percentile, so a few stragglers
+/// (a GC pause, a reconnect) do not move the capacity.
+fn trimmed_mean(values: &[(f64, f64)]) -> f64 {
+    let mut sorted = values.to_vec();
+    let cutoff = quantile(&mut sorted, 0.99);
+    let (sum, weight) = sorted
+        .iter()
+        .filter(|v| v.0 <= cutoff)
+        .fold((0.0, 0.0), |(s, w), v| (s + v.0 * v.1, w + v.1));
+    if weight > 0.0 { sum / weight } else { 0.0 }
+}
+
+/// Runs of consecutive seconds in sorted `seconds`: (first, length).
+fn runs(seconds: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &second in seconds {
+        match runs.last_mut() {
+            Some((start, length)) if *start + *length == second => *length += 1,
+            _ => runs.push((second, 1)),
+        }
+    }
+    runs
+}
+
+fn mean_length(runs: &[(usize, usize)]) -> f64 {
+    if runs.is_empty() {
+        0.0
+    } else {
+        runs.iter().map(|r| r.1).sum::<usize>() as f64 / runs.len() as f64
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
