@@ -39,6 +39,7 @@ fn endpoint(address: &str) -> EndpointModel {
         capacity: Some(Capacity {
             concurrency: 4.0,
             throughput_per_sec: 200.0,
+            timeouts_in_fit: false,
         }),
         failure: Failure {
             rate: 0.05,
@@ -49,6 +50,7 @@ fn endpoint(address: &str) -> EndpointModel {
             status: Some(500),
             latency_p50_ms: 20.0,
         },
+        timeout_rate: 0.0,
         abandoned_work: true,
     }
 }
@@ -58,6 +60,7 @@ fn model() -> Model {
         route: "bench".into(),
         fitted_at: "2026-12-01T10:00:00Z".into(),
         window_secs: 600,
+        sampled_secs: 600,
         requests: 180_000,
         arrivals: Arrivals {
             rate_per_sec: 300.0,

@@ -19,6 +19,7 @@ fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
         route: "test".into(),
         fitted_at: "2026-12-01T10:00:00Z".into(),
         window_secs: 600,
+        sampled_secs: 600,
         requests: 0,
         arrivals: ArrivalModel {
             rate_per_sec: rate,
@@ -41,6 +42,7 @@ fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
             capacity: Some(Capacity {
                 concurrency: f64::from(workers),
                 throughput_per_sec: f64::from(workers) * 1000.0 / service_ms,
+                timeouts_in_fit: false,
             }),
             failure: Failure {
                 rate: errors,
@@ -51,6 +53,7 @@ fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
                 status: Some(500),
                 latency_p50_ms: service_ms,
             },
+            timeout_rate: 0.0,
             abandoned_work: true,
         }],
         regimes: Vec::new(),

@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 use rand_distr::{Distribution, Exp, StandardNormal};
 
 use super::{Run, arrivals::window_offset};
-use crate::evolution::model::EndpointModel;
+use crate::evolution::model::{EndpointModel, RegimeKind};
 use rafael_proxy::policy::Nanos;
 
 const SECOND: f64 = 1e9;
@@ -89,7 +89,15 @@ impl Timelines {
             .enumerate()
             .map(|(index, endpoint)| {
                 let failure = &endpoint.failure;
-                if failure.mean_burst_secs <= 0.0 || failure.mean_healthy_secs <= 0.0 {
+                // The fit finds outages in the same degraded seconds that make the bursts: a
+                // scenario that replays the outages where they were draws no bursts besides.
+                let replayed = run.scenario.replays_regimes()
+                    && run
+                        .model
+                        .regimes
+                        .iter()
+                        .any(|r| r.kind == RegimeKind::Outage);
+                if replayed || failure.mean_burst_secs <= 0.0 || failure.mean_healthy_secs <= 0.0 {
                     return Vec::new();
                 }
                 let seed = run.seed ^ STREAM ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
