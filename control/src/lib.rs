@@ -12,6 +12,7 @@ pub mod client;
 pub mod config_file;
 pub mod demo;
 pub mod evolution;
+pub mod guardian;
 pub mod openapi;
 pub mod reload;
 pub mod store;

@@ -8,6 +8,8 @@
 //! - [`sim`]: the discrete-event simulator running the real engines against the model.
 
 pub mod fitness;
+pub mod genes;
 pub mod model;
 pub mod scenario;
+pub mod search;
 pub mod sim;

@@ -1,0 +1,7 @@
+//! The guardian (DESIGN §7.6): what stands between a candidate genome and live traffic.
+//!
+//! - [`guardrails`]: per-gene bounds, the most one proposal may move a gene, frozen genes, and
+//!   the invariants that always hold. Evolution repairs or drops every genome against them
+//!   before evaluating it, so an unacceptable genome is never proposed.
+
+pub mod guardrails;
