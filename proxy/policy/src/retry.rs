@@ -79,6 +79,15 @@ pub enum Retry {
     After(Duration),
 }
 
+/// True when an attempt that ended as `end` is one the route retries and attempts remain: the
+/// first check of [`decide`], which a caller may make alone to skip gathering the rest of
+/// [`AfterAttempt`] for the common answer that succeeded.
+pub fn qualifies(genes: &RetryGenes, end: Option<AttemptEnd>, attempt: u32) -> bool {
+    end.is_some_and(|end| {
+        end != AttemptEnd::RouteTimeout && genes.retry_on.iter().any(|c| end.meets(c))
+    }) && attempt < genes.max_attempts
+}
+
 /// Decides whether to retry. `withdraw(now)` takes a retry from the route's budget and is
 /// called only when every other check passed, so a retry that would not be made never spends
 /// the budget.
@@ -87,11 +96,7 @@ pub fn decide(
     after: &AfterAttempt,
     withdraw: impl FnOnce(Nanos) -> bool,
 ) -> Retry {
-    let Some(end) = after.end else {
-        return Retry::Relay;
-    };
-    let qualifies = end != AttemptEnd::RouteTimeout && genes.retry_on.iter().any(|c| end.meets(c));
-    if !qualifies || after.attempt >= genes.max_attempts {
+    if !qualifies(genes, after.end, after.attempt) {
         return Retry::Relay;
     }
     if !after.idempotent && !genes.retry_non_idempotent {

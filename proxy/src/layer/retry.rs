@@ -24,7 +24,7 @@ use crate::{
     ProxyError,
     body::Body,
     error::{attempt_end, request_body_failed},
-    policy::retry::{AfterAttempt, Retry as Decision, decide},
+    policy::retry::{AfterAttempt, Retry as Decision, decide, qualifies},
     upstream::Exchange,
 };
 
@@ -144,8 +144,13 @@ where
                         permit: None,
                     })
                     .await;
+                let end = attempt_end(&result);
+                if !qualifies(genes, end, number) {
+                    // Most answers: nothing more to read (no clock, no header lookup).
+                    return hold(result, permit.take());
+                }
                 let after = AfterAttempt {
-                    end: attempt_end(&result),
+                    end,
                     attempt: number,
                     idempotent,
                     replayable: !matches!(replay, Replay::TooLarge),
