@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 /// The wait before retry number `retry` (1 for the first retry), for `random` in `[0, 1)`.
+#[inline]
 pub fn full_jitter(base: Duration, max: Duration, retry: u32, random: f64) -> Duration {
     let doublings = retry.saturating_sub(1).min(31);
     let ceiling = base.saturating_mul(1 << doublings).min(max);

@@ -162,16 +162,19 @@ impl Default for Breaker {
 impl Breaker {
     /// The current state (an open breaker whose time is up still reads open until the next
     /// [`Breaker::admit`]).
+    #[inline]
     pub fn state(&self) -> BreakerState {
         self.state
     }
 
     /// Bumped on every transition; admissions carry it.
+    #[inline]
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
     /// True when an attempt at `now` would be admitted, without admitting it.
+    #[inline]
     pub fn available(&self, now: Nanos, params: &BreakerParams) -> bool {
         match self.state {
             BreakerState::Closed => true,

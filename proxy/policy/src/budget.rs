@@ -60,6 +60,7 @@ struct Window {
 
 impl RetryBudget {
     /// Counts a request at `now`: it adds `ratio` to what may be retried.
+    #[inline]
     pub fn deposit(&self, now: Nanos) {
         self.update(now, |window| {
             window.requests = (window.requests + 1).min(COUNT_MAX);
@@ -68,6 +69,7 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget at `now`; false when the budget is spent.
+    #[inline]
     pub fn withdraw(&self, now: Nanos, params: &BudgetParams) -> bool {
         self.update(now, |window| {
             let allowed = params.ratio * window.requests as f64 + f64::from(params.min_per_sec);

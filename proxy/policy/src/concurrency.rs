@@ -51,6 +51,7 @@ pub struct AdaptiveLimit {
 
 impl InFlightCount {
     /// Takes a slot if fewer than `limit` are taken; returns the count including it.
+    #[inline]
     pub fn try_acquire(&self, limit: u32) -> Option<u32> {
         // A compare-and-swap rather than add-then-undo: concurrent callers at the limit never
         // see a count inflated by each other's refused attempts.
@@ -63,16 +64,19 @@ impl InFlightCount {
     }
 
     /// Takes a slot whatever the count (for routes without a limit, to keep the count true).
+    #[inline]
     pub fn acquire(&self) -> u32 {
         self.count.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Gives a slot back.
+    #[inline]
     pub fn release(&self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Slots taken now.
+    #[inline]
     pub fn get(&self) -> u32 {
         self.count.load(Ordering::Acquire)
     }
@@ -95,6 +99,7 @@ impl AdaptiveLimit {
     }
 
     /// The current limit.
+    #[inline]
     pub fn limit(&self) -> u32 {
         self.limit as u32
     }

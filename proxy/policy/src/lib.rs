@@ -30,6 +30,7 @@ use std::time::Duration;
 pub type Nanos = u64;
 
 /// `duration` in nanoseconds, saturating at about 584 years.
+#[inline]
 pub fn nanos(duration: Duration) -> Nanos {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -53,6 +53,7 @@ pub enum AttemptOutcome {
 impl AttemptEnd {
     /// True when this ending meets `condition` (the vocabulary of `retry_on` and of the
     /// breaker's `failure_on`; `timeout` covers both the per-try and the route deadline).
+    #[inline]
     pub fn meets(self, condition: &RetryCondition) -> bool {
         match (condition, self) {
             (RetryCondition::ServerError, Self::Status(status)) => (500..600).contains(&status),
@@ -68,6 +69,7 @@ impl AttemptEnd {
     }
 
     /// The counter this ending goes to.
+    #[inline]
     pub fn outcome(self) -> AttemptOutcome {
         match self {
             Self::Status(status) if (500..600).contains(&status) => AttemptOutcome::Http5xx,
@@ -82,6 +84,7 @@ impl AttemptEnd {
 
     /// What the endpoint's breaker records for this ending after `latency`: a failure when it
     /// meets one of `failure_on`, otherwise a success (slow calls are the breaker's to judge).
+    #[inline]
     pub fn breaker_result(self, genes: &BreakerGenes, latency: Duration) -> AttemptResult {
         if genes
             .failure_on
@@ -101,6 +104,7 @@ impl AttemptEnd {
 /// deadline cut it off is charged to its endpoint like any timeout; one that started late (a
 /// retry with little time left) is not, so a slow first attempt elsewhere cannot open a healthy
 /// endpoint's breaker. Every other ending is always charged.
+#[inline]
 pub fn charged(end: AttemptEnd, started_at: u64, deadline: Option<u64>, timeout: Duration) -> bool {
     match (end, deadline) {
         (AttemptEnd::RouteTimeout, Some(at)) => {
@@ -114,6 +118,7 @@ pub fn charged(end: AttemptEnd, started_at: u64, deadline: Option<u64>, timeout:
 
 impl AttemptOutcome {
     /// The outcome of an attempt that got a response with `status`.
+    #[inline]
     pub fn of_status(status: u16) -> Self {
         AttemptEnd::Status(status).outcome()
     }

@@ -82,11 +82,13 @@ impl Gcra {
     }
 
     /// Nanoseconds between admissions at the sustained rate.
+    #[inline]
     pub fn interval(&self) -> Nanos {
         self.interval
     }
 
     /// Decides one arrival at `now` against `tat`: the new TAT, or how long to wait.
+    #[inline]
     pub fn check(&self, tat: Nanos, now: Nanos) -> Result<Nanos, Refused> {
         let base = tat.max(now);
         let ahead = base - now;
@@ -115,6 +117,7 @@ impl Gcra {
 
 impl RateLimitState {
     /// Admits or refuses one arrival at `now`.
+    #[inline]
     pub fn admit(&self, gcra: &Gcra, now: Nanos) -> Result<(), Refused> {
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {

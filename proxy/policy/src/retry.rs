@@ -82,6 +82,7 @@ pub enum Retry {
 /// True when an attempt that ended as `end` is one the route retries and attempts remain: the
 /// first check of [`decide`], which a caller may make alone to skip gathering the rest of
 /// [`AfterAttempt`] for the common answer that succeeded.
+#[inline]
 pub fn qualifies(genes: &RetryGenes, end: Option<AttemptEnd>, attempt: u32) -> bool {
     end.is_some_and(|end| {
         end != AttemptEnd::RouteTimeout && genes.retry_on.iter().any(|c| end.meets(c))
