@@ -10,6 +10,7 @@
 pub mod fitness;
 pub mod genes;
 pub mod model;
+pub mod round;
 pub mod scenario;
 pub mod search;
 pub mod sim;

@@ -22,7 +22,7 @@
 use std::{collections::BTreeMap, fmt, time::Duration};
 
 use rafael_config::{ConfigErrors, Genome, Guardrail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::evolution::genes::{GENES, Gene, SECTIONS};
 
@@ -38,7 +38,7 @@ pub struct Guardrails {
 }
 
 /// One broken rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
     /// The gene's key path.
     pub gene: String,

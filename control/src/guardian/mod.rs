@@ -3,5 +3,7 @@
 //! - [`guardrails`]: per-gene bounds, the most one proposal may move a gene, frozen genes, and
 //!   the invariants that always hold. Evolution repairs or drops every genome against them
 //!   before evaluating it, so an unacceptable genome is never proposed.
+//! - [`proposal`]: a candidate genome with its evidence, and its states.
 
 pub mod guardrails;
+pub mod proposal;

@@ -1,0 +1,264 @@
+//! Proposals (DESIGN §7.5): a candidate genome for one route with its evidence, and the
+//! states it moves through.
+//!
+//! `pending → approved → (canary →) applied → kept | rolled_back`, or `rejected`, `expired`
+//! (its TTL passed, or the route's genome changed under it), `superseded` (a newer proposal for
+//! the same route). Issue 9 creates proposals and leaves them `pending`; the guardian (issue 10)
+//! moves them on.
+
+use rafael_config::Genome;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    evolution::{fitness::Objectives, genes::GENES, model::Fidelity},
+    guardian::guardrails::Violation,
+};
+
+/// A proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Its id (assigned by the store).
+    pub id: i64,
+    /// The route.
+    pub route: String,
+    /// `evolution` or `manual`.
+    pub source: Source,
+    /// Who made it: `rafael` for evolution, the token's name for a hand-written one.
+    pub author: String,
+    /// Where it stands.
+    pub state: ProposalState,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When a pending proposal expires (RFC 3339).
+    pub expires_at: String,
+    /// The route's generation it was made against.
+    pub base_generation: u64,
+    /// The candidate genome.
+    pub genome: Genome,
+    /// What changes, gene by gene, from the genome of `base_generation`.
+    pub diff: Vec<GeneChange>,
+    /// Simulated impact per scenario.
+    pub predicted: Vec<Predicted>,
+    /// The model it was evaluated on, and how far to trust it.
+    pub model: ModelEvidence,
+    /// `"passed"`, or the rules it breaks.
+    pub guardrails: GuardrailVerdict,
+    /// Approvals so far.
+    pub approvals: Vec<Approval>,
+    /// The canary, once one runs (issue 10).
+    pub canary: Option<Value>,
+    /// The watch after a swap (issue 10).
+    pub watch: Option<Value>,
+    /// The evolution round that made it, when evolution did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_id: Option<i64>,
+}
+
+/// Who made a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// An evolution round.
+    Evolution,
+    /// A person (`POST /v1/proposals`).
+    Manual,
+}
+
+/// Where a proposal stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalState {
+    /// Waiting for approval.
+    Pending,
+    /// Approved, not yet applied.
+    Approved,
+    /// Serving a share of the route's requests as a canary.
+    Canary,
+    /// Live, under watch.
+    Applied,
+    /// Passed its watch.
+    Kept,
+    /// Undone by the watch or by hand.
+    RolledBack,
+    /// Refused by an approver, a guardrail or its canary.
+    Rejected,
+    /// Its TTL passed, or the route's genome moved past its base generation.
+    Expired,
+    /// A newer proposal for the same route replaced it.
+    Superseded,
+}
+
+/// One gene that changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneChange {
+    /// Its key path (`retry.max_attempts`; a section's name when the section comes or goes).
+    pub gene: String,
+    /// Before (`null` when absent).
+    pub from: Value,
+    /// After (`null` when absent).
+    pub to: Value,
+}
+
+/// The simulated impact in one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The scenario drives the model past what was observed.
+    pub extrapolated: bool,
+    /// The incumbent's objectives (means over the seeds).
+    pub incumbent: Objectives,
+    /// The candidate's.
+    pub candidate: Objectives,
+}
+
+/// The model behind a proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelEvidence {
+    /// When it was fitted.
+    pub fitted_at: String,
+    /// The model check.
+    pub fidelity: Option<Fidelity>,
+    /// Whether the model check passed.
+    pub trusted: bool,
+}
+
+/// The guardrail check's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GuardrailVerdict {
+    /// `"passed"`.
+    Passed(Passed),
+    /// The rules broken.
+    Refused(Vec<Violation>),
+}
+
+/// The word `passed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Passed {
+    /// Every rule holds.
+    Passed,
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The approver's token name.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Their comment.
+    pub comment: Option<String>,
+}
+
+// === impl ProposalState ===
+
+impl ProposalState {
+    /// Its name, as stored and as the API's `state` filter spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Canary => "canary",
+            Self::Applied => "applied",
+            Self::Kept => "kept",
+            Self::RolledBack => "rolled_back",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
+/// What changes from `before` to `after`, gene by gene: sections that come or go by their
+/// name, numeric genes by their key path, and the condition sets and `adaptive` flag.
+pub fn diff(before: &Genome, after: &Genome) -> Vec<GeneChange> {
+    let mut changes = Vec::new();
+    let json = |value: Option<serde_json::Value>| value.unwrap_or(Value::Null);
+    let sections = [
+        ("timeout", before.timeout.is_some(), after.timeout.is_some()),
+        ("retry", before.retry.is_some(), after.retry.is_some()),
+        (
+            "circuit_breaker",
+            before.circuit_breaker.is_some(),
+            after.circuit_breaker.is_some(),
+        ),
+        (
+            "rate_limit",
+            before.rate_limit.is_some(),
+            after.rate_limit.is_some(),
+        ),
+        (
+            "concurrency",
+            before.concurrency.is_some(),
+            after.concurrency.is_some(),
+        ),
+    ];
+    let section_json = |genome: &Genome, section: &str| -> Value {
+        let value = match section {
+            "timeout" => serde_json::to_value(genome.timeout),
+            "retry" => serde_json::to_value(&genome.retry),
+            "circuit_breaker" => serde_json::to_value(&genome.circuit_breaker),
+            "rate_limit" => serde_json::to_value(&genome.rate_limit),
+            _ => serde_json::to_value(&genome.concurrency),
+        };
+        json(value.ok())
+    };
+    for (section, had, has) in sections {
+        if had != has && section != "timeout" {
+            changes.push(GeneChange {
+                gene: section.to_owned(),
+                from: section_json(before, section),
+                to: section_json(after, section),
+            });
+        }
+    }
+    let changed_sections: Vec<&str> = sections
+        .iter()
+        .filter(|(s, had, has)| had != has && *s != "timeout")
+        .map(|(s, ..)| *s)
+        .collect();
+    for gene in GENES {
+        if changed_sections.contains(&gene.section) {
+            continue;
+        }
+        let (a, b) = ((gene.get)(before), (gene.get)(after));
+        if a != b {
+            changes.push(GeneChange {
+                gene: gene.path.to_owned(),
+                from: json(a.map(Value::from)),
+                to: json(b.map(Value::from)),
+            });
+        }
+    }
+    if let (Some(a), Some(b)) = (&before.retry, &after.retry) {
+        if a.retry_on != b.retry_on {
+            changes.push(GeneChange {
+                gene: "retry.retry_on".into(),
+                from: json(serde_json::to_value(&a.retry_on).ok()),
+                to: json(serde_json::to_value(&b.retry_on).ok()),
+            });
+        }
+    }
+    if let (Some(a), Some(b)) = (&before.circuit_breaker, &after.circuit_breaker) {
+        if a.failure_on != b.failure_on {
+            changes.push(GeneChange {
+                gene: "circuit_breaker.failure_on".into(),
+                from: json(serde_json::to_value(&a.failure_on).ok()),
+                to: json(serde_json::to_value(&b.failure_on).ok()),
+            });
+        }
+    }
+    if let (Some(a), Some(b)) = (&before.concurrency, &after.concurrency) {
+        if a.adaptive != b.adaptive {
+            changes.push(GeneChange {
+                gene: "concurrency.adaptive".into(),
+                from: Value::from(a.adaptive),
+                to: Value::from(b.adaptive),
+            });
+        }
+    }
+    changes
+}
