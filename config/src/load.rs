@@ -38,6 +38,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "runtime" => decode_into(&mut config.runtime, value, &key, &mut errors),
             "chaos" => decode_into(&mut config.chaos, value, &key, &mut errors),
             "evolution" => decode_into(&mut config.evolution, value, &key, &mut errors),
+            "guardian" => decode_into(&mut config.guardian, value, &key, &mut errors),
             "listeners" => config.listeners = decode_array(value, &key, &mut errors),
             "upstreams" => config.upstreams = decode_array(value, &key, &mut errors),
             "routes" => config.routes = decode_array(value, &key, &mut errors),
@@ -45,7 +46,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             _ => errors.push(
                 key,
                 "unknown section; expected one of admin, store, runtime, listeners, upstreams, \
-                 routes, chaos, faults, evolution",
+                 routes, chaos, faults, evolution, guardian",
             ),
         }
     }

@@ -27,6 +27,8 @@ pub struct Config {
     pub faults: Vec<FaultConfig>,
     /// The control plane's evolution settings.
     pub evolution: EvolutionConfig,
+    /// What bounds and gates proposed genomes.
+    pub guardian: GuardianConfig,
 }
 
 /// `[admin]`: the admin API listener.
@@ -187,6 +189,9 @@ pub struct RouteConfig {
     /// any other upgrade is forwarded as a plain request. `h2c` is never allowed.
     #[serde(default = "RouteConfig::default_upgrades")]
     pub upgrades: Vec<String>,
+    /// Whether evolution rounds run on this route.
+    #[serde(default = "RouteConfig::default_evolve")]
+    pub evolve: bool,
 }
 
 /// Conditions a request must meet, all of them, for a route to take it.
@@ -287,12 +292,55 @@ pub struct EvolutionConfig {
     pub min_requests: u32,
     /// Largest relative error of the model check before the model is not trusted.
     pub max_model_error: f64,
-    /// Whether winners wait for a human.
+    /// Offspring per generation (lambda).
+    pub population: u32,
+    /// Parents kept per generation (mu).
+    pub parents: u32,
+    /// Generations after the first.
+    pub generations: u32,
+    /// Paired simulation seeds per full evaluation.
+    pub seeds: u32,
+    /// Scenarios every genome is evaluated under (`observed`, `nominal`, `THREAT:SEVERITY`).
+    pub scenarios: Vec<String>,
+    /// How scenarios combine.
+    pub aggregate: AggregateMode,
+    /// Least fitness gain over the incumbent for a proposal; also the most any one scenario
+    /// may lose.
+    pub margin: f64,
+    /// Virtual time of a full evaluation, per scenario and seed.
+    pub duration: HumanDuration,
+    /// Whether winners wait for a human (moved to `[guardian]`, still read here).
     pub approval: ApprovalMode,
     /// What a good genome is.
     pub objectives: Objectives,
+    /// Hard bounds per gene path (moved to `[guardian].guardrails`, still read here).
+    pub guardrails: BTreeMap<String, Guardrail>,
+}
+
+/// How scenarios combine into one fitness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateMode {
+    /// The mean over scenarios.
+    #[default]
+    Mean,
+    /// The worst scenario.
+    Worst,
+}
+
+/// `[guardian]`: what bounds and gates proposed genomes (DESIGN §7.6). The keys that bound
+/// genomes; approval, canary and watch come with the guardian itself.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GuardianConfig {
     /// Hard bounds per gene path (`"retry.max_attempts" = { max = 4 }`).
     pub guardrails: BTreeMap<String, Guardrail>,
+    /// Most relative change of any numeric gene in one proposal.
+    pub max_step: f64,
+    /// Gene paths or sections no proposal changes.
+    pub frozen: Vec<String>,
+    /// How long a proposal waits for approval before it expires.
+    pub proposal_ttl: HumanDuration,
 }
 
 /// How proposals are approved.
@@ -312,6 +360,8 @@ pub enum ApprovalMode {
 pub struct Objectives {
     /// Latency a request must beat to count as goodput.
     pub slo_latency: HumanDuration,
+    /// Clients give up after this long: an answer later than this is no answer.
+    pub client_timeout: HumanDuration,
     /// Weights of the fitness terms.
     pub weights: ObjectiveWeights,
 }
@@ -403,6 +453,10 @@ impl RouteConfig {
     fn default_upgrades() -> Vec<String> {
         vec!["websocket".to_owned()]
     }
+
+    fn default_evolve() -> bool {
+        true
+    }
 }
 
 impl UpstreamConfig {
@@ -441,9 +495,37 @@ impl Default for EvolutionConfig {
             interval: HumanDuration::from_secs(600),
             min_requests: 2000,
             max_model_error: 0.15,
+            population: 16,
+            parents: 4,
+            generations: 12,
+            seeds: 5,
+            scenarios: [
+                "observed",
+                "latency:high",
+                "upstream-failure:high",
+                "surge:medium",
+                "brownout:medium",
+                "memory-pressure:medium",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            aggregate: AggregateMode::Mean,
+            margin: 0.02,
+            duration: HumanDuration::from_secs(60),
             approval: ApprovalMode::Manual,
             objectives: Objectives::default(),
             guardrails: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for GuardianConfig {
+    fn default() -> Self {
+        Self {
+            guardrails: BTreeMap::new(),
+            max_step: 0.5,
+            frozen: Vec::new(),
+            proposal_ttl: HumanDuration::from_secs(24 * 3600),
         }
     }
 }
@@ -452,6 +534,7 @@ impl Default for Objectives {
     fn default() -> Self {
         Self {
             slo_latency: HumanDuration::from_millis(300),
+            client_timeout: HumanDuration::from_secs(5),
             weights: ObjectiveWeights::default(),
         }
     }

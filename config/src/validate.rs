@@ -150,16 +150,125 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
         1,
         600_000,
     );
-    for (gene, guardrail) in &config.evolution.guardrails {
-        if let (Some(min), Some(max)) = (guardrail.min, guardrail.max) {
-            if min > max {
+    let evolution = &config.evolution;
+    check_range(
+        errors,
+        "evolution.population",
+        evolution.population,
+        1,
+        1_000,
+    );
+    check_range(errors, "evolution.parents", evolution.parents, 1, 100);
+    check_range(
+        errors,
+        "evolution.generations",
+        evolution.generations,
+        0,
+        1_000,
+    );
+    check_range(errors, "evolution.seeds", evolution.seeds, 1, 100);
+    check_fraction(errors, "evolution.margin", evolution.margin, 0.0, 1.0);
+    // A full evaluation runs every scenario and seed for this long: ten minutes is the
+    // telemetry window, and longer only repeats it.
+    check_duration(
+        errors,
+        "evolution.duration",
+        evolution.duration,
+        1_000,
+        600_000,
+    );
+    check_duration(
+        errors,
+        "evolution.objectives.client_timeout",
+        evolution.objectives.client_timeout,
+        1,
+        3_600_000,
+    );
+    if evolution.scenarios.is_empty() {
+        errors.push("evolution.scenarios", "must name at least one scenario");
+    }
+    for (i, scenario) in evolution.scenarios.iter().enumerate() {
+        if let Some(problem) = scenario_problem(scenario) {
+            errors.push(format!("evolution.scenarios[{i}]"), problem);
+        }
+    }
+    if !evolution.guardrails.is_empty() && !config.guardian.guardrails.is_empty() {
+        errors.push(
+            "evolution.guardrails",
+            "set in both [evolution] (its old place) and [guardian]: keep [guardian].guardrails",
+        );
+    }
+    for (section, rails) in [
+        ("evolution", &evolution.guardrails),
+        ("guardian", &config.guardian.guardrails),
+    ] {
+        for (gene, guardrail) in rails {
+            let path = format!("{section}.guardrails.\"{gene}\"");
+            if !crate::GENE_PATHS.contains(&gene.as_str()) {
                 errors.push(
-                    format!("evolution.guardrails.\"{gene}\""),
-                    format!("min ({min}) is above max ({max})"),
+                    path.clone(),
+                    format!(
+                        "unknown gene; expected one of {}",
+                        crate::GENE_PATHS.join(", ")
+                    ),
                 );
+            }
+            if let (Some(min), Some(max)) = (guardrail.min, guardrail.max) {
+                if min > max {
+                    errors.push(path, format!("min ({min}) is above max ({max})"));
+                }
             }
         }
     }
+    let guardian = &config.guardian;
+    check_fraction(errors, "guardian.max_step", guardian.max_step, 0.01, 100.0);
+    check_duration(
+        errors,
+        "guardian.proposal_ttl",
+        guardian.proposal_ttl,
+        1_000,
+        30 * 86_400_000,
+    );
+    for (i, frozen) in guardian.frozen.iter().enumerate() {
+        let known = crate::GENE_PATHS.contains(&frozen.as_str())
+            || crate::GENOME_SECTIONS.contains(&frozen.as_str())
+            || matches!(
+                frozen.as_str(),
+                "retry.retry_on" | "circuit_breaker.failure_on" | "concurrency.adaptive"
+            );
+        if !known {
+            errors.push(
+                format!("guardian.frozen[{i}]"),
+                format!("unknown gene or section {frozen:?}"),
+            );
+        }
+    }
+}
+
+/// What is wrong with a scenario name, if anything.
+pub fn scenario_problem(name: &str) -> Option<String> {
+    if matches!(name, "observed" | "nominal") {
+        return None;
+    }
+    let expected = || {
+        format!(
+            "unknown scenario {name:?}: expected observed, nominal or THREAT:SEVERITY with THREAT one of {}",
+            crate::THREATS.join(", ")
+        )
+    };
+    let Some((threat, severity)) = name.split_once(':') else {
+        return Some(expected());
+    };
+    if !crate::THREATS.contains(&threat) {
+        return Some(expected());
+    }
+    if !crate::SEVERITIES.contains(&severity) {
+        return Some(format!(
+            "unknown severity {severity:?} in scenario {name:?}: expected {}",
+            crate::SEVERITIES.join(", ")
+        ));
+    }
+    None
 }
 
 fn unique_names<'a>(

@@ -355,3 +355,36 @@ impl Gene {
             .map_or(self.path, |(_, gene)| gene)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_the_genes_the_config_names() {
+        let paths: Vec<&str> = GENES.iter().map(|g| g.path).collect();
+        assert_eq!(paths, rafael_config::GENE_PATHS);
+        assert_eq!(SECTIONS, rafael_config::GENOME_SECTIONS);
+    }
+
+    #[test]
+    fn normalizing_round_trips_inside_the_bounds() {
+        for gene in GENES {
+            for position in [0.0, 0.25, 0.5, 1.0] {
+                let value = gene.denormalize(position);
+                assert!(
+                    (gene.min..=gene.max).contains(&value),
+                    "{} {value}",
+                    gene.path
+                );
+                if !gene.integer {
+                    assert!(
+                        (gene.normalize(value) - position).abs() < 1e-9,
+                        "{}",
+                        gene.path
+                    );
+                }
+            }
+        }
+    }
+}

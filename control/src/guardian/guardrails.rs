@@ -49,6 +49,21 @@ pub struct Violation {
 // === impl Guardrails ===
 
 impl Guardrails {
+    /// The rules of `config`: `[guardian]`, with `[evolution].guardrails` (their old place)
+    /// still read (validation refuses a file that sets both).
+    pub fn from_config(config: &rafael_config::Config) -> Self {
+        let bounds = if config.guardian.guardrails.is_empty() {
+            config.evolution.guardrails.clone()
+        } else {
+            config.guardian.guardrails.clone()
+        };
+        Self {
+            bounds,
+            max_step: Some(config.guardian.max_step),
+            frozen: config.guardian.frozen.clone(),
+        }
+    }
+
     fn frozen(&self, path: &str, section: &str) -> bool {
         self.frozen.iter().any(|f| f == path || f == section)
     }
