@@ -250,6 +250,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                 Ok(handle) => {
                     rafael_proxy::metrics::describe();
                     crate::reload::describe_metrics();
+                    crate::evolution::describe_metrics();
                     Some(handle)
                 }
                 Err(error) => {

@@ -164,7 +164,28 @@ async fn the_fitted_model_finds_the_pools_capacity_service_time_and_errors() {
         serde_json::json!([]),
         "queueing is not a brownout"
     );
-    assert_eq!(model["fidelity"], serde_json::Value::Null);
+    // The model check: the live genome simulated on this model with the observed arrivals,
+    // against what the route did in the same window (issue 9: relative errors under 0.15).
+    let fidelity = &model["fidelity"];
+    eprintln!("fidelity: {fidelity}");
+    for metric in ["goodput", "p50_ms", "p99_ms", "amplification"] {
+        let error = fidelity[metric]["error"]
+            .as_f64()
+            .expect("a checked figure");
+        assert!(error < 0.15, "{metric}: {}", fidelity[metric]);
+    }
+    assert_eq!(fidelity["trusted"], true, "{fidelity}");
+    let metrics = tokio::task::spawn_blocking({
+        let admin = rafael.admin;
+        move || http_get(admin, "/metrics").2
+    })
+    .await
+    .unwrap();
+    let error = support::metric_value(
+        &metrics,
+        "rafael_model_error{route=\"main\",metric=\"p99\"}",
+    );
+    assert!(error.is_some_and(|e| e < 0.15), "{error:?}");
 
     // The CLI prints the same model for a reader.
     let output = Command::new(RAFAEL)

@@ -14,3 +14,11 @@ pub mod round;
 pub mod scenario;
 pub mod search;
 pub mod sim;
+
+/// Registers HELP text for the control plane's evolution metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        model::check::MODEL_ERROR,
+        "Relative error of the model check (goodput, p50, p99, amplification), by route."
+    );
+}

@@ -206,7 +206,8 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
     })
 }
 
-/// Copies `route`'s telemetry from the live snapshot and fits it.
+/// Copies `route`'s telemetry from the live snapshot, fits it, and runs the model check of the
+/// route's live genome on it (published as `rafael_model_error`).
 pub fn fit_route(
     snapshots: &SnapshotHandle,
     route: &str,
@@ -241,7 +242,16 @@ pub fn fit_route(
         now,
         settled,
     };
-    fit(&copy, min_requests)
+    let mut model = fit(&copy, min_requests)?;
+    let fidelity = super::check::check(
+        &model,
+        complete_windows(&copy),
+        live.policy(),
+        snapshot.config(),
+    );
+    super::check::publish(route, &fidelity);
+    model.fidelity = Some(fidelity);
+    Ok(model)
 }
 
 /// The windows of whole seconds, from the first with a request to the last before `now`'s.

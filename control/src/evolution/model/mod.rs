@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod check;
 pub mod fit;
 
 pub use fit::{FitError, Telemetry, fit, fit_route};

@@ -87,6 +87,11 @@ pub struct Report {
     /// The run drove an endpoint past the load its model was fitted on, where the model only
     /// extrapolates.
     pub extrapolated: bool,
+    /// Latencies of answered requests in the telemetry's log-linear buckets
+    /// (`rafael_proxy::telemetry::latency_bucket`), so a simulated distribution is read
+    /// through the same buckets as an observed one.
+    #[serde(skip)]
+    pub histogram: Vec<u64>,
 }
 
 // === impl Prepared ===

@@ -24,6 +24,7 @@ use rafael_proxy::policy::{
     rate_limit::{Gcra, RateLimitState},
     retry::{AfterAttempt, Retry, decide},
 };
+use rafael_proxy::telemetry::{LATENCY_BUCKETS, latency_bucket};
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 
 use super::{
@@ -712,6 +713,11 @@ impl<'p, 'a> Simulation<'p, 'a> {
             let (_, value, _) = sorted.select_nth_unstable(rank);
             Duration::from_nanos(*value)
         };
+        let mut histogram = vec![0; LATENCY_BUCKETS];
+        for latency in &self.latencies {
+            histogram[latency_bucket(*latency)] += 1;
+        }
+        self.report.histogram = histogram;
         self.report.p50 = quantile(&mut self.latencies, 0.5);
         self.report.p99 = quantile(&mut self.latencies, 0.99);
         self.report.extrapolated = self

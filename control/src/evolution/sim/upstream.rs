@@ -175,11 +175,23 @@ impl Shape {
         let workers = model
             .capacity
             .map(|c| c.concurrency.round().max(1.0).min(f64::from(u32::MAX)) as u32);
+        let sigma = ((p99 / p50).ln() / Z99).max(0.0);
+        // Whole workers at the fitted service time serve `workers / mean` a second, which a
+        // fractional fitted concurrency (4.06) misses by a few percent; how fast a queue grows
+        // past the knee depends on exactly that, so service times are scaled (within a
+        // quarter) to serve the fitted saturated throughput.
+        let scale = match (workers, model.capacity) {
+            (Some(workers), Some(capacity)) if capacity.throughput_per_sec > 0.0 => {
+                let mean_secs = p50 * (sigma * sigma / 2.0).exp() / SECOND;
+                (f64::from(workers) / (capacity.throughput_per_sec * mean_secs)).clamp(0.8, 1.25)
+            }
+            _ => 1.0,
+        };
         let observed_peak = model.by_load.iter().map(|b| b.in_flight).max().unwrap_or(0);
         Self {
-            mu: p50.ln(),
-            sigma: ((p99 / p50).ln() / Z99).max(0.0),
-            failure_mu: failure_p50.max(1.0).ln(),
+            mu: (p50 * scale).ln(),
+            sigma,
+            failure_mu: (failure_p50 * scale).max(1.0).ln(),
             healthy_rate: model.failure.healthy_rate.clamp(0.0, 1.0),
             burst_rate: model.failure.burst_rate.clamp(0.0, 1.0),
             failure_status: model.failure.status,
