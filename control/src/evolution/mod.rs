@@ -14,6 +14,8 @@ pub mod round;
 pub mod scenario;
 pub mod search;
 pub mod sim;
+#[cfg(test)]
+mod testing;
 
 /// Registers HELP text for the control plane's evolution metrics.
 pub fn describe_metrics() {

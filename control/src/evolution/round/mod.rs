@@ -1,7 +1,11 @@
 //! Evolution rounds (DESIGN §7.4): one round takes a route from its telemetry to a proposal,
 //! or to the reason there is none.
 
+mod run;
+
 use serde::{Deserialize, Serialize};
+
+pub use run::{Verdict, evolve};
 
 /// A round, as stored and as `GET /v1/evolution/rounds` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

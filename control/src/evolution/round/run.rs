@@ -1,0 +1,284 @@
+//! One round's search and verdict, as a pure function of (model, incumbent, settings, seed).
+//!
+//! Simulating every genome of every generation on every seed and scenario would take minutes,
+//! so simulation is spent where it decides (racing):
+//! - **search**: every genome the strategy proposes is scored on short runs — the first two
+//!   seeds, every scenario, a sixth of the full duration;
+//! - **verdict**: the strategy's surviving parents and the incumbent are scored on full runs —
+//!   every seed, every scenario, the full duration — and compared on paired seeds.
+//!
+//! Every genome of a round is simulated on the same prepared runs (the same arrivals and the
+//! same upstream luck per seed and scenario), so differences between genomes are the genomes'.
+//! A round proposes only when the best contender beats the incumbent on the aggregate by at
+//! least `margin`, as a mean of per-seed differences, and loses no more than `margin` in any
+//! scenario.
+
+use std::time::Duration;
+
+use rafael_config::{AggregateMode, Config, Genome};
+
+use super::RoundResult;
+use crate::{
+    evolution::{
+        fitness::{Aggregate, Objectives},
+        model::Model,
+        scenario::Scenario,
+        search::{Found, Settings, peer_defaults, search},
+        sim::{Prepared, Run},
+    },
+    guardian::{
+        guardrails::{Guardrails, check},
+        proposal::Predicted,
+    },
+};
+
+/// Seeds of the search's short runs.
+const SEARCH_SEEDS: u64 = 2;
+/// Short runs last this share of the full duration.
+const SEARCH_SHARE: u32 = 6;
+/// Shortest short run.
+const SEARCH_MIN: Duration = Duration::from_secs(5);
+
+/// What a round found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// `proposed` or `no_improvement`.
+    pub result: RoundResult,
+    /// Why, in words.
+    pub reason: String,
+    /// The best contender, when it beats the incumbent.
+    pub candidate: Option<Genome>,
+    /// The incumbent's aggregate fitness on the full runs.
+    pub incumbent_fitness: f64,
+    /// The best contender's.
+    pub best_fitness: f64,
+    /// Per scenario, the incumbent's and the best contender's objectives.
+    pub predicted: Vec<Predicted>,
+    /// Generations the search ran.
+    pub generations: u32,
+    /// Distinct genomes the search scored.
+    pub evaluations: u32,
+}
+
+/// Scores of one genome on a set of runs: fitness per (scenario, seed) and objectives.
+#[derive(Debug, Clone)]
+struct Scored {
+    /// `[scenario][seed]`.
+    objectives: Vec<Vec<Objectives>>,
+    extrapolated: Vec<bool>,
+}
+
+/// The prepared runs of one evaluation level.
+struct Runs<'m> {
+    /// `[scenario][seed]`.
+    runs: Vec<Vec<Prepared<'m>>>,
+}
+
+/// Searches for a better genome than `incumbent` on `model`, with `config`'s evolution and
+/// guardian settings, seeded by `seed`.
+pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> Verdict {
+    let evolution = &config.evolution;
+    let objectives = &evolution.objectives;
+    let scenarios: Vec<Scenario> = evolution
+        .scenarios
+        .iter()
+        .filter_map(|name| name.parse().ok())
+        .collect();
+    let duration = evolution.duration.get();
+    let short = (duration / SEARCH_SHARE).max(SEARCH_MIN).min(duration);
+    let prepare = |seeds: u64, duration: Duration| Runs {
+        runs: scenarios
+            .iter()
+            .map(|&scenario| {
+                (0..seeds)
+                    .map(|i| {
+                        Prepared::new(Run {
+                            model,
+                            scenario,
+                            duration,
+                            rate: None,
+                            slo_latency: objectives.slo_latency.get(),
+                            client_timeout: objectives.client_timeout.get(),
+                            seed: seed.wrapping_mul(1_000_003).wrapping_add(i),
+                        })
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let aggregate = match evolution.aggregate {
+        AggregateMode::Mean => Aggregate::Mean,
+        AggregateMode::Worst => Aggregate::Worst,
+    };
+    let slo_secs = objectives.slo_latency.get().as_secs_f64();
+    let score = |runs: &Runs<'_>, genome: &Genome| -> Scored {
+        let mut extrapolated = Vec::new();
+        let objectives = runs
+            .runs
+            .iter()
+            .map(|per_seed| {
+                let mut beyond = false;
+                let scored = per_seed
+                    .iter()
+                    .map(|prepared| {
+                        let report = prepared.simulate(genome);
+                        beyond |= report.extrapolated;
+                        Objectives::of(&report, slo_secs, &objectives.weights)
+                    })
+                    .collect();
+                extrapolated.push(beyond);
+                scored
+            })
+            .collect();
+        Scored {
+            objectives,
+            extrapolated,
+        }
+    };
+
+    // Search on short runs.
+    let short_runs = prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short);
+    let rails = Guardrails::from_config(config);
+    let mut seeds_of_search: Vec<Genome> = peer_defaults();
+    seeds_of_search.retain(|g| g != incumbent);
+    let found: Found = search(
+        incumbent,
+        &seeds_of_search,
+        &rails,
+        Settings {
+            parents: evolution.parents as usize,
+            offspring: evolution.population as usize,
+            generations: evolution.generations as usize,
+            seed,
+        },
+        |batch| {
+            batch
+                .iter()
+                .map(|genome| fitness(&score(&short_runs, genome), aggregate))
+                .collect()
+        },
+    );
+
+    // Verdict on full runs, paired seeds.
+    let full_runs = prepare(u64::from(evolution.seeds), duration);
+    let base = score(&full_runs, incumbent);
+    let base_fitness = fitness(&base, aggregate);
+    let mut best: Option<(Genome, Scored, f64)> = None;
+    for (genome, _) in &found.best {
+        if genome == incumbent || !check(genome, incumbent, &rails).is_empty() {
+            continue;
+        }
+        let scored = score(&full_runs, genome);
+        let value = fitness(&scored, aggregate);
+        if best.as_ref().is_none_or(|(_, _, b)| value > *b) {
+            best = Some((genome.clone(), scored, value));
+        }
+    }
+    let generations = u32::try_from(found.generations).unwrap_or(u32::MAX);
+    let evaluations = u32::try_from(found.evaluations).unwrap_or(u32::MAX);
+    let Some((genome, scored, best_fitness)) = best else {
+        return Verdict {
+            result: RoundResult::NoImprovement,
+            reason: "no genome other than the incumbent survived the search".into(),
+            candidate: None,
+            incumbent_fitness: base_fitness,
+            best_fitness: base_fitness,
+            predicted: Vec::new(),
+            generations,
+            evaluations,
+        };
+    };
+    let predicted = scenarios
+        .iter()
+        .enumerate()
+        .map(|(i, scenario)| Predicted {
+            scenario: scenario.to_string(),
+            extrapolated: base.extrapolated[i] || scored.extrapolated[i],
+            incumbent: Objectives::mean(&base.objectives[i]),
+            candidate: Objectives::mean(&scored.objectives[i]),
+        })
+        .collect();
+    let margin = evolution.margin;
+    let gain = paired_gain(&base, &scored, aggregate);
+    let worst_scenario = (0..scenarios.len())
+        .map(|i| {
+            let loss = mean_difference(&base.objectives[i], &scored.objectives[i]);
+            (i, loss)
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let (result, reason, candidate) = if gain < margin {
+        (
+            RoundResult::NoImprovement,
+            format!("the best genome gains {gain:.4} on paired seeds, under the margin {margin}"),
+            None,
+        )
+    } else if let Some((i, loss)) = worst_scenario.filter(|(_, loss)| *loss < -margin) {
+        (
+            RoundResult::NoImprovement,
+            format!(
+                "the best genome gains {gain:.4} but loses {:.4} in scenario {}, more than the margin {margin}",
+                -loss, scenarios[i]
+            ),
+            None,
+        )
+    } else {
+        (
+            RoundResult::Proposed,
+            format!("the best genome gains {gain:.4} on paired seeds (margin {margin})"),
+            Some(genome),
+        )
+    };
+    Verdict {
+        result,
+        reason,
+        candidate,
+        incumbent_fitness: base_fitness,
+        best_fitness,
+        predicted,
+        generations,
+        evaluations,
+    }
+}
+
+/// The aggregate fitness of `scored`: per seed, scenarios combined by `aggregate`; then the
+/// mean over seeds.
+fn fitness(scored: &Scored, aggregate: Aggregate) -> f64 {
+    let per_seed = per_seed(scored, aggregate);
+    per_seed.iter().sum::<f64>() / per_seed.len().max(1) as f64
+}
+
+fn per_seed(scored: &Scored, aggregate: Aggregate) -> Vec<f64> {
+    let seeds = scored.objectives.first().map_or(0, Vec::len);
+    (0..seeds)
+        .map(|seed| {
+            let per_scenario: Vec<f64> = scored
+                .objectives
+                .iter()
+                .map(|runs| runs[seed].fitness)
+                .collect();
+            aggregate.combine(&per_scenario)
+        })
+        .collect()
+}
+
+/// The mean over seeds of the candidate's aggregate minus the incumbent's, seed by seed.
+fn paired_gain(incumbent: &Scored, candidate: &Scored, aggregate: Aggregate) -> f64 {
+    let a = per_seed(incumbent, aggregate);
+    let b = per_seed(candidate, aggregate);
+    let n = a.len().min(b.len()).max(1) as f64;
+    a.iter().zip(&b).map(|(a, b)| b - a).sum::<f64>() / n
+}
+
+/// The mean over seeds of the candidate's fitness minus the incumbent's in one scenario.
+fn mean_difference(incumbent: &[Objectives], candidate: &[Objectives]) -> f64 {
+    let n = incumbent.len().min(candidate.len()).max(1) as f64;
+    incumbent
+        .iter()
+        .zip(candidate)
+        .map(|(a, b)| b.fitness - a.fitness)
+        .sum::<f64>()
+        / n
+}
+
+#[cfg(test)]
+mod tests;
