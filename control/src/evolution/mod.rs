@@ -14,6 +14,7 @@ pub mod round;
 pub mod scenario;
 pub mod search;
 pub mod sim;
+pub mod simulate;
 #[cfg(test)]
 mod testing;
 
