@@ -2,10 +2,12 @@
 //! or to the reason there is none.
 
 mod run;
+pub mod service;
 
 use serde::{Deserialize, Serialize};
 
 pub use run::{Verdict, evolve};
+pub use service::{Evolution, RoundError};
 
 /// A round, as stored and as `GET /v1/evolution/rounds` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
