@@ -31,7 +31,8 @@ use crate::{
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
     evolution::model::{FitError, fit_route},
-    store::Store,
+    guardian::proposal::ProposalState,
+    store::{Store, StoreError},
 };
 
 /// Largest request body the admin API reads (1 MiB, nginx's `client_max_body_size` default):
@@ -76,6 +77,26 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
+#[derive(Debug, Deserialize)]
+struct ProposalQuery {
+    state: Option<String>,
+    route: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoundQuery {
+    route: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Most records one list answers when the query names no `limit` (and when it names more
+/// than [`MAX_LIST`]).
+const DEFAULT_LIST: u32 = 100;
+
+/// The largest `limit` a list honours: a page of a thousand proposals is a few MiB of JSON.
+const MAX_LIST: u32 = 1000;
+
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
     let read = Router::new()
@@ -85,6 +106,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/experiments/{id}", get(experiment_get))
         .route("/v1/experiments/{id}/report", get(experiment_report))
         .route("/v1/routes/{route}/model", get(route_model))
+        .route("/v1/proposals", get(proposals_list))
+        .route("/v1/proposals/{id}", get(proposal_get))
+        .route("/v1/evolution/rounds", get(rounds_list))
+        .route("/v1/evolution/rounds/{id}", get(round_get))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Read),
             authorize,
@@ -290,6 +315,105 @@ async fn experiment_report(State(state): State<AdminState>, ApiPath(id): ApiPath
             "the experiment has no report yet: it is running, or watching the recovery",
         ),
         Err(e) => chaos_error(&e),
+    }
+}
+
+async fn proposals_list(
+    State(state): State<AdminState>,
+    ApiQuery(query): ApiQuery<ProposalQuery>,
+) -> Response {
+    // An empty parameter (a form's blank field) filters nothing rather than everything.
+    let named = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let (state_name, route) = (named(query.state), named(query.route));
+    let filter = match state_name
+        .as_deref()
+        .map(|name| (name, ProposalState::parse(name)))
+    {
+        None => None,
+        Some((_, Some(known))) => Some(known),
+        Some((name, None)) => {
+            let known: Vec<&str> = ProposalState::ALL.iter().map(|s| s.as_str()).collect();
+            let detail = format!("unknown state {name:?}; one of {}", known.join(", "));
+            return error(StatusCode::BAD_REQUEST, "bad_request", &detail);
+        }
+    };
+    let limit = list_limit(query.limit);
+    let listed = on_store(&state, move |store| {
+        store.proposals(filter, route.as_deref(), limit)
+    })
+    .await;
+    match listed {
+        Ok(proposals) => Json(json!({ "proposals": proposals })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn proposal_get(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>) -> Response {
+    match on_store(&state, move |store| store.proposal(id)).await {
+        Ok(Some(proposal)) => Json(proposal).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no proposal {id}"),
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn rounds_list(
+    State(state): State<AdminState>,
+    ApiQuery(query): ApiQuery<RoundQuery>,
+) -> Response {
+    let limit = list_limit(query.limit);
+    let route = query.route.filter(|r| !r.is_empty());
+    match on_store(&state, move |store| store.rounds(route.as_deref(), limit)).await {
+        Ok(rounds) => Json(json!({ "rounds": rounds })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn round_get(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>) -> Response {
+    match on_store(&state, move |store| store.round(id)).await {
+        Ok(Some(round)) => Json(round).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no evolution round {id}"),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// The `limit` a list query asks for, within [`MAX_LIST`].
+fn list_limit(asked: Option<u32>) -> u32 {
+    asked.unwrap_or(DEFAULT_LIST).min(MAX_LIST)
+}
+
+/// Runs `work` on the store on the blocking pool (SQLite is synchronous, and the admin API
+/// shares its runtime with the proxy); a failure is the API's 500, logged.
+async fn on_store<T: Send + 'static>(
+    state: &AdminState,
+    work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!("admin API: {e}");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store",
+                &e.to_string(),
+            ))
+        }
+        Err(e) => {
+            tracing::error!("admin API: a store task failed: {e}");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            ))
+        }
     }
 }
 

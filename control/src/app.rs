@@ -107,6 +107,12 @@ impl App {
         };
         let admin_address = admin_socket.local_addr()?;
 
+        {
+            let (store, audit) = (store.clone(), audit.clone());
+            tokio::task::spawn_blocking(move || recover_evolution(&store, &audit))
+                .await
+                .context("recovering evolution's state")??;
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let chaos = Chaos::new(snapshot.clone(), store.clone(), audit.clone())?;
         chaos.set_listeners(listeners.iter().filter_map(|bound| {
@@ -239,6 +245,34 @@ impl ShutdownSignal {
     }
 }
 
+/// Ends the rounds a previous process left running (they ran in its memory, and died with
+/// it), each with an `evolution.round` audit entry, and seeds the pending-proposals gauge
+/// from the store.
+fn recover_evolution(store: &Store, audit: &AuditLog) -> Result<(), StoreError> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    for round in store.fail_interrupted_rounds(&now)? {
+        audit.append(
+            "rafael",
+            crate::audit::action::EVOLUTION_ROUND,
+            &round.route,
+            serde_json::json!({
+                "round": round.id,
+                "state": round.state.as_str(),
+                "reason": round.reason,
+            }),
+        )?;
+        warn!(
+            id = round.id,
+            route = round.route,
+            "evolution round interrupted by a restart"
+        );
+    }
+    crate::guardian::metrics::set_pending(
+        store.proposal_count(crate::guardian::proposal::ProposalState::Pending)?,
+    );
+    Ok(())
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -251,6 +285,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                     rafael_proxy::metrics::describe();
                     crate::reload::describe_metrics();
                     crate::evolution::describe_metrics();
+                    crate::guardian::metrics::describe();
                     Some(handle)
                 }
                 Err(error) => {

@@ -21,6 +21,37 @@ use crate::store::{Store, StoreError};
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The guardian's and evolution's action names (DESIGN §7.6), so a writer and a test that
+/// looks for an entry cannot spell one differently.
+pub mod action {
+    /// A proposal was made (by a round or by hand).
+    pub const PROPOSAL_CREATED: &str = "proposal.created";
+    /// An approver approved a proposal (or `rafael`, under `approval = "auto"`).
+    pub const PROPOSAL_APPROVED: &str = "proposal.approved";
+    /// An approver, a guardrail or a canary rejected a proposal.
+    pub const PROPOSAL_REJECTED: &str = "proposal.rejected";
+    /// A pending proposal's TTL passed, or its base generation stopped being current.
+    pub const PROPOSAL_EXPIRED: &str = "proposal.expired";
+    /// A newer proposal for the same route replaced a pending one.
+    pub const PROPOSAL_SUPERSEDED: &str = "proposal.superseded";
+    /// A genome broke a guardrail and was refused, with the gene and the rule.
+    pub const GUARDRAIL_REFUSED: &str = "guardrail.refused";
+    /// A candidate began serving a share of its route as a canary.
+    pub const CANARY_STARTED: &str = "canary.started";
+    /// The canary's cohort held up against the stable one.
+    pub const CANARY_PASSED: &str = "canary.passed";
+    /// The canary's cohort did significantly worse.
+    pub const CANARY_FAILED: &str = "canary.failed";
+    /// The canary ended short of evidence either way; a person decides.
+    pub const CANARY_INCONCLUSIVE: &str = "canary.inconclusive";
+    /// A genome was swapped in, with its new generation.
+    pub const GENOME_APPLIED: &str = "genome.applied";
+    /// The previous genome was swapped back (by the watch, or by hand).
+    pub const GENOME_ROLLED_BACK: &str = "genome.rolled_back";
+    /// An evolution round ended (proposed, no improvement, skipped, failed or interrupted).
+    pub const EVOLUTION_ROUND: &str = "evolution.round";
+}
+
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEntry {

@@ -7,7 +7,12 @@ use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode, tim
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rafael_config::{Config, ConfigErrors, HumanDuration};
-use rafael_control::{App, AppOptions, app::ShutdownSignal, demo};
+use rafael_control::{
+    App, AppOptions,
+    app::ShutdownSignal,
+    demo,
+    guardian::proposal::{GeneChange, GuardrailVerdict, Proposal, ProposalState, Source},
+};
 use rafael_proxy::{Snapshot, server::DrainOutcome};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -92,6 +97,17 @@ enum Command {
         #[arg(long, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Proposals and their evidence, through a running rafael's admin API.
+    Proposals {
+        #[command(subcommand)]
+        command: ProposalsCommand,
+        /// The admin API's address.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Read and check the audit log: through a running rafael's admin API, or with `--config`
     /// straight from its store (offline).
     Audit {
@@ -145,6 +161,32 @@ enum ChaosCommand {
     Report {
         /// Its id.
         id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProposalsCommand {
+    /// List proposals, newest first: id, route, state, source, created, what changes.
+    List {
+        /// Only proposals in this state (pending, approved, canary, applied, kept,
+        /// rolled_back, rejected, expired, superseded).
+        #[arg(long, value_parser = proposal_state)]
+        state: Option<ProposalState>,
+        /// Only proposals for this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Print the raw JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a proposal: its diff, the predicted impact per scenario, the model's fidelity and
+    /// the guardrails' verdict.
+    Show {
+        /// Its id.
+        id: i64,
+        /// Print the raw JSON object instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -239,6 +281,11 @@ fn main() -> ExitCode {
             admin,
             token,
         } => chaos(command, &admin, token.as_deref()),
+        Command::Proposals {
+            command,
+            admin,
+            token,
+        } => proposals(command, &admin, token.as_deref()),
         Command::Model {
             route,
             json,
@@ -404,6 +451,305 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--state`: a proposal state by its API name; clap prints the error (and exits 2).
+fn proposal_state(name: &str) -> Result<ProposalState, String> {
+    ProposalState::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = ProposalState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown state; one of {}", known.join(", "))
+    })
+}
+
+/// `rafael proposals list|show`: one GET to the admin API, printed for a reader (or raw with
+/// `--json`). Exit 1 with the API's error (an unknown id, say), 2 when it calls the request
+/// bad.
+fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> ExitCode {
+    let admin = admin.trim_end_matches('/');
+    let (url, json) = match &command {
+        ProposalsCommand::List { state, route, json } => {
+            let mut query = Vec::new();
+            if let Some(state) = state {
+                query.push(format!("state={}", state.as_str()));
+            }
+            if let Some(route) = route {
+                query.push(format!("route={}", percent_encode(route)));
+            }
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            (format!("{admin}/v1/proposals{query}"), *json)
+        }
+        ProposalsCommand::Show { id, json } => (format!("{admin}/v1/proposals/{id}"), *json),
+    };
+    let body = match get_body(&url, token) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    let written = match command {
+        ProposalsCommand::List { .. } => {
+            #[derive(serde::Deserialize)]
+            struct List {
+                proposals: Vec<Proposal>,
+            }
+            match serde_json::from_str::<List>(&body) {
+                Ok(list) if json => pretty(&mut out, &list.proposals),
+                Ok(list) => print_proposals(&mut out, &list.proposals),
+                Err(e) => {
+                    eprintln!("error: {url} answered an unexpected document: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        ProposalsCommand::Show { .. } => match serde_json::from_str::<Proposal>(&body) {
+            Ok(proposal) if json => pretty(&mut out, &proposal),
+            Ok(proposal) => print_proposal(&mut out, &proposal),
+            Err(e) => {
+                eprintln!("error: {url} answered an unexpected document: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the answer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// GETs `url` from the admin API: the body of a 2xx answer, or, with the error printed, the
+/// exit code (2 for a 400, a request the API calls bad usage; 1 otherwise).
+fn get_body(url: &str, token: Option<&str>) -> Result<String, ExitCode> {
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(rafael_control::client::call("GET", url, token, None))
+                .map_err(|e| e.to_string())
+        });
+    match answer {
+        Ok((status, body)) if (200..300).contains(&status) => Ok(body),
+        Ok((status, body)) => {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            eprintln!("error: {url} answered {status}: {detail}");
+            Err(ExitCode::from(if status == 400 { 2 } else { 1 }))
+        }
+        Err(e) => {
+            eprintln!("error: {url}: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// `value` as pretty JSON on its own line.
+fn pretty(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    writeln!(out, "{text}")
+}
+
+/// `text` for a URL's query: everything but unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A gene's value for a reader: a number or a duration as written, `none` when absent.
+fn gene_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "none".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One change as `gene from→to`.
+fn gene_change(change: &GeneChange) -> String {
+    format!(
+        "{} {}→{}",
+        change.gene,
+        gene_value(&change.from),
+        gene_value(&change.to)
+    )
+}
+
+/// The first changes of a diff on one line (`retry.max_attempts 3→2, ... (+2 more)`).
+fn diff_summary(diff: &[GeneChange]) -> String {
+    const SHOWN: usize = 2;
+    if diff.is_empty() {
+        return "no change".to_owned();
+    }
+    let mut summary: Vec<String> = diff.iter().take(SHOWN).map(gene_change).collect();
+    if diff.len() > SHOWN {
+        summary.push(format!("(+{} more)", diff.len() - SHOWN));
+    }
+    summary.join(", ")
+}
+
+/// `evolution` or `manual`, as the API spells it.
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::Evolution => "evolution",
+        Source::Manual => "manual",
+    }
+}
+
+/// The proposals as a table, one line each, columns as wide as their widest cell.
+fn print_proposals(out: &mut impl std::io::Write, proposals: &[Proposal]) -> std::io::Result<()> {
+    if proposals.is_empty() {
+        return writeln!(out, "no proposals");
+    }
+    let rows: Vec<[String; 6]> = proposals
+        .iter()
+        .map(|p| {
+            [
+                p.id.to_string(),
+                p.route.clone(),
+                p.state.as_str().to_owned(),
+                source_name(p.source).to_owned(),
+                p.created_at.clone(),
+                diff_summary(&p.diff),
+            ]
+        })
+        .collect();
+    let header = ["ID", "ROUTE", "STATE", "SOURCE", "CREATED", "DIFF"].map(str::to_owned);
+    let mut widths = [0; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// A proposal with its evidence, for a reader deciding whether to approve it.
+fn print_proposal(out: &mut impl std::io::Write, p: &Proposal) -> std::io::Result<()> {
+    let source = source_name(p.source);
+    let round = p
+        .round_id
+        .map(|id| format!(", round {id}"))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "proposal {} for route {}: {}",
+        p.id,
+        p.route,
+        p.state.as_str()
+    )?;
+    writeln!(out, "source: {source}, by {}{round}", p.author)?;
+    writeln!(
+        out,
+        "created {}, expires {}, against generation {}",
+        p.created_at, p.expires_at, p.base_generation
+    )?;
+    writeln!(out, "diff:")?;
+    if p.diff.is_empty() {
+        writeln!(out, "  no change")?;
+    }
+    for change in &p.diff {
+        writeln!(out, "  {}", gene_change(change))?;
+    }
+    writeln!(out, "predicted (incumbent → candidate):")?;
+    if p.predicted.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for s in &p.predicted {
+        let (a, b) = (&s.incumbent, &s.candidate);
+        writeln!(
+            out,
+            "  {}{}: goodput {:.3}→{:.3}, latency {:.3}→{:.3}, amplification {:.2}→{:.2}, rejected {:.3}→{:.3}; fitness {:.3}→{:.3}",
+            s.scenario,
+            if s.extrapolated {
+                " (extrapolated)"
+            } else {
+                ""
+            },
+            a.goodput,
+            b.goodput,
+            a.latency,
+            b.latency,
+            a.amplification,
+            b.amplification,
+            a.rejected,
+            b.rejected,
+            a.fitness,
+            b.fitness
+        )?;
+    }
+    let trusted = if p.model.trusted {
+        "trusted"
+    } else {
+        "not trusted"
+    };
+    match &p.model.fidelity {
+        None => writeln!(
+            out,
+            "model: fitted {}, {trusted}, fidelity not checked",
+            p.model.fitted_at
+        )?,
+        Some(f) => writeln!(
+            out,
+            "model: fitted {}, {trusted}; fidelity error goodput {:.3}, p50 {:.3}, p99 {:.3}, amplification {:.3}{}",
+            p.model.fitted_at,
+            f.goodput.error,
+            f.p50_ms.error,
+            f.p99_ms.error,
+            f.amplification.error,
+            f.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )?,
+    }
+    match &p.guardrails {
+        GuardrailVerdict::Passed(_) => writeln!(out, "guardrails: passed")?,
+        GuardrailVerdict::Refused(violations) => {
+            writeln!(out, "guardrails: refused")?;
+            for v in violations {
+                writeln!(out, "  {}: {}", v.gene, v.rule)?;
+            }
+        }
+    }
+    if p.approvals.is_empty() {
+        writeln!(out, "approvals: none")?;
+    } else {
+        writeln!(out, "approvals:")?;
+        for a in &p.approvals {
+            let comment = a
+                .comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            writeln!(out, "  {} at {}{comment}", a.by, a.at)?;
+        }
+    }
+    Ok(())
 }
 
 /// `rafael model ROUTE`: the model, one line per endpoint (or `--json`). Exit 1 with the

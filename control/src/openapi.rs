@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::auth::Permission;
+use crate::{auth::Permission, guardian::proposal::ProposalState};
 
 /// One documented operation.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +110,34 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "The route's upstream model, fitted now from its telemetry (404 for an unknown route, 409 with the request counts until the window holds [evolution].min_requests)",
         response: "Model",
     },
+    Operation {
+        method: "get",
+        path: "/v1/proposals",
+        permission: Some(Permission::Read),
+        summary: "Proposals, newest first, in `state` and of `route` when given (at most `limit`, 1000; 400 naming an unknown state)",
+        response: "ProposalList",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/proposals/{id}",
+        permission: Some(Permission::Read),
+        summary: "One proposal with its evidence: the diff, the predicted impact per scenario, the model's fidelity, the guardrails' verdict, the approvals",
+        response: "Proposal",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/evolution/rounds",
+        permission: Some(Permission::Read),
+        summary: "Evolution rounds, newest first, of `route` when given (at most `limit`, 1000)",
+        response: "RoundList",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/evolution/rounds/{id}",
+        permission: Some(Permission::Read),
+        summary: "One evolution round: how far it got, the fitness it found, and why it ended as it did",
+        response: "Round",
+    },
 ];
 
 /// The document.
@@ -150,6 +178,24 @@ pub fn document() -> Value {
         if op.path.contains("{id}") || op.path == "/v1/audit" {
             responses["400"] = error_response("A path id or query parameter is malformed");
         }
+        if op.path.contains("{id}") {
+            responses["404"] = error_response("Nothing with that id");
+        }
+        if op.path == "/v1/proposals" {
+            operation["parameters"] = json!([
+                { "name": "state", "in": "query", "schema": { "$ref": "#/components/schemas/ProposalState" } },
+                { "name": "route", "in": "query", "schema": { "type": "string" } },
+                limit_parameter()
+            ]);
+            responses["400"] = error_response("An unknown state, or a malformed limit");
+        }
+        if op.path == "/v1/evolution/rounds" {
+            operation["parameters"] = json!([
+                { "name": "route", "in": "query", "schema": { "type": "string" } },
+                limit_parameter()
+            ]);
+            responses["400"] = error_response("A malformed limit");
+        }
         if op.path.contains("{route}") {
             operation["parameters"] = json!([{ "name": "route", "in": "path", "required": true, "schema": { "type": "string" } }]);
             responses["404"] = error_response("No route of that name");
@@ -183,6 +229,11 @@ pub fn document() -> Value {
             "schemas": schemas()
         }
     })
+}
+
+/// The `limit` of a list: at most 1000, 100 when not given.
+fn limit_parameter() -> Value {
+    json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } })
 }
 
 fn content_type(schema: &str) -> &'static str {
@@ -279,7 +330,117 @@ fn model_schema() -> Value {
     })
 }
 
+/// A proposal (DESIGN §7.5) and its parts.
+fn proposal_schemas() -> Value {
+    let objectives = json!({
+        "type": "object",
+        "properties": {
+            "goodput": { "type": "number" }, "latency": { "type": "number" },
+            "amplification": { "type": "number" }, "rejected": { "type": "number" },
+            "fitness": { "type": "number" }
+        },
+        "required": ["goodput", "latency", "amplification", "rejected", "fitness"]
+    });
+    let states: Vec<&str> = ProposalState::ALL.iter().map(|s| s.as_str()).collect();
+    json!({
+        "ProposalState": { "enum": states },
+        "Proposal": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "integer" },
+                "route": { "type": "string" },
+                "source": { "enum": ["evolution", "manual"] },
+                "author": { "type": "string" },
+                "state": { "$ref": "#/components/schemas/ProposalState" },
+                "created_at": { "type": "string", "format": "date-time" },
+                "expires_at": { "type": "string", "format": "date-time" },
+                "base_generation": { "type": "integer" },
+                "genome": { "type": "object", "description": "The candidate genome, as in [routes.policy]" },
+                "diff": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": { "gene": { "type": "string" }, "from": {}, "to": {} },
+                    "required": ["gene", "from", "to"]
+                }},
+                "predicted": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "scenario": { "type": "string" },
+                        "extrapolated": { "type": "boolean" },
+                        "incumbent": objectives,
+                        "candidate": objectives
+                    },
+                    "required": ["scenario", "incumbent", "candidate"]
+                }},
+                "model": {
+                    "type": "object",
+                    "properties": {
+                        "fitted_at": { "type": "string" },
+                        "fidelity": { "type": ["object", "null"] },
+                        "trusted": { "type": "boolean" }
+                    },
+                    "required": ["fidelity", "trusted"]
+                },
+                "guardrails": {
+                    "oneOf": [
+                        { "const": "passed" },
+                        { "type": "array", "items": {
+                            "type": "object",
+                            "properties": { "gene": { "type": "string" }, "rule": { "type": "string" } },
+                            "required": ["gene", "rule"]
+                        }}
+                    ]
+                },
+                "approvals": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": { "by": { "type": "string" }, "at": { "type": "string" }, "comment": { "type": ["string", "null"] } },
+                    "required": ["by", "at"]
+                }},
+                "canary": { "type": ["object", "null"] },
+                "watch": { "type": ["object", "null"] },
+                "round_id": { "type": "integer", "description": "The evolution round that made it (absent for a hand-written one)" }
+            },
+            "required": ["id", "route", "source", "author", "state", "created_at", "expires_at", "base_generation", "genome", "diff", "predicted", "model", "guardrails", "approvals"]
+        },
+        "ProposalList": {
+            "type": "object",
+            "properties": { "proposals": { "type": "array", "items": { "$ref": "#/components/schemas/Proposal" } } },
+            "required": ["proposals"]
+        },
+        "Round": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "integer" },
+                "route": { "type": "string" },
+                "state": { "enum": ["running", "completed", "failed", "skipped"] },
+                "started_at": { "type": "string", "format": "date-time" },
+                "ended_at": { "type": ["string", "null"], "format": "date-time" },
+                "generations": { "type": "integer" },
+                "evaluations": { "type": "integer" },
+                "incumbent_fitness": { "type": ["number", "null"] },
+                "best_fitness": { "type": ["number", "null"] },
+                "proposal_id": { "type": ["integer", "null"] },
+                "reason": { "type": ["string", "null"] },
+                "result": { "enum": ["proposed", "no_improvement", "skipped", "failed"], "description": "Once it ended" }
+            },
+            "required": ["id", "route", "state", "started_at", "generations", "evaluations"]
+        },
+        "RoundList": {
+            "type": "object",
+            "properties": { "rounds": { "type": "array", "items": { "$ref": "#/components/schemas/Round" } } },
+            "required": ["rounds"]
+        }
+    })
+}
+
 fn schemas() -> Value {
+    let mut schemas = base_schemas();
+    if let (Some(all), Value::Object(more)) = (schemas.as_object_mut(), proposal_schemas()) {
+        all.extend(more);
+    }
+    schemas
+}
+
+fn base_schemas() -> Value {
     json!({
         "PrometheusText": { "type": "string" },
         "OpenApi": { "type": "object" },

@@ -916,3 +916,130 @@ fn a_surge_sends_real_bounded_traffic_to_its_route() {
     );
     assert!(served >= Some(80.0), "{served:?}");
 }
+
+#[test]
+fn the_proposals_cli_lists_and_shows_what_the_store_holds() {
+    use rafael_control::{
+        evolution::round::{RoundResult, RoundState},
+        guardian::{
+            guardrails::Violation,
+            proposal::{GuardrailVerdict, ProposalState},
+        },
+        store::Store,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream("hello", Duration::ZERO), "");
+    // Records put in the store file before rafael opens it, as a previous run left them: a
+    // proposal with passed guardrails, one refused, and a round a crash cut short.
+    let parsed = rafael_config::parse(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let store = Store::open(&rafael_control::app::store_path(&parsed, &config)).unwrap();
+    let passed = store.insert_proposal(&sample_proposal("main")).unwrap();
+    let mut refused = sample_proposal("main");
+    refused.state = ProposalState::Rejected;
+    refused.guardrails = GuardrailVerdict::Refused(vec![Violation {
+        gene: "retry.max_attempts".to_owned(),
+        rule: "moves at most 1 per proposal".to_owned(),
+    }]);
+    refused.predicted[0].scenario = "surge-high".to_owned();
+    refused.predicted[0].extrapolated = true;
+    let refused = store.insert_proposal(&refused).unwrap();
+    let mut cut_short = sample_round("main");
+    cut_short.state = RoundState::Running;
+    cut_short.result = None;
+    cut_short.ended_at = None;
+    let round = store.insert_round(&cut_short).unwrap();
+    drop(store);
+
+    let rafael = Rafael::start(&config);
+    let admin = format!("http://{}", rafael.admin);
+    let cli = |args: &[&str]| {
+        let output = Command::new(RAFAEL)
+            .arg("proposals")
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = cli(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for column in ["ID", "ROUTE", "STATE", "SOURCE", "CREATED", "DIFF"] {
+        assert!(lines[0].contains(column), "{out}");
+    }
+    // Newest first, each with its state, source and what it changes.
+    assert!(lines[1].starts_with(&refused.to_string()), "{out}");
+    assert!(lines[1].contains("rejected"), "{out}");
+    assert!(lines[2].starts_with(&passed.to_string()), "{out}");
+    for cell in ["main", "pending", "evolution", "retry.max_attempts 3→2"] {
+        assert!(lines[2].contains(cell), "{cell}: {out}");
+    }
+
+    let (code, out, err) = cli(&["list", "--state", "pending", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed = json_of(&out);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(listed[0]["id"], passed);
+    let (code, out, _) = cli(&["list", "--route", "other"]);
+    assert_eq!((code, out.trim()), (Some(0), "no proposals"));
+
+    let (code, out, err) = cli(&["show", &passed.to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        &format!("proposal {passed} for route main: pending"),
+        "  retry.max_attempts 3→2",
+        "  steady: goodput 0.950→0.960, latency 0.120→0.120, amplification 1.40→1.10, rejected 0.000→0.000; fitness 0.810→0.850",
+        "guardrails: passed",
+        "approvals: none",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
+    }
+    // The model's trust and its check's relative errors: |0.94 - 0.95| / 0.95 for goodput.
+    assert!(
+        out.contains("trusted; fidelity error goodput 0.011, p50 0.050, p99 0.050"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["show", &refused.to_string()]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("  surge-high (extrapolated): goodput"),
+        "{out}"
+    );
+    assert!(
+        out.contains("guardrails: refused\n  retry.max_attempts: moves at most 1 per proposal"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["show", &passed.to_string(), "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json_of(&out)["diff"][0]["to"], 2);
+
+    // An unknown id is the API's 404, exit 1; a bad state or a missing id is bad usage, exit 2.
+    let (code, _, err) = cli(&["show", "99"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("404") && err.contains("no proposal 99"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["list", "--state", "approvd"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("rolled_back"), "{err}");
+    assert_eq!(cli(&["show"]).0, Some(2));
+
+    // The round the crash cut short ended failed at start-up, audited.
+    let (status, _, body) = http_get(rafael.admin, &format!("/v1/evolution/rounds/{round}"));
+    assert_eq!(status, 200, "{body}");
+    let round = json_of(&body);
+    assert_eq!(round["state"], "failed");
+    assert_eq!(round["result"], RoundResult::Failed.as_str());
+    assert_eq!(round["reason"], "interrupted by a restart");
+    assert_eq!(audit_actions(rafael.admin), ["evolution.round"]);
+    let pending = metric_value(&rafael.metrics(), "rafael_proposals_pending");
+    assert_eq!(pending, Some(1.0));
+}

@@ -4,6 +4,8 @@
 //!   the invariants that always hold. Evolution repairs or drops every genome against them
 //!   before evaluating it, so an unacceptable genome is never proposed.
 //! - [`proposal`]: a candidate genome with its evidence, and its states.
+//! - [`metrics`]: the proposal gauge and counter, and the call that keeps them current.
 
 pub mod guardrails;
+pub mod metrics;
 pub mod proposal;

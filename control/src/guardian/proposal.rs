@@ -156,6 +156,24 @@ pub struct Approval {
 // === impl ProposalState ===
 
 impl ProposalState {
+    /// Every state, in the order a proposal moves through them (for filters that name one).
+    pub const ALL: [Self; 9] = [
+        Self::Pending,
+        Self::Approved,
+        Self::Canary,
+        Self::Applied,
+        Self::Kept,
+        Self::RolledBack,
+        Self::Rejected,
+        Self::Expired,
+        Self::Superseded,
+    ];
+
+    /// The state named `name` ([`ProposalState::as_str`]'s spelling).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+
     /// Its name, as stored and as the API's `state` filter spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -226,10 +244,18 @@ pub fn diff(before: &Genome, after: &Genome) -> Vec<GeneChange> {
         }
         let (a, b) = ((gene.get)(before), (gene.get)(after));
         if a != b {
+            // An integer gene reads as one (`3 → 2`, as DESIGN §7.5 shows it), not `3.0`.
+            let value = |v: f64| {
+                if gene.integer && v.fract() == 0.0 && v.abs() < 9.0e15 {
+                    Value::from(v as i64)
+                } else {
+                    Value::from(v)
+                }
+            };
             changes.push(GeneChange {
                 gene: gene.path.to_owned(),
-                from: json(a.map(Value::from)),
-                to: json(b.map(Value::from)),
+                from: json(a.map(value)),
+                to: json(b.map(value)),
             });
         }
     }

@@ -381,19 +381,23 @@ pub fn run_command_bounded(
 /// The admin router for `config` (TOML), over an in-memory store and without tokens (every
 /// caller is `admin`, as on a loopback bind): for tests that drive it with `oneshot`.
 pub fn local_admin_router(config: &str) -> axum::Router {
-    use std::sync::{Arc, atomic::AtomicBool};
+    let store = rafael_control::store::Store::in_memory().unwrap();
+    admin_router_over(config, Arc::new(store))
+}
+
+/// [`local_admin_router`] over `store`, for tests that put records in it first.
+pub fn admin_router_over(config: &str, store: Arc<rafael_control::store::Store>) -> axum::Router {
+    use std::sync::atomic::AtomicBool;
 
     use rafael_control::{
         admin::{AdminState, router},
         audit::AuditLog,
         auth::Auth,
         chaos::Chaos,
-        store::Store,
     };
 
     let config = rafael_config::parse(config).unwrap();
     let snapshot = rafael_proxy::SnapshotHandle::new(config).unwrap();
-    let store = Arc::new(Store::in_memory().unwrap());
     let audit = AuditLog::new(store.clone());
     router(AdminState {
         metrics: None,
@@ -404,4 +408,89 @@ pub fn local_admin_router(config: &str) -> axum::Router {
         audit,
         store,
     })
+}
+
+/// A round of `route` as a round logic would record one that ended with a proposal.
+pub fn sample_round(route: &str) -> rafael_control::evolution::round::Round {
+    use rafael_control::evolution::round::{Round, RoundResult, RoundState};
+    Round {
+        id: 0,
+        route: route.to_owned(),
+        state: RoundState::Completed,
+        started_at: "2025-01-01T00:00:00Z".to_owned(),
+        ended_at: Some("2025-01-01T00:00:07Z".to_owned()),
+        generations: 12,
+        evaluations: 240,
+        incumbent_fitness: Some(0.81),
+        best_fitness: Some(0.86),
+        proposal_id: None,
+        reason: Some("proposed".to_owned()),
+        result: Some(RoundResult::Proposed),
+    }
+}
+
+/// A pending proposal for `route`: `retry.max_attempts` 3 -> 2, with evidence for one
+/// scenario, a trusted model and passed guardrails.
+pub fn sample_proposal(route: &str) -> rafael_control::guardian::proposal::Proposal {
+    use rafael_config::{Genome, RetryGenes};
+    use rafael_control::{
+        evolution::{
+            fitness::Objectives,
+            model::{Check, Fidelity},
+        },
+        guardian::proposal::{
+            GuardrailVerdict, ModelEvidence, Passed, Predicted, Proposal, ProposalState, Source,
+            diff,
+        },
+    };
+    let retry = |max_attempts| Genome {
+        retry: Some(RetryGenes {
+            max_attempts,
+            ..RetryGenes::default()
+        }),
+        ..Genome::default()
+    };
+    let (incumbent, candidate) = (retry(3), retry(2));
+    let objectives = |goodput: f64, amplification: f64| Objectives {
+        goodput,
+        latency: 0.12,
+        amplification,
+        rejected: 0.0,
+        fitness: goodput - 0.1 * amplification,
+    };
+    Proposal {
+        id: 0,
+        route: route.to_owned(),
+        source: Source::Evolution,
+        author: "rafael".to_owned(),
+        state: ProposalState::Pending,
+        created_at: "2025-01-01T00:00:07Z".to_owned(),
+        expires_at: "2025-01-02T00:00:07Z".to_owned(),
+        base_generation: 1,
+        diff: diff(&incumbent, &candidate),
+        genome: candidate,
+        predicted: vec![Predicted {
+            scenario: "steady".to_owned(),
+            extrapolated: false,
+            incumbent: objectives(0.95, 1.4),
+            candidate: objectives(0.96, 1.1),
+        }],
+        model: ModelEvidence {
+            fitted_at: "2025-01-01T00:00:00Z".to_owned(),
+            fidelity: Some(Fidelity {
+                goodput: Check::new(0.95, 0.94),
+                p50_ms: Check::new(20.0, 21.0),
+                p99_ms: Check::new(200.0, 210.0),
+                amplification: Check::new(1.4, 1.35),
+                trusted: true,
+                reason: None,
+            }),
+            trusted: true,
+        },
+        guardrails: GuardrailVerdict::Passed(Passed::Passed),
+        approvals: Vec::new(),
+        canary: None,
+        watch: None,
+        round_id: None,
+    }
 }
