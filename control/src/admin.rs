@@ -30,7 +30,11 @@ use crate::{
     audit::AuditLog,
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
-    evolution::model::{FitError, fit_route},
+    evolution::{
+        model::{FitError, fit_route},
+        round::{Evolution, RoundError},
+        simulate::SimulateRequest,
+    },
     guardian::proposal::ProposalState,
     store::{Store, StoreError},
 };
@@ -56,6 +60,8 @@ pub struct AdminState {
     pub chaos: Chaos,
     /// The store, whose health `/readyz` reports.
     pub store: Arc<Store>,
+    /// Evolution rounds.
+    pub evolution: Evolution,
 }
 
 /// [`Query`], whose rejection is the API's JSON error.
@@ -117,6 +123,8 @@ pub fn router(state: AdminState) -> Router {
     let operate = Router::new()
         .route("/v1/experiments", post(experiment_start))
         .route("/v1/experiments/{id}/stop", post(experiment_stop))
+        .route("/v1/evolution/{route}/run", post(evolution_run))
+        .route("/v1/simulate", post(simulate))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Operate),
             authorize,
@@ -277,6 +285,98 @@ async fn experiment_start(
     }
 }
 
+/// `POST /v1/evolution/{route}/run`: starts a round and answers 202 with it (already
+/// `skipped`, with its reason, when the route cannot evolve now). The body is optional:
+/// `{"seed": N}` fixes the round's seed (default 1), so a round can be repeated exactly.
+async fn evolution_run(
+    State(state): State<AdminState>,
+    ApiPath(route): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RunRequest {
+        seed: Option<u64>,
+    }
+    let seed = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<RunRequest>(&body) {
+            Ok(request) => request.seed,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        }
+    };
+    let evolution = state.evolution.clone();
+    let started = tokio::task::spawn_blocking(move || evolution.start(&route, seed)).await;
+    match started {
+        Ok(Ok(round)) => (StatusCode::ACCEPTED, Json(round)).into_response(),
+        Ok(Err(e @ RoundError::NoSuchRoute(_))) => {
+            error(StatusCode::NOT_FOUND, "not_found", &e.to_string())
+        }
+        Ok(Err(e @ RoundError::Busy(_))) => error(StatusCode::CONFLICT, "busy", &e.to_string()),
+        Ok(Err(e @ RoundError::Store(_))) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string())
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// `POST /v1/simulate`: the route's live genome and the request's candidates under the
+/// request's scenarios, on the route's model fitted now (DESIGN §7.2).
+async fn simulate(
+    State(state): State<AdminState>,
+    ApiJson(request): ApiJson<SimulateRequest>,
+) -> Response {
+    if let Err(e) = request.validate() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+    }
+    let snapshots = state.snapshot.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let snapshot = snapshots.load();
+        let config = snapshot.config().clone();
+        let incumbent = snapshot
+            .route(&request.route)
+            .map(|route| route.policy().clone())
+            .ok_or_else(|| FitError::NoSuchRoute(request.route.clone()))?;
+        let min_requests = u64::from(config.evolution.min_requests);
+        let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let model = fit_route(&snapshots, &request.route, min_requests, fitted_at)?;
+        Ok::<_, FitError>(crate::evolution::simulate::simulate(
+            &request, model, &incumbent, &config,
+        ))
+    })
+    .await;
+    match answer {
+        Ok(Ok(Ok(answer))) => Json(answer).into_response(),
+        Ok(Ok(Err(e))) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Ok(Err(e)) => fit_error(&e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// A model that could not be fitted: 404 for an unknown route, 409 for too little telemetry.
+fn fit_error(e: &FitError) -> Response {
+    match e {
+        FitError::NoSuchRoute(_) => error(StatusCode::NOT_FOUND, "not_found", &e.to_string()),
+        FitError::NotEnoughTelemetry { requests, needed } => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "not enough telemetry",
+                "detail": { "requests": requests, "needed": needed }
+            })),
+        )
+            .into_response(),
+    }
+}
+
 async fn experiment_stop(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
@@ -428,17 +528,7 @@ async fn route_model(State(state): State<AdminState>, ApiPath(route): ApiPath<St
             .await;
     match fitted {
         Ok(Ok(model)) => Json(model).into_response(),
-        Ok(Err(e @ FitError::NoSuchRoute(_))) => {
-            error(StatusCode::NOT_FOUND, "not_found", &e.to_string())
-        }
-        Ok(Err(FitError::NotEnoughTelemetry { requests, needed })) => (
-            StatusCode::CONFLICT,
-            Json(json!({
-                "error": "not enough telemetry",
-                "detail": { "requests": requests, "needed": needed }
-            })),
-        )
-            .into_response(),
+        Ok(Err(e)) => fit_error(&e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -22,6 +22,7 @@ use crate::{
     audit::AuditLog,
     auth::Auth,
     chaos::Chaos,
+    evolution::round::Evolution,
     reload::Reloader,
     store::{Store, StoreError},
 };
@@ -44,6 +45,7 @@ pub struct App {
     ready: Arc<AtomicBool>,
     drain_timeout: Duration,
     audit: AuditLog,
+    evolution_timer: Option<JoinHandle<()>>,
 }
 
 // === impl App ===
@@ -119,6 +121,16 @@ impl App {
             let address = bound.socket.local_addr().ok()?;
             Some((bound.name.to_string(), address))
         }));
+        let evolution = Evolution::new(snapshot.clone(), store.clone(), audit.clone());
+        // Rounds on a timer when the file asks for them at start-up (a reload does not start
+        // or stop the timer; rounds on demand work either way).
+        let evolution_timer = {
+            let loaded = snapshot.load();
+            let settings = &loaded.config().evolution;
+            settings
+                .enabled
+                .then(|| evolution.spawn_timer(settings.interval.get()))
+        };
         let state = admin::AdminState {
             metrics,
             ready: ready.clone(),
@@ -127,6 +139,7 @@ impl App {
             audit: audit.clone(),
             chaos,
             store,
+            evolution,
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {
@@ -151,6 +164,7 @@ impl App {
             ready,
             drain_timeout,
             audit,
+            evolution_timer,
         })
     }
 
@@ -185,6 +199,9 @@ impl App {
         self.ready.store(false, Ordering::Release);
         if let Some(reloader) = &self.reloader {
             reloader.abort();
+        }
+        if let Some(timer) = &self.evolution_timer {
+            timer.abort();
         }
         info!(deadline = ?self.drain_timeout, "draining");
         let outcome = self.server.drain(self.drain_timeout).await;

@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod chaos;
+pub mod cli;
 pub mod client;
 pub mod config_file;
 pub mod demo;

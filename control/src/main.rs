@@ -98,6 +98,23 @@ enum Command {
         token: Option<String>,
     },
     /// Proposals and their evidence, through a running rafael's admin API.
+    /// Run one evolution round on ROUTE now, through a running rafael's admin API.
+    Evolve {
+        /// The route.
+        route: String,
+        /// Wait for the round to end and print its result (exit 1 when it was skipped).
+        #[arg(long)]
+        wait: bool,
+        /// The round's seed: the same telemetry and seed give the same proposal.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     Proposals {
         #[command(subcommand)]
         command: ProposalsCommand,
@@ -161,6 +178,30 @@ enum ChaosCommand {
     Report {
         /// Its id.
         id: i64,
+    },
+    /// The predicted effect of a threat on ROUTE's live genome (and on a candidate), on its
+    /// fitted model, beside the same genomes without the threat.
+    Simulate {
+        /// The route.
+        route: String,
+        /// A threat: latency, upstream-failure, surge, brownout or memory-pressure.
+        #[arg(long)]
+        threat: String,
+        /// The threat's severity: low, medium, high, critical.
+        #[arg(long)]
+        severity: String,
+        /// A candidate genome: a TOML file in the form of a `[routes.policy]` table.
+        #[arg(long)]
+        genome: Option<std::path::PathBuf>,
+        /// Seeds per scenario (default 5).
+        #[arg(long)]
+        seeds: Option<u32>,
+        /// Virtual time per run (default 60s, at most 10m).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Print the raw JSON answer instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -277,10 +318,43 @@ fn main() -> ExitCode {
             token,
         } => audit(command, &admin, token.as_deref()),
         Command::Chaos {
+            command:
+                ChaosCommand::Simulate {
+                    route,
+                    threat,
+                    severity,
+                    genome,
+                    seeds,
+                    duration,
+                    json,
+                },
+            admin,
+            token,
+        } => rafael_control::cli::simulate::simulate(
+            &rafael_control::cli::simulate::SimulateArgs {
+                route: &route,
+                threat: &threat,
+                severity: &severity,
+                genome: genome.as_deref(),
+                seeds,
+                duration: duration.as_deref(),
+                json,
+            },
+            &admin,
+            token.as_deref(),
+        ),
+        Command::Chaos {
             command,
             admin,
             token,
         } => chaos(command, &admin, token.as_deref()),
+        Command::Evolve {
+            route,
+            wait,
+            seed,
+            admin,
+            token,
+        } => rafael_control::cli::evolve::evolve(&route, wait, seed, &admin, token.as_deref()),
         Command::Proposals {
             command,
             admin,
@@ -421,6 +495,11 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
         ChaosCommand::Stop { id } => ("POST", format!("/v1/experiments/{id}/stop"), None),
         ChaosCommand::List => ("GET", "/v1/experiments".to_owned(), None),
         ChaosCommand::Report { id } => ("GET", format!("/v1/experiments/{id}/report"), None),
+        ChaosCommand::Simulate { .. } => {
+            // Dispatched to `cli::simulate` before this function is called.
+            eprintln!("error: chaos simulate is handled by its own command");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -138,6 +138,20 @@ pub const OPERATIONS: &[Operation] = &[
         summary: "One evolution round: how far it got, the fitness it found, and why it ended as it did",
         response: "Round",
     },
+    Operation {
+        method: "post",
+        path: "/v1/evolution/{route}/run",
+        permission: Some(Permission::Operate),
+        summary: "Start an evolution round on the route now; 202 with the round (already `skipped`, with the reason, when the route lacks telemetry, has evolution off or an untrusted model; 409 while one runs). Optional body {\"seed\": N}",
+        response: "Round",
+    },
+    Operation {
+        method: "post",
+        path: "/v1/simulate",
+        permission: Some(Permission::Operate),
+        summary: "Simulate the route's live genome (`incumbent`) and the request's candidates under scenarios, on its model fitted now: one row per genome and scenario, mean/min/max over the seeds",
+        response: "SimulateResponse",
+    },
 ];
 
 /// The document.
@@ -174,6 +188,29 @@ pub fn document() -> Value {
             responses["400"] = error_response("The spec is invalid");
             responses["413"] = error_response("The body is larger than 1 MiB");
             responses["415"] = error_response("The body is not declared as application/json");
+        }
+        if op.path == "/v1/evolution/{route}/run" {
+            responses["202"] = responses["200"].take();
+            if let Some(map) = responses.as_object_mut() {
+                map.remove("200");
+            }
+            responses["400"] = error_response("The body is not {\"seed\": N}");
+            responses["409"] = error_response("A round is already running on the route");
+        }
+        if op.path == "/v1/simulate" {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SimulateRequest" } } }
+            });
+            responses["400"] = error_response(
+                "An unknown scenario or severity (named), a duration over 10 minutes, seeds out of 1..=100, or an invalid genome (with key paths)",
+            );
+            responses["404"] = error_response("No route of that name");
+            responses["409"] = json!({
+                "description": "Not enough telemetry to fit the route's model",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/NotEnoughTelemetry" } } }
+            });
+            responses["413"] = error_response("The body is larger than 1 MiB");
         }
         if op.path.contains("{id}") || op.path == "/v1/audit" {
             responses["400"] = error_response("A path id or query parameter is malformed");
@@ -443,6 +480,37 @@ fn schemas() -> Value {
 fn base_schemas() -> Value {
     json!({
         "PrometheusText": { "type": "string" },
+        "SimulateRequest": {
+            "type": "object",
+            "properties": {
+                "route": { "type": "string" },
+                "scenarios": { "type": "array", "items": { "type": "string" }, "description": "observed, nominal or THREAT:SEVERITY (default [observed])" },
+                "duration": { "type": "string", "description": "virtual time per run, at most 10m (default 60s)" },
+                "seeds": { "type": "integer", "minimum": 1, "maximum": 100, "default": 5 },
+                "rate": { "type": "number", "description": "requests per second, replacing the observed arrivals" },
+                "genomes": { "type": "object", "additionalProperties": { "type": "object" }, "description": "candidate genomes by name" }
+            },
+            "required": ["route"],
+            "additionalProperties": false
+        },
+        "SimulateResponse": {
+            "type": "object",
+            "properties": {
+                "model": { "$ref": "#/components/schemas/Model" },
+                "results": { "type": "array", "items": { "type": "object", "properties": {
+                    "genome": { "type": "string" }, "scenario": { "type": "string" }, "extrapolated": { "type": "boolean" },
+                    "goodput": { "$ref": "#/components/schemas/Spread" }, "p50_ms": { "$ref": "#/components/schemas/Spread" },
+                    "p99_ms": { "$ref": "#/components/schemas/Spread" }, "amplification": { "$ref": "#/components/schemas/Spread" },
+                    "rejected": { "$ref": "#/components/schemas/Spread" }, "fitness": { "$ref": "#/components/schemas/Spread" }
+                }, "required": ["genome", "scenario", "extrapolated", "goodput", "p50_ms", "p99_ms", "amplification", "rejected", "fitness"] } }
+            },
+            "required": ["model", "results"]
+        },
+        "Spread": {
+            "type": "object",
+            "properties": { "mean": { "type": "number" }, "min": { "type": "number" }, "max": { "type": "number" } },
+            "required": ["mean", "min", "max"]
+        },
         "OpenApi": { "type": "object" },
         "Status": {
             "type": "object",

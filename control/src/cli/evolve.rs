@@ -15,18 +15,26 @@ const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 /// Starts a round on `route`; with `wait`, waits for it and prints its result. Exit 1 when the
 /// round was skipped (saying why) or failed.
-pub fn evolve(route: &str, wait: bool, seed: Option<u64>, admin: &str, token: Option<&str>) -> ExitCode {
+pub fn evolve(
+    route: &str,
+    wait: bool,
+    seed: Option<u64>,
+    admin: &str,
+    token: Option<&str>,
+) -> ExitCode {
     let admin = admin.trim_end_matches('/');
     let url = format!("{admin}/v1/evolution/{route}/run");
     let body = seed.map(|seed| serde_json::json!({ "seed": seed }).to_string());
     let mut round = match call("POST", &url, token, body) {
-        Ok((status, text)) if (200..300).contains(&status) => match serde_json::from_str::<Value>(&text) {
-            Ok(round) => round,
-            Err(e) => {
-                eprintln!("error: {url} answered {status} with no round: {e}");
-                return ExitCode::from(1);
+        Ok((status, text)) if (200..300).contains(&status) => {
+            match serde_json::from_str::<Value>(&text) {
+                Ok(round) => round,
+                Err(e) => {
+                    eprintln!("error: {url} answered {status} with no round: {e}");
+                    return ExitCode::from(1);
+                }
             }
-        },
+        }
         Ok((status, text)) => {
             eprintln!("error: {}", error_text(&text));
             return exit_for(status);
@@ -92,7 +100,11 @@ fn print_round(round: &Value, admin: &str) -> ExitCode {
             ExitCode::from(1)
         }
         _ => {
-            let fitness = |key: &str| round[key].as_f64().map_or("-".to_owned(), |f| format!("{f:.4}"));
+            let fitness = |key: &str| {
+                round[key]
+                    .as_f64()
+                    .map_or("-".to_owned(), |f| format!("{f:.4}"))
+            };
             let _ = writeln!(
                 out,
                 "round {id} on {route}: {} ({} generations, {} genomes); fitness {} -> {}",

@@ -67,7 +67,11 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
         return ExitCode::from(1);
     };
     if args.json {
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     let _ = writeln!(
@@ -78,7 +82,11 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
     for row in answer["results"].as_array().into_iter().flatten() {
         let mean = |key: &str| row[key]["mean"].as_f64().unwrap_or_default();
         let scenario = row["scenario"].as_str().unwrap_or_default();
-        let marker = if row["extrapolated"] == true { " (extrapolated)" } else { "" };
+        let marker = if row["extrapolated"] == true {
+            " (extrapolated)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "{:<11} {:<26} {:>8.3} {:>9.1} {:>9.1} {:>7.2} {:>8.3}",
@@ -97,7 +105,11 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
             out,
             "model fitted at {}: {}",
             answer["model"]["fitted_at"].as_str().unwrap_or_default(),
-            if trusted { "trusted" } else { "NOT trusted (see `rafael model ROUTE`)" }
+            if trusted {
+                "trusted"
+            } else {
+                "NOT trusted (see `rafael model ROUTE`)"
+            }
         );
     }
     ExitCode::SUCCESS

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod load;
 pub mod worker_pool;
 
 pub const RAFAEL: &str = env!("CARGO_BIN_EXE_rafael");
@@ -394,6 +395,7 @@ pub fn admin_router_over(config: &str, store: Arc<rafael_control::store::Store>)
         audit::AuditLog,
         auth::Auth,
         chaos::Chaos,
+        evolution::round::Evolution,
     };
 
     let config = rafael_config::parse(config).unwrap();
@@ -403,6 +405,7 @@ pub fn admin_router_over(config: &str, store: Arc<rafael_control::store::Store>)
         metrics: None,
         ready: Arc::new(AtomicBool::new(true)),
         chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
+        evolution: Evolution::new(snapshot.clone(), store.clone(), audit.clone()),
         snapshot,
         auth: Arc::new(Auth::Local),
         audit,

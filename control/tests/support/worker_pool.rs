@@ -49,6 +49,8 @@ pub struct RunningPool {
     pub address: SocketAddr,
     pub counters: Arc<PoolCounters>,
     pub workers: usize,
+    /// The error share now, as `f64` bits: a test schedules a bad day by changing it.
+    errors: Arc<AtomicU64>,
 }
 
 impl WorkerPool {
@@ -87,7 +89,9 @@ impl WorkerPool {
         let address = listener.local_addr().unwrap();
         let counters = Arc::new(PoolCounters::default());
         let workers = self.workers;
+        let errors = Arc::new(AtomicU64::new(self.errors.to_bits()));
         let shared = Arc::new(Shared {
+            errors: errors.clone(),
             permits: Semaphore::new(self.workers),
             rng: Mutex::new(fastrand::Rng::with_seed(self.seed)),
             pool: self,
@@ -108,12 +112,14 @@ impl WorkerPool {
             address,
             counters,
             workers,
+            errors,
         }
     }
 }
 
 struct Shared {
     pool: WorkerPool,
+    errors: Arc<AtomicU64>,
     permits: Semaphore,
     rng: Mutex<fastrand::Rng>,
     counters: Arc<PoolCounters>,
@@ -134,7 +140,7 @@ impl Shared {
                 let service = (self.pool.service.as_secs_f64() + spread).max(0.0);
                 (
                     Duration::from_secs_f64(service),
-                    rng.f64() < self.pool.errors,
+                    rng.f64() < f64::from_bits(self.errors.load(Ordering::Relaxed)),
                 )
             };
             let started = Instant::now();
@@ -160,6 +166,11 @@ impl Shared {
 }
 
 impl RunningPool {
+    /// Answers 500 with probability `share` from now on.
+    pub fn set_errors(&self, share: f64) {
+        self.errors.store(share.to_bits(), Ordering::Relaxed);
+    }
+
     /// Mean time a worker held a request, as it really was (sleeps overshoot a little).
     pub fn mean_service(&self) -> Duration {
         let served = self.counters.served.load(Ordering::Relaxed).max(1);

@@ -20,7 +20,9 @@ use crate::{
     evolution::model::{FitError, Model, fit_route},
     guardian::{
         metrics::proposal_entered,
-        proposal::{GuardrailVerdict, ModelEvidence, Passed, Proposal, ProposalState, Source, diff},
+        proposal::{
+            GuardrailVerdict, ModelEvidence, Passed, Proposal, ProposalState, Source, diff,
+        },
     },
     store::{Store, StoreError},
 };
@@ -75,7 +77,12 @@ impl Evolution {
     /// reason when the route cannot evolve now). Blocking: call from the blocking pool.
     pub fn start(&self, route: &str, seed: Option<u64>) -> Result<Round, RoundError> {
         let snapshot = self.snapshots.load();
-        let Some(index) = snapshot.config().routes.iter().position(|r| r.name == route) else {
+        let Some(index) = snapshot
+            .config()
+            .routes
+            .iter()
+            .position(|r| r.name == route)
+        else {
             return Err(RoundError::NoSuchRoute(route.to_owned()));
         };
         {
@@ -107,7 +114,8 @@ impl Evolution {
             }
         };
         if !snapshot.config().routes[index].evolve {
-            let reason = format!("evolution is off for this route (routes[{index}].evolve = false)");
+            let reason =
+                format!("evolution is off for this route (routes[{index}].evolve = false)");
             return Ok(self.finish_skipped(round, reason));
         }
         let this = self.clone();
@@ -156,7 +164,8 @@ impl Evolution {
                     .collect();
                 for route in routes {
                     let this = this.clone();
-                    let started = tokio::task::spawn_blocking(move || this.start(&route, None)).await;
+                    let started =
+                        tokio::task::spawn_blocking(move || this.start(&route, None)).await;
                     if let Ok(Err(error)) = started {
                         warn!(%error, "evolution round did not start");
                     }
