@@ -225,3 +225,131 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
             .unwrap();
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+/// Starts rafael in this process (so the test can swap genomes through its `PolicyHandle`)
+/// in front of `upstream`, with `policy` as the route's genome.
+async fn in_process(
+    dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+    policy: &str,
+) -> rafael_control::App {
+    let store = dir.join("rafael.db");
+    let text = format!(
+        "{}\n[store]\npath = \"{}\"\n",
+        support::config_text(upstream, &format!("[routes.policy]\n{policy}\n{EVOLUTION}")),
+        store.display()
+    );
+    let config = rafael_config::parse(&text).unwrap();
+    rafael_control::App::start(config, rafael_control::AppOptions { config_path: None })
+        .await
+        .unwrap()
+}
+
+/// Runs a round on `route` with `seed` through the admin API and waits for it (polling with a
+/// deadline); returns the round and its proposal.
+async fn round_with_proposal(
+    admin: std::net::SocketAddr,
+    route: &str,
+    seed: u64,
+) -> (serde_json::Value, serde_json::Value) {
+    let route = route.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (status, body) = http_post(
+            admin,
+            &format!("/v1/evolution/{route}/run"),
+            &format!("{{\"seed\": {seed}}}"),
+        );
+        assert_eq!(status, 202, "{body}");
+        let id = json_of(&body)["id"].as_i64().unwrap();
+        let mut round = serde_json::Value::Null;
+        let finished = support::eventually(Duration::from_secs(120), || {
+            let (_, _, body) = http_get(admin, &format!("/v1/evolution/rounds/{id}"));
+            round = json_of(&body);
+            round["state"] != "running"
+        });
+        assert!(finished, "round {id} still running: {round}");
+        assert_eq!(round["result"], "proposed", "{round}");
+        let proposal_id = round["proposal_id"].as_i64().unwrap();
+        let (_, _, body) = http_get(admin, &format!("/v1/proposals/{proposal_id}"));
+        (round, json_of(&body))
+    })
+    .await
+    .unwrap()
+}
+
+/// The proposal's predicted objectives for the candidate in `scenario`.
+fn predicted(proposal: &serde_json::Value, scenario: &str, who: &str) -> serde_json::Value {
+    proposal["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["scenario"] == scenario)
+        .unwrap()[who]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_error_burst_the_proposed_genome_beats_the_incumbent_on_the_next_one_as_predicted()
+{
+    // A healthy pool that fails 60% of requests from second 4 to second 10 of each day.
+    let pool = WorkerPool::new(8, Duration::from_millis(10))
+        .seed(5)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = in_process(dir.path(), pool.address, "timeout = \"1s\"").await;
+    let proxy = app.listener_address("in").unwrap();
+    let admin = app.admin_address();
+    let bad_day = |pool: &support::worker_pool::RunningPool| {
+        let pool = pool.clone();
+        move |second: u64| pool.set_errors(if (4..10).contains(&second) { 0.6 } else { 0.0 })
+    };
+    let patience = Duration::from_secs(5);
+
+    let before = open_loop(proxy, "/work", 100.0, 14, patience, bad_day(&pool)).await;
+    let incumbent_live = goodput(&before, SLO);
+    let (round, proposal) = round_with_proposal(admin, "main", 11).await;
+    let genome: rafael_config::Genome = serde_json::from_value(proposal["genome"].clone()).unwrap();
+    eprintln!("round: {round}\nproposal genome: {}", proposal["genome"]);
+
+    app.snapshot().policies().swap("main", genome).unwrap();
+    let served_before = pool.served().0;
+    let after = open_loop(proxy, "/work", 100.0, 14, patience, bad_day(&pool)).await;
+    let candidate_live = goodput(&after, SLO);
+    // Every attempt reached the pool and was served (10 ms each, none abandoned for long).
+    let settled = support::eventually(Duration::from_secs(10), || {
+        pool.served().0 - served_before >= after.len() as u64
+    });
+    assert!(settled);
+    let amplification_live = (pool.served().0 - served_before) as f64 / after.len() as f64;
+
+    let candidate = predicted(&proposal, "observed", "candidate");
+    let incumbent = predicted(&proposal, "observed", "incumbent");
+    eprintln!(
+        "incumbent live {incumbent_live:.3} predicted {}; candidate live {candidate_live:.3} predicted {}; amplification live {amplification_live:.3} predicted {}",
+        incumbent["goodput"], candidate["goodput"], candidate["amplification"]
+    );
+    // The model check in the small: the incumbent's prediction is what the client saw.
+    let predicted_incumbent = incumbent["goodput"].as_f64().unwrap();
+    assert!(
+        (predicted_incumbent - incumbent_live).abs() < 0.05,
+        "{predicted_incumbent} vs {incumbent_live}"
+    );
+    // It beats the incumbent live on the same bad day.
+    assert!(
+        candidate_live > incumbent_live + 0.05,
+        "{candidate_live} vs {incumbent_live}"
+    );
+    // Counterfactual: what the simulation said the candidate would do is what it did.
+    let predicted_goodput = candidate["goodput"].as_f64().unwrap();
+    assert!(
+        (predicted_goodput - candidate_live).abs() < 0.05,
+        "{predicted_goodput} vs {candidate_live}"
+    );
+    let predicted_amplification = candidate["amplification"].as_f64().unwrap();
+    assert!(
+        (predicted_amplification - amplification_live).abs() < 0.1 * amplification_live,
+        "{predicted_amplification} vs {amplification_live}"
+    );
+    app.shutdown().await;
+}

@@ -3,23 +3,26 @@
 //! Four objectives, each reported on its own:
 //! - **goodput**: share of offered requests answered 2xx within `slo_latency` and before the
 //!   client gave up (`client_timeout`) — the only one that goes up;
-//! - **latency**: p99 of answered requests over `slo_latency` (1.0 is a p99 at the SLO),
-//!   capped at [`LATENCY_CAP`] so one hopeless scenario cannot drown the others;
+//! - **latency**: how far the p99 of answered requests runs over `slo_latency`, as a share of
+//!   it (`max(0, p99 / slo - 1)`: 0 for a tail within the SLO, 1.0 for a p99 at twice it),
+//!   capped at [`LATENCY_CAP`] so one hopeless scenario cannot drown the others. A tail inside
+//!   the SLO costs nothing here: those requests count as goodput already, and charging for
+//!   them would make a retry that rescues a request in 60 ms look worse than the failure;
 //! - **amplification**: upstream attempts per offered request (what retries cost the upstream);
 //! - **rejected**: share refused by rafael itself (429, shed, every breaker open).
 //!
 //! `fitness = w.goodput * goodput - w.latency * latency - w.amplification * amplification -
 //! w.rejected * rejected`, with the weights of `[evolution].objectives.weights`. Worked example
-//! with the default weights (1.0, 0.3, 0.2, 0.5): goodput 0.95, p99 240 ms against a 300 ms
-//! SLO (latency 0.8), 1.1 attempts per request, 1% rejected gives
-//! `0.95 - 0.24 - 0.22 - 0.005 = 0.485`.
+//! with the default weights (1.0, 0.3, 0.2, 0.5): goodput 0.95, p99 450 ms against a 300 ms
+//! SLO (latency 0.5), 1.1 attempts per request, 1% rejected gives
+//! `0.95 - 0.15 - 0.22 - 0.005 = 0.575`.
 
 use rafael_config::ObjectiveWeights;
 use serde::{Deserialize, Serialize};
 
 use super::sim::Report;
 
-/// The latency objective's cap: a p99 ten times the SLO is as bad as it gets for ranking.
+/// The latency objective's cap: a p99 eleven times the SLO is as bad as it gets for ranking.
 pub const LATENCY_CAP: f64 = 10.0;
 
 /// The objectives of one run.
@@ -27,7 +30,7 @@ pub const LATENCY_CAP: f64 = 10.0;
 pub struct Objectives {
     /// Share answered 2xx within the SLO.
     pub goodput: f64,
-    /// p99 over the SLO.
+    /// How far p99 runs over the SLO, as a share of it.
     pub latency: f64,
     /// Attempts per request.
     pub amplification: f64,
@@ -54,7 +57,7 @@ impl Objectives {
     /// The objectives of `report`, run against `slo` (seconds), weighted by `weights`.
     pub fn of(report: &Report, slo_secs: f64, weights: &ObjectiveWeights) -> Self {
         let latency = if slo_secs > 0.0 {
-            (report.p99.as_secs_f64() / slo_secs).min(LATENCY_CAP)
+            (report.p99.as_secs_f64() / slo_secs - 1.0).clamp(0.0, LATENCY_CAP)
         } else {
             0.0
         };
@@ -120,13 +123,21 @@ mod tests {
             good: 950,
             rejected: 10,
             attempts: 1100,
-            p99: Duration::from_millis(240),
+            p99: Duration::from_millis(450),
             ..Report::default()
         };
         let objectives = Objectives::of(&report, 0.3, &ObjectiveWeights::default());
         assert!((objectives.goodput - 0.95).abs() < 1e-12);
-        assert!((objectives.latency - 0.8).abs() < 1e-12);
-        assert!((objectives.fitness - 0.485).abs() < 1e-12, "{objectives:?}");
+        assert!((objectives.latency - 0.5).abs() < 1e-12);
+        assert!((objectives.fitness - 0.575).abs() < 1e-12, "{objectives:?}");
+        let within = Report {
+            p99: Duration::from_millis(240),
+            ..report.clone()
+        };
+        assert_eq!(
+            Objectives::of(&within, 0.3, &ObjectiveWeights::default()).latency,
+            0.0
+        );
         let hopeless = Report {
             p99: Duration::from_secs(60),
             ..report

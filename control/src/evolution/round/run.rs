@@ -5,7 +5,8 @@
 //! - **search**: every genome the strategy proposes is scored on short runs — the first two
 //!   seeds, every scenario, a sixth of the full duration;
 //! - **verdict**: the strategy's surviving parents and the incumbent are scored on full runs —
-//!   every seed, every scenario, the full duration — and compared on paired seeds.
+//!   every seed, every scenario, the full duration (for `observed`, the whole window the model
+//!   was fitted on, so its bad periods weigh what they weighed) — and compared on paired seeds.
 //!
 //! Every genome of a round is simulated on the same prepared runs (the same arrivals and the
 //! same upstream luck per seed and scenario), so differences between genomes are the genomes'.
@@ -15,7 +16,7 @@
 
 use std::time::Duration;
 
-use rafael_config::{AggregateMode, Config, Genome};
+use rafael_config::{AggregateMode, BreakerGenes, Config, Genome, RetryCondition, RetryGenes};
 
 use super::RoundResult;
 use crate::{
@@ -86,10 +87,18 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
         .collect();
     let duration = evolution.duration.get();
     let short = (duration / SEARCH_SHARE).max(SEARCH_MIN).min(duration);
-    let prepare = |seeds: u64, duration: Duration| Runs {
+    // The observed scenario's full runs replay the whole window the model was fitted on, so
+    // its regimes weigh what they weighed; a short run replays a segment around them.
+    let window = Duration::from_secs(model.window_secs.clamp(1, 600));
+    let prepare = |seeds: u64, duration: Duration, full: bool| Runs {
         runs: scenarios
             .iter()
             .map(|&scenario| {
+                let duration = if full && scenario == Scenario::Observed {
+                    window
+                } else {
+                    duration
+                };
                 (0..seeds)
                     .map(|i| {
                         Prepared::new(Run {
@@ -137,9 +146,10 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     };
 
     // Search on short runs.
-    let short_runs = prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short);
+    let short_runs = prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short, false);
     let rails = Guardrails::from_config(config);
-    let mut seeds_of_search: Vec<Genome> = peer_defaults();
+    let mut seeds_of_search: Vec<Genome> = informed(model, incumbent);
+    seeds_of_search.extend(peer_defaults());
     seeds_of_search.retain(|g| g != incumbent);
     let found: Found = search(
         incumbent,
@@ -160,7 +170,7 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     );
 
     // Verdict on full runs, paired seeds.
-    let full_runs = prepare(u64::from(evolution.seeds), duration);
+    let full_runs = prepare(u64::from(evolution.seeds), duration, true);
     let base = score(&full_runs, incumbent);
     let base_fitness = fitness(&base, aggregate);
     let mut best: Option<(Genome, Scored, f64)> = None;
@@ -238,6 +248,45 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
         generations,
         evaluations,
     }
+}
+
+/// Genomes the model suggests, for the first generation: the incumbent with retries and with
+/// a breaker that react to the way this upstream fails (a retry on `gateway-error` never fires
+/// for an upstream that answers 500; the model knows which statuses it answers).
+fn informed(model: &Model, incumbent: &Genome) -> Vec<Genome> {
+    let mut conditions = vec![RetryCondition::ConnectFailure, RetryCondition::Reset];
+    for endpoint in &model.endpoints {
+        let condition = match endpoint.failure.status {
+            Some(502..=504) => RetryCondition::GatewayError,
+            Some(500..=599) => RetryCondition::ServerError,
+            Some(status) => RetryCondition::Status(status),
+            None => RetryCondition::Reset,
+        };
+        if endpoint.failure.rate > 0.0 && !conditions.contains(&condition) {
+            conditions.push(condition);
+        }
+        if endpoint.timeout_rate > 0.0 && !conditions.contains(&RetryCondition::Timeout) {
+            conditions.push(RetryCondition::Timeout);
+        }
+    }
+    let merge = |set: &mut Vec<RetryCondition>| {
+        for condition in &conditions {
+            if !set.contains(condition) {
+                set.push(*condition);
+            }
+        }
+    };
+    let mut retrying = incumbent.clone();
+    let retry = retrying.retry.get_or_insert_with(RetryGenes::default);
+    merge(&mut retry.retry_on);
+    let mut breaking = incumbent.clone();
+    let breaker = breaking
+        .circuit_breaker
+        .get_or_insert_with(BreakerGenes::default);
+    merge(&mut breaker.failure_on);
+    let mut both = retrying.clone();
+    both.circuit_breaker = breaking.circuit_breaker.clone();
+    vec![retrying, breaking, both]
 }
 
 /// The aggregate fitness of `scored`: per seed, scenarios combined by `aggregate`; then the
