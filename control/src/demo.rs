@@ -6,6 +6,7 @@
 
 use std::{
     convert::Infallible,
+    io::Write,
     net::SocketAddr,
     sync::{
         Arc,
@@ -25,7 +26,8 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-/// The shipped demo config, with `{upstream}`, `{listen}` and `{admin}` placeholders.
+/// The shipped demo config, with `{upstream}`, `{listen}`, `{admin}` and `{min_requests}`
+/// placeholders.
 pub const DEMO_CONFIG: &str = include_str!("../demo/demo.toml");
 
 /// One phase of the demo service's cycle.
@@ -87,15 +89,27 @@ pub fn phase_at(elapsed: Duration) -> Phase {
     CYCLE[0].1
 }
 
-/// Starts the demo service on `listener`; runs until the runtime stops.
-pub fn spawn_service(listener: TcpListener) {
+/// How long after the start the first bad day (slow, then failing) is over.
+pub fn first_bad_day_ends() -> Duration {
+    let until_recovering: u64 = CYCLE
+        .iter()
+        .take_while(|(_, phase)| phase.name != "recovering")
+        .map(|(secs, _)| secs)
+        .sum();
+    Duration::from_secs(until_recovering)
+}
+
+/// Starts the demo service on `listener`, its cycle running `speed` times faster than real
+/// time (1 for the demo; tests run it faster); runs until the runtime stops.
+pub fn spawn_service(listener: TcpListener, speed: f64) {
     let started = Instant::now();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let service = service_fn(move |request: Request<Incoming>| answer(started, request));
+            let service =
+                service_fn(move |request: Request<Incoming>| answer(started, speed, request));
             tokio::spawn(async move {
                 let served = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -111,9 +125,10 @@ pub fn spawn_service(listener: TcpListener) {
 
 async fn answer(
     started: Instant,
+    speed: f64,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let phase = phase_at(started.elapsed());
+    let phase = phase_at(started.elapsed().mul_f64(speed.max(0.01)));
     let (low, high) = phase.latency_ms;
     tokio::time::sleep(Duration::from_millis(fastrand::u64(low..=high))).await;
     let (status, body) = if fastrand::f64() < phase.error_rate {
@@ -138,6 +153,55 @@ async fn answer(
         http::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// Runs one evolution round on `route` through the admin API at `admin` once `delay` has
+/// passed (the end of the first bad day), waits for it, and prints what it found and how to
+/// see it. Polling a round twice a second is what a person at the terminal would do.
+pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    let base = format!("http://{admin}");
+    let print = |line: String| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    };
+    let run = format!("{base}/v1/evolution/{route}/run");
+    let round = match crate::client::call("POST", &run, None, None).await {
+        Ok((202, text)) => serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        Ok((status, text)) => {
+            print(format!("  evolution      could not start a round ({status}): {text}"));
+            return;
+        }
+        Err(error) => {
+            print(format!("  evolution      could not start a round: {error}"));
+            return;
+        }
+    };
+    let id = round["id"].as_i64().unwrap_or_default();
+    print(format!(
+        "\n  evolution      the bad day is over: round {id} is fitting the service and evolving {route}'s genome"
+    ));
+    let mut round = round;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while round["state"] == "running" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let url = format!("{base}/v1/evolution/rounds/{id}");
+        if let Ok((200, text)) = crate::client::call("GET", &url, None, None).await {
+            round = serde_json::from_str(&text).unwrap_or(round);
+        }
+    }
+    let reason = round["reason"].as_str().unwrap_or_default();
+    match round["proposal_id"].as_i64() {
+        Some(proposal) => print(format!(
+            "  evolution      proposal {proposal} for {route} is pending ({reason})\n  \
+             see it         rafael proposals show {proposal} --admin {base}\n  \
+             or             {base}/v1/proposals/{proposal}\n"
+        )),
+        None => print(format!(
+            "  evolution      round {id} ended {}: {reason}\n",
+            round["result"].as_str().unwrap_or("without a proposal")
+        )),
+    }
 }
 
 /// What the traffic generator saw.
@@ -215,7 +279,8 @@ mod tests {
         let demo = DEMO_CONFIG
             .replace("{upstream}", "127.0.0.1:8080")
             .replace("{listen}", "127.0.0.1:15001")
-            .replace("{admin}", "127.0.0.1:9901");
+            .replace("{admin}", "127.0.0.1:9901")
+            .replace("{min_requests}", "1000");
         let demo = rafael_config::parse(&demo).expect("the demo config is valid");
         assert_eq!(demo.routes.len(), 2);
         let example = include_str!("../../deploy/rafael.toml");

@@ -61,6 +61,9 @@ enum Command {
         /// How long the built-in traffic runs.
         #[arg(long, default_value = "10m")]
         traffic_duration: HumanDuration,
+        /// Runs the demo service's day this many times faster (for tests).
+        #[arg(long, default_value_t = 1.0, hide = true)]
+        speed: f64,
     },
     /// Work with config files.
     Config {
@@ -380,7 +383,11 @@ fn main() -> ExitCode {
             admin,
             rate,
             traffic_duration,
-        } => block_on(None, run_demo(listen, admin, rate, traffic_duration.get())),
+            speed,
+        } => block_on(
+            None,
+            run_demo(listen, admin, rate, traffic_duration.get(), speed),
+        ),
     }
 }
 
@@ -1206,14 +1213,24 @@ async fn run_demo(
     admin: SocketAddr,
     rate: u32,
     traffic: Duration,
+    speed: f64,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.1..=100.0).contains(&speed),
+        "--speed must be 0.1..=100, got {speed}"
+    );
     let shutdown = ShutdownSignal::install();
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot bind the demo service")?;
     let upstream_address = upstream.local_addr()?;
-    demo::spawn_service(upstream);
+    demo::spawn_service(upstream, speed);
+    // A round needs the bad day's telemetry: about 1,000 requests at the demo's 20 a second.
+    let min_requests = ((f64::from(rate.max(1)) * demo::first_bad_day_ends().as_secs_f64() / speed)
+        * 0.7)
+        .clamp(100.0, 10_000.0) as u32;
     let text = demo::DEMO_CONFIG
+        .replace("{min_requests}", &min_requests.to_string())
         .replace("{upstream}", &upstream_address.to_string())
         .replace("{listen}", &listen.to_string())
         .replace("{admin}", &admin.to_string());
@@ -1232,7 +1249,10 @@ async fn run_demo(
          demo service   http://{upstream_address}/  (a dependency having a bad day)\n  \
          proxy          http://{proxy}/orders/1\n  \
          admin          http://{admin}/healthz\n  \
-         metrics        http://{admin}/metrics\n"
+         metrics        http://{admin}/metrics\n  \
+         evolution      after the service's first bad day (about {bad_day} s) a round evolves\n                 \
+         orders-read's genome; then: rafael proposals list --admin http://{admin}\n",
+        bad_day = (demo::first_bad_day_ends().as_secs_f64() / speed).round()
     );
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{banner}").and_then(|()| stdout.flush());
@@ -1240,6 +1260,10 @@ async fn run_demo(
     if rate > 0 {
         info!(rate, duration = ?traffic, "starting demo traffic");
         tokio::spawn(demo::run_traffic(proxy, rate, traffic));
+        let after = demo::first_bad_day_ends().div_f64(speed) + Duration::from_secs(2);
+        tokio::spawn(async move {
+            demo::evolve_after_the_bad_day(admin, "orders-read", after).await;
+        });
     }
     shutdown.recv().await;
     app.shutdown().await;

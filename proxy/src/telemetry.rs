@@ -101,7 +101,8 @@ struct SampleSlot {
     seq: AtomicU64,
     start: AtomicU64,
     latency: AtomicU64,
-    /// endpoint (16 bits) | attempt (8) | outcome (8) | fault (8) | in-flight (24).
+    /// endpoint (16 bits) | attempt (8) | outcome (8) | fault (1) and 5xx status - 499 (7) |
+    /// in-flight (24).
     packed: AtomicU64,
 }
 
@@ -122,6 +123,9 @@ pub struct AttemptSample {
     pub outcome: u8,
     /// Whether a fault was injected into it.
     pub fault: bool,
+    /// The 5xx status it answered, when it answered one (what a retry's `gateway-error` or a
+    /// status condition reads: a model must know 503 from 500).
+    pub status_5xx: Option<u16>,
 }
 
 /// A copy of one second's window.
@@ -272,6 +276,9 @@ impl Rings {
             | u64::from(sample.attempt) << 16
             | u64::from(sample.outcome) << 24
             | u64::from(sample.fault) << 32
+            // The fault byte's upper seven bits: 5xx status - 499 (1..=100), or 0.
+            | u64::from(sample.status_5xx.filter(|s| (500..600).contains(s)).map_or(0, |s| s - 499))
+                << 33
             | u64::from(sample.in_flight.min(0xFF_FFFF)) << 40;
         slot.packed.store(packed, Ordering::Relaxed);
         slot.seq.store(2 * at + 2, Ordering::Release);
@@ -354,6 +361,10 @@ impl Rings {
                     attempt: (packed >> 16) as u8,
                     outcome: (packed >> 24) as u8,
                     fault: (packed >> 32) & 1 == 1,
+                    status_5xx: match ((packed >> 33) & 0x7F) as u16 {
+                        0 => None,
+                        offset => Some(499 + offset),
+                    },
                     in_flight: (packed >> 40) as u32,
                     latency,
                 })
@@ -611,6 +622,7 @@ mod tests {
                 latency: 5_000,
                 outcome: 1,
                 fault: i % 2 == 0,
+                status_5xx: Some(503),
             };
             telemetry.attempt(sample, true);
         }
@@ -627,6 +639,7 @@ mod tests {
                 latency: 5_000,
                 outcome: 1,
                 fault: true,
+                status_5xx: Some(503),
             }
         );
     }

@@ -146,6 +146,12 @@ where
                     in_flight: on_endpoint,
                     latency: crate::policy::nanos(latency),
                     outcome: outcome as u8,
+                    status_5xx: match end {
+                        Some(crate::policy::outcome::AttemptEnd::Status(status)) if status >= 500 => {
+                            Some(status)
+                        }
+                        _ => None,
+                    },
                     fault: match &result {
                         Ok(exchange) => exchange.injected,
                         Err(ProxyError::Upstream { reason, .. }) => reason == INJECTED_RESET,

@@ -128,6 +128,8 @@ struct Sample {
     latency_ms: f64,
     class: Class,
     weight: f64,
+    /// The 5xx status it answered, if any.
+    status: Option<u16>,
 }
 
 /// What an attempt's outcome says about the upstream.
@@ -324,6 +326,7 @@ fn samples(telemetry: &Telemetry, windows: &[Window]) -> Vec<Sample> {
                 k: a.in_flight.max(1),
                 latency_ms: a.latency as f64 / 1e6,
                 class,
+                status: a.status_5xx,
                 weight: (windows[second].attempts as f64 / per_second[second] as f64).max(1.0),
             })
         })
@@ -595,16 +598,28 @@ fn failure(own: &[&Sample], covered: usize, unqueued: u32) -> Failure {
     }
 }
 
-/// The status failures answer with: a 5xx when most are (the samples keep the outcome class,
-/// not the code, so 500 stands for the class), `None` when most are resets or refused
-/// connections.
+/// The status failures answer with: the most common 5xx when most failures are 5xx (500 when
+/// the samples carry no code), `None` when most are resets or refused connections. The code
+/// matters: a retry on `gateway-error` fires for a 503 and not for a 500.
 fn status(failed: &[&&&Sample]) -> Option<u16> {
     let http_5xx = ATTEMPT_OUTCOMES.iter().position(|&o| o == "http_5xx");
-    let fives = failed
+    let fives: Vec<&&&Sample> = failed
         .iter()
         .filter(|s| matches!(s.class, Class::Failure(o) if Some(usize::from(o)) == http_5xx))
-        .count();
-    (fives * 2 > failed.len()).then_some(500)
+        .copied()
+        .collect();
+    if fives.len() * 2 <= failed.len() {
+        return None;
+    }
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for sample in &fives {
+        *counts.entry(sample.status.unwrap_or(500)).or_default() += 1;
+    }
+    // Most common first; among equals, the lowest code (a stable choice).
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(status, _)| status)
 }
 
 // === regimes ===
@@ -677,6 +692,19 @@ fn regimes(
             .filter_map(|s| seconds.counts.get(s))
             .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
         let runs = runs(&secs);
+        // A brownout period's own distribution, from its successes.
+        let own = |start: usize, length: usize| {
+            let mut latencies: Weighted = samples
+                .iter()
+                .filter(|s| s.class == Class::Success && (start..start + length).contains(&s.second))
+                .map(|s| (s.latency_ms, s.weight))
+                .collect();
+            (kind == RegimeKind::Brownout && latencies.len() as u64 >= MIN_SECOND_SAMPLES * 2)
+                .then(|| ServiceTime {
+                    p50_ms: quantile(&mut latencies, 0.5),
+                    p99_ms: quantile(&mut latencies, 0.99),
+                })
+        };
         Regime {
             kind,
             share: secs.len() as f64 / covered.max(1) as f64,
@@ -688,6 +716,7 @@ fn regimes(
                 .map(|(start, secs)| Period {
                     start_sec: u32::try_from(start).unwrap_or(u32::MAX),
                     secs: u32::try_from(secs).unwrap_or(u32::MAX),
+                    service_time: own(start, secs),
                 })
                 .collect(),
         }

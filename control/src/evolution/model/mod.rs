@@ -170,12 +170,18 @@ pub enum RegimeKind {
 }
 
 /// One period of a regime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Period {
     /// Seconds from the start of the window.
     pub start_sec: u32,
     /// Its length, seconds.
     pub secs: u32,
+    /// The successes' own latency distribution in a brownout period, when enough were seen.
+    /// A slow period has a shape of its own (a CPU-starved server's latencies spread far more
+    /// than its healthy ones), and two slow periods of one window need not be alike, which
+    /// one factor on the healthy distribution misses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_time: Option<ServiceTime>,
 }
 
 /// The model check: the incumbent genome simulated on the model with the observed arrivals,

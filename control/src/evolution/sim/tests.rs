@@ -125,6 +125,7 @@ fn a_breaker_stops_sending_into_an_outage() {
         periods: vec![Period {
             start_sec: 10,
             secs: 30,
+            service_time: None,
         }],
     }];
     let observed = |model| Run {

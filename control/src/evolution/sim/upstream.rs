@@ -31,8 +31,9 @@ const STREAM: u64 = 0x7570_7374_7265_616d;
 pub struct Timelines {
     /// Per endpoint, the bursts as `(start, end)`, sorted.
     bursts: Vec<Vec<(Nanos, Nanos)>>,
-    /// Regimes as `(start, end, service time factor, failure rate)`, sorted.
-    regimes: Vec<(Nanos, Nanos, f64, f64)>,
+    /// Regimes as `(start, end, service time factor, failure rate, own distribution)`, sorted;
+    /// the distribution as the log-normal's `(mu, sigma)` in nanoseconds.
+    regimes: Vec<(Nanos, Nanos, f64, f64, Option<(f64, f64)>)>,
 }
 
 /// One endpoint, compiled for the run.
@@ -126,11 +127,13 @@ impl Timelines {
                     let start = f64::from(period.start_sec) * SECOND - offset;
                     let stop = start + f64::from(period.secs) * SECOND;
                     if stop > 0.0 && start < end {
+                        let own = period.service_time.map(|t| log_normal(t.p50_ms, t.p99_ms));
                         regimes.push((
                             start.max(0.0) as Nanos,
                             stop as Nanos,
                             regime.service_time_factor.max(0.0),
                             regime.failure_rate.clamp(0.0, 1.0),
+                            own,
                         ));
                     }
                 }
@@ -140,14 +143,15 @@ impl Timelines {
         Self { bursts, regimes }
     }
 
-    /// The service time factor and the least failure rate in force at `at`.
-    fn regime(&self, at: Nanos) -> (f64, f64) {
+    /// The service time factor, the least failure rate and the first own distribution in
+    /// force at `at`.
+    fn regime(&self, at: Nanos) -> (f64, f64, Option<(f64, f64)>) {
         self.regimes
             .iter()
             .take_while(|r| r.0 <= at)
             .filter(|r| at < r.1)
-            .fold((1.0, 0.0), |(factor, rate), r| {
-                (factor * r.2, f64::max(rate, r.3))
+            .fold((1.0, 0.0, None), |(factor, rate, own), r| {
+                (factor * r.2, f64::max(rate, r.3), own.or(r.4))
             })
     }
 
@@ -158,6 +162,13 @@ impl Timelines {
         let next = spans.partition_point(|span| span.0 <= at);
         next > 0 && at < spans[next - 1].1
     }
+}
+
+/// The log-normal `(mu, sigma)` (nanoseconds) through a p50 and a p99 in milliseconds.
+fn log_normal(p50_ms: f64, p99_ms: f64) -> (f64, f64) {
+    let p50 = (p50_ms * MILLI).max(1.0);
+    let p99 = (p99_ms * MILLI).max(p50);
+    (p50.ln(), ((p99 / p50).ln() / Z99).max(0.0))
 }
 
 // === impl Shape ===
@@ -217,15 +228,22 @@ impl Shape {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(key);
         let z: f64 = StandardNormal.sample(&mut rng);
         let u: f64 = rng.random();
-        let (factor, regime_rate) = timelines.regime(at);
+        let (factor, regime_rate, own) = timelines.regime(at);
         let base = if timelines.in_burst(endpoint, at) {
             self.burst_rate
         } else {
             self.healthy_rate
         };
         let fails = u < base.max(regime_rate);
-        let mu = if fails { self.failure_mu } else { self.mu };
-        let service = (mu + self.sigma * z).exp() * factor;
+        let service = match own {
+            // A brownout with a distribution of its own: successes take that, failures their
+            // own latency (they are quick refusals as often as not).
+            Some((mu, sigma)) if !fails => (mu + sigma * z).exp(),
+            _ => {
+                let mu = if fails { self.failure_mu } else { self.mu };
+                (mu + self.sigma * z).exp() * factor
+            }
+        };
         Draw {
             service: service.round().clamp(0.0, 1e15) as Nanos,
             fails,

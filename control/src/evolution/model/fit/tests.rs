@@ -87,14 +87,16 @@ impl Truth {
                 let sampled =
                     seen < SAMPLE_ALL_BELOW || (seen - SAMPLE_ALL_BELOW) % SAMPLE_EVERY == 0;
                 if sampled {
+                    let failed = rng.f64() < error;
                     attempts.push(AttemptSample {
                         start,
                         endpoint: 0,
                         attempt: 1,
                         in_flight: in_flight.len() as u32,
                         latency: finish - start,
-                        outcome: u8::from(rng.f64() < error),
+                        outcome: u8::from(failed),
                         fault: false,
+                        status_5xx: failed.then_some(503),
                     });
                 }
             }
@@ -184,7 +186,7 @@ fn a_steady_five_percent_error_rate_is_not_a_burst() {
         assert!((failure.rate - 0.05).abs() < 0.01, "{failure:?}");
         assert_eq!(failure.mean_burst_secs, 0.0, "seed {seed}: {failure:?}");
         assert_eq!(failure.burst_rate, 0.0);
-        assert_eq!(failure.status, Some(500));
+        assert_eq!(failure.status, Some(503));
         assert!(model.regimes.is_empty(), "{:?}", model.regimes);
     }
 }
@@ -211,7 +213,8 @@ fn a_ten_second_burst_of_eighty_percent_errors_is_one_burst() {
         outage.periods,
         [Period {
             start_sec: 30,
-            secs: 10
+            secs: 10,
+            service_time: None,
         }]
     );
     assert!(
