@@ -35,7 +35,8 @@ pub const DEMO_CONFIG: &str = include_str!("../demo/demo.toml");
 pub struct Phase {
     /// Name printed in logs.
     pub name: &'static str,
-    /// Latency range in milliseconds.
+    /// Latency in milliseconds: its median and its 99th percentile. Latencies are drawn from
+    /// the log-normal distribution through them, right-skewed as real services' are.
     pub latency_ms: (u64, u64),
     /// Share of requests answered 503.
     pub error_rate: f64,
@@ -46,7 +47,7 @@ const CYCLE: [(u64, Phase); 4] = [
         40,
         Phase {
             name: "healthy",
-            latency_ms: (2, 15),
+            latency_ms: (6, 15),
             error_rate: 0.005,
         },
     ),
@@ -54,7 +55,7 @@ const CYCLE: [(u64, Phase); 4] = [
         20,
         Phase {
             name: "slow",
-            latency_ms: (80, 400),
+            latency_ms: (180, 400),
             error_rate: 0.05,
         },
     ),
@@ -62,7 +63,7 @@ const CYCLE: [(u64, Phase); 4] = [
         10,
         Phase {
             name: "failing",
-            latency_ms: (5, 30),
+            latency_ms: (12, 30),
             error_rate: 0.4,
         },
     ),
@@ -70,7 +71,7 @@ const CYCLE: [(u64, Phase); 4] = [
         20,
         Phase {
             name: "recovering",
-            latency_ms: (15, 60),
+            latency_ms: (30, 60),
             error_rate: 0.01,
         },
     ),
@@ -129,8 +130,8 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let phase = phase_at(started.elapsed().mul_f64(speed.max(0.01)));
-    let (low, high) = phase.latency_ms;
-    tokio::time::sleep(Duration::from_millis(fastrand::u64(low..=high))).await;
+    let (median, p99) = phase.latency_ms;
+    tokio::time::sleep(log_normal(median as f64, p99 as f64)).await;
     let (status, body) = if fastrand::f64() < phase.error_rate {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -169,7 +170,9 @@ pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Dur
     let round = match crate::client::call("POST", &run, None, None).await {
         Ok((202, text)) => serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
         Ok((status, text)) => {
-            print(format!("  evolution      could not start a round ({status}): {text}"));
+            print(format!(
+                "  evolution      could not start a round ({status}): {text}"
+            ));
             return;
         }
         Err(error) => {
@@ -202,6 +205,17 @@ pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Dur
             round["result"].as_str().unwrap_or("without a proposal")
         )),
     }
+}
+
+/// A log-normal latency through `median` and `p99` (milliseconds).
+fn log_normal(median: f64, p99: f64) -> Duration {
+    /// z of the 99th percentile of the standard normal distribution.
+    const Z99: f64 = 2.326_347_874;
+    let sigma = (p99.max(median) / median.max(0.001)).ln() / Z99;
+    let mut rng =
+        <rand::rngs::Xoshiro256PlusPlus as rand::SeedableRng>::seed_from_u64(fastrand::u64(..));
+    let z: f64 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng);
+    Duration::from_secs_f64((median.ln() + sigma * z).exp().min(60_000.0) / 1000.0)
 }
 
 /// What the traffic generator saw.

@@ -147,7 +147,9 @@ where
                     latency: crate::policy::nanos(latency),
                     outcome: outcome as u8,
                     status_5xx: match end {
-                        Some(crate::policy::outcome::AttemptEnd::Status(status)) if status >= 500 => {
+                        Some(crate::policy::outcome::AttemptEnd::Status(status))
+                            if status >= 500 =>
+                        {
                             Some(status)
                         }
                         _ => None,

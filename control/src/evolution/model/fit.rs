@@ -696,14 +696,17 @@ fn regimes(
         let own = |start: usize, length: usize| {
             let mut latencies: Weighted = samples
                 .iter()
-                .filter(|s| s.class == Class::Success && (start..start + length).contains(&s.second))
+                .filter(|s| {
+                    s.class == Class::Success && (start..start + length).contains(&s.second)
+                })
                 .map(|s| (s.latency_ms, s.weight))
                 .collect();
-            (kind == RegimeKind::Brownout && latencies.len() as u64 >= MIN_SECOND_SAMPLES * 2)
-                .then(|| ServiceTime {
+            (kind == RegimeKind::Brownout && latencies.len() as u64 >= MIN_SECOND_SAMPLES * 2).then(
+                || ServiceTime {
                     p50_ms: quantile(&mut latencies, 0.5),
                     p99_ms: quantile(&mut latencies, 0.99),
-                })
+                },
+            )
         };
         Regime {
             kind,

@@ -31,9 +31,21 @@ const STREAM: u64 = 0x7570_7374_7265_616d;
 pub struct Timelines {
     /// Per endpoint, the bursts as `(start, end)`, sorted.
     bursts: Vec<Vec<(Nanos, Nanos)>>,
-    /// Regimes as `(start, end, service time factor, failure rate, own distribution)`, sorted;
-    /// the distribution as the log-normal's `(mu, sigma)` in nanoseconds.
-    regimes: Vec<(Nanos, Nanos, f64, f64, Option<(f64, f64)>)>,
+    /// The regimes' periods in force during the run, by start.
+    regimes: Vec<Span>,
+}
+
+/// One period of a regime, in the run's time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    start: Nanos,
+    end: Nanos,
+    /// Service time factor.
+    factor: f64,
+    /// Least failure probability.
+    failure_rate: f64,
+    /// The period's own distribution, as the log-normal's `(mu, sigma)` in nanoseconds.
+    own: Option<(f64, f64)>,
 }
 
 /// One endpoint, compiled for the run.
@@ -128,17 +140,17 @@ impl Timelines {
                     let stop = start + f64::from(period.secs) * SECOND;
                     if stop > 0.0 && start < end {
                         let own = period.service_time.map(|t| log_normal(t.p50_ms, t.p99_ms));
-                        regimes.push((
-                            start.max(0.0) as Nanos,
-                            stop as Nanos,
-                            regime.service_time_factor.max(0.0),
-                            regime.failure_rate.clamp(0.0, 1.0),
+                        regimes.push(Span {
+                            start: start.max(0.0) as Nanos,
+                            end: stop as Nanos,
+                            factor: regime.service_time_factor.max(0.0),
+                            failure_rate: regime.failure_rate.clamp(0.0, 1.0),
                             own,
-                        ));
+                        });
                     }
                 }
             }
-            regimes.sort_by_key(|r| r.0);
+            regimes.sort_by_key(|r| r.start);
         }
         Self { bursts, regimes }
     }
@@ -148,10 +160,14 @@ impl Timelines {
     fn regime(&self, at: Nanos) -> (f64, f64, Option<(f64, f64)>) {
         self.regimes
             .iter()
-            .take_while(|r| r.0 <= at)
-            .filter(|r| at < r.1)
+            .take_while(|r| r.start <= at)
+            .filter(|r| at < r.end)
             .fold((1.0, 0.0, None), |(factor, rate, own), r| {
-                (factor * r.2, f64::max(rate, r.3), own.or(r.4))
+                (
+                    factor * r.factor,
+                    f64::max(rate, r.failure_rate),
+                    own.or(r.own),
+                )
             })
     }
 
