@@ -70,6 +70,7 @@ fn main() {
             rate_per_sec: 1000.0,
             burstiness: 1.0,
             per_second: vec![1000; 600],
+            spacing_cv: 1.0,
         },
         endpoints: vec![endpoint("10.0.0.1:8080"), endpoint("10.0.0.2:8080")],
         regimes: Vec::new(),

@@ -66,6 +66,7 @@ fn model() -> Model {
             rate_per_sec: 300.0,
             burstiness: 1.0,
             per_second: Vec::new(),
+            spacing_cv: 1.0,
         },
         endpoints: vec![endpoint("10.0.0.1:8080"), endpoint("10.0.0.2:8080")],
         regimes: Vec::new(),

@@ -17,6 +17,7 @@ pub fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
             rate_per_sec: rate,
             burstiness: 1.0,
             per_second: Vec::new(),
+            spacing_cv: 1.0,
         },
         endpoints: vec![EndpointModel {
             endpoint: "127.0.0.1:1".into(),

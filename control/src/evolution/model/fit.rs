@@ -90,6 +90,8 @@ pub struct Telemetry {
     pub windows: Vec<Window>,
     /// Attempt samples, oldest first.
     pub attempts: Vec<AttemptSample>,
+    /// Request arrival samples, oldest first.
+    pub arrivals: Vec<Nanos>,
     /// Endpoint addresses, by endpoint index.
     pub endpoints: Vec<String>,
     /// The data plane clock when the copy was taken: its second is still running.
@@ -201,7 +203,7 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
         window_secs: windows.len() as u64,
         sampled_secs: covered as u64,
         requests,
-        arrivals: arrivals(windows),
+        arrivals: arrivals(windows, &telemetry.arrivals),
         endpoints,
         regimes,
         fidelity: None,
@@ -240,6 +242,7 @@ pub fn fit_route(
         fitted_at,
         windows: telemetry.windows(from, now),
         attempts: telemetry.attempts(),
+        arrivals: telemetry.arrivals(),
         endpoints: endpoints.iter().map(|e| e.address().to_owned()).collect(),
         now,
         settled,
@@ -271,7 +274,7 @@ fn complete_windows(telemetry: &Telemetry) -> &[Window] {
     &windows[first..]
 }
 
-fn arrivals(windows: &[Window]) -> Arrivals {
+fn arrivals(windows: &[Window], samples: &[Nanos]) -> Arrivals {
     let per_second: Vec<u32> = windows
         .iter()
         .map(|w| u32::try_from(w.requests).unwrap_or(u32::MAX))
@@ -287,6 +290,43 @@ fn arrivals(windows: &[Window]) -> Arrivals {
         rate_per_sec: mean,
         burstiness: if mean > 0.0 { variance / mean } else { 0.0 },
         per_second,
+        spacing_cv: spacing_cv(windows, samples),
+    }
+}
+
+/// The coefficient of variation of the gaps between consecutive arrivals, from the arrival
+/// samples. Every request is sampled until a second has seen `SAMPLE_ALL_BELOW`, so the first
+/// samples of each second are consecutive arrivals; only their gaps are used (the thinned rest
+/// would measure every eighth arrival). Poisson (1) when too few gaps were seen to say.
+fn spacing_cv(windows: &[Window], samples: &[Nanos]) -> f64 {
+    let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+        return Arrivals::poisson_spacing();
+    };
+    let mut by_second: BTreeMap<u64, Vec<Nanos>> = BTreeMap::new();
+    for &at in samples
+        .iter()
+        .filter(|&&at| at >= first.start && at < last.start + SECOND)
+    {
+        by_second.entry(at / SECOND).or_default().push(at);
+    }
+    let mut gaps = Vec::new();
+    for times in by_second.values_mut() {
+        times.sort_unstable();
+        let exact = times
+            .len()
+            .min(rafael_proxy::telemetry::SAMPLE_ALL_BELOW as usize);
+        gaps.extend(times[..exact].windows(2).map(|w| (w[1] - w[0]) as f64));
+    }
+    if gaps.len() < 100 {
+        return Arrivals::poisson_spacing();
+    }
+    let n = gaps.len() as f64;
+    let mean = gaps.iter().sum::<f64>() / n;
+    let variance = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+    if mean > 0.0 {
+        (variance.sqrt() / mean).min(3.0)
+    } else {
+        Arrivals::poisson_spacing()
     }
 }
 

@@ -58,6 +58,21 @@ pub struct Arrivals {
     /// Requests that arrived in each second of the window, oldest first: the `observed`
     /// scenario replays this timeline.
     pub per_second: Vec<u32>,
+    /// Coefficient of variation of the gaps between consecutive arrivals within a second: 1
+    /// for Poisson arrivals, 0 for a client sending on a fixed beat. How requests bunch
+    /// inside a second decides how often a concurrency limit sheds, which per-second counts
+    /// cannot tell.
+    #[serde(default = "Arrivals::poisson_spacing")]
+    pub spacing_cv: f64,
+}
+
+// === impl Arrivals ===
+
+impl Arrivals {
+    /// The spacing of a Poisson process, assumed when none was measured.
+    pub fn poisson_spacing() -> f64 {
+        1.0
+    }
 }
 
 /// One upstream endpoint.

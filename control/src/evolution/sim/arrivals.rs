@@ -1,8 +1,10 @@
 //! The arrival stream: when requests arrive in a run.
 //!
 //! Without a `rate`, the observed per-second counts are replayed (wrapping around when the run
-//! is longer than the window), each second's requests at uniform random instants within it:
-//! the counts, and so the burstiness the route saw, are kept exactly. With a `rate`, arrivals
+//! is longer than the window), each second's requests spread within it as the observed ones
+//! were (`spacing_cv`: at uniform random instants for Poisson-like traffic, on an even beat
+//! with jitter for steadier clients): the counts, and so the burstiness the route saw, are
+//! kept exactly. With a `rate`, arrivals
 //! are a Poisson process at that rate. A surge adds its own Poisson process on top.
 
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
@@ -39,11 +41,24 @@ impl Arrivals {
             None => {
                 let offset = window_offset(run) as usize;
                 let seconds = end.div_ceil(SECOND);
+                // Spacing as measured: uniform instants for Poisson-like clients (CV 1); even
+                // slots with a uniform jitter of `cv * sqrt(6)` slots for steadier ones (the
+                // gap between two such slots has that CV).
+                let jitter = (run.model.arrivals.spacing_cv * 6f64.sqrt()).max(0.0);
                 for second in 0..seconds {
                     let index = (offset + second as usize) % timeline.len();
                     let start = second * SECOND;
-                    for _ in 0..timeline[index] {
-                        let at = start + rng.random_range(0..SECOND);
+                    let count = timeline[index];
+                    let slot = SECOND as f64 / f64::from(count.max(1));
+                    for i in 0..count {
+                        let within = if jitter >= 1.0 {
+                            rng.random_range(0..SECOND)
+                        } else {
+                            let centre = (f64::from(i) + 0.5) * slot;
+                            let offset = (rng.random::<f64>() - 0.5) * jitter * slot;
+                            (centre + offset).clamp(0.0, (SECOND - 1) as f64) as Nanos
+                        };
+                        let at = start + within;
                         if at < end {
                             times.push(at);
                         }

@@ -109,6 +109,7 @@ impl Truth {
             fitted_at: "2026-01-01T00:00:00Z".into(),
             windows,
             attempts: attempts.split_off(keep),
+            arrivals: Vec::new(),
             endpoints: vec!["10.0.0.5:8080".into()],
             now,
             settled: now,
