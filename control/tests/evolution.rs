@@ -480,3 +480,56 @@ async fn counterfactual_predictions_hold_at_low_load() {
 async fn counterfactual_predictions_hold_close_to_the_knee() {
     counterfactual(160.0).await;
 }
+
+/// Issue 9's third bad day. Today the round is skipped, rightly: the model is not trusted
+/// (goodput error 2.6). 82% of attempts time out in the storm, and the fit, which reads
+/// latency from attempts that answered, sees a healthy upstream with one slow second. Fitting
+/// this needs timeouts read as censored latencies and the knee seen through abandoned work;
+/// the test is here, ready, for that work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the model cannot fit a retry storm yet (timeouts censor latency): see the issue 9 note"]
+async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_the_next_drop() {
+    // 8 workers at 10 ms serve 800 requests a second; 300 arrive. From second 4 to second 8
+    // of each day every request takes four times as long: 200 a second, less than arrive.
+    let pool = WorkerPool::new(8, Duration::from_millis(10))
+        .jitter(Duration::from_millis(1))
+        .seed(13)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Common settings: three attempts on timeouts and 5xx within a generous budget, 250 ms per
+    // try. The queue a drop builds times attempts out; the upstream keeps working on them, and
+    // their retries join the queue.
+    let common = "timeout = \"1s\"\nretry = { max_attempts = 3, per_try_timeout = \"250ms\", retry_on = [\"timeout\", \"5xx\", \"reset\"], budget_ratio = 1.0 }";
+    let app = in_process(dir.path(), pool.address, common).await;
+    let proxy = app.listener_address("in").unwrap();
+    let admin = app.admin_address();
+    let drop_day = |pool: &support::worker_pool::RunningPool| {
+        let pool = pool.clone();
+        move |second: u64| pool.set_slowdown(if (4..8).contains(&second) { 4.0 } else { 1.0 })
+    };
+    let patience = Duration::from_secs(5);
+    let before = open_loop(proxy, "/work", 300.0, 16, patience, drop_day(&pool)).await;
+    let incumbent_live = goodput(&before, SLO);
+    let model = tokio::task::spawn_blocking(move || http_get(admin, "/v1/routes/main/model").2)
+        .await
+        .unwrap();
+    eprintln!("model: {model}");
+    let (round, proposal) = round_with_proposal(admin, "main", 5).await;
+    eprintln!("round: {round}\nproposal: {}", proposal["genome"]);
+    let genome: rafael_config::Genome = serde_json::from_value(proposal["genome"].clone()).unwrap();
+    app.snapshot().policies().swap("main", genome).unwrap();
+    let after = open_loop(proxy, "/work", 300.0, 16, patience, drop_day(&pool)).await;
+    let candidate_live = goodput(&after, SLO);
+    let candidate = predicted(&proposal, "observed", "candidate");
+    let incumbent = predicted(&proposal, "observed", "incumbent");
+    eprintln!(
+        "incumbent live {incumbent_live:.3} predicted {}; candidate live {candidate_live:.3} predicted {}",
+        incumbent["goodput"], candidate["goodput"]
+    );
+    assert!(
+        candidate_live > incumbent_live + 0.05,
+        "{candidate_live} vs {incumbent_live}"
+    );
+    app.shutdown().await;
+}

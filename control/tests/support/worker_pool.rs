@@ -51,6 +51,8 @@ pub struct RunningPool {
     pub workers: usize,
     /// The error share now, as `f64` bits: a test schedules a bad day by changing it.
     errors: Arc<AtomicU64>,
+    /// Service times are multiplied by this (`f64` bits): a capacity drop when above 1.
+    slowdown: Arc<AtomicU64>,
 }
 
 impl WorkerPool {
@@ -90,8 +92,10 @@ impl WorkerPool {
         let counters = Arc::new(PoolCounters::default());
         let workers = self.workers;
         let errors = Arc::new(AtomicU64::new(self.errors.to_bits()));
+        let slowdown = Arc::new(AtomicU64::new(1f64.to_bits()));
         let shared = Arc::new(Shared {
             errors: errors.clone(),
+            slowdown: slowdown.clone(),
             permits: Semaphore::new(self.workers),
             rng: Mutex::new(fastrand::Rng::with_seed(self.seed)),
             pool: self,
@@ -113,6 +117,7 @@ impl WorkerPool {
             counters,
             workers,
             errors,
+            slowdown,
         }
     }
 }
@@ -120,6 +125,7 @@ impl WorkerPool {
 struct Shared {
     pool: WorkerPool,
     errors: Arc<AtomicU64>,
+    slowdown: Arc<AtomicU64>,
     permits: Semaphore,
     rng: Mutex<fastrand::Rng>,
     counters: Arc<PoolCounters>,
@@ -137,7 +143,8 @@ impl Shared {
             let (service, failed) = {
                 let mut rng = self.rng.lock().unwrap();
                 let spread = self.pool.jitter.as_secs_f64() * (2.0 * rng.f64() - 1.0);
-                let service = (self.pool.service.as_secs_f64() + spread).max(0.0);
+                let slowdown = f64::from_bits(self.slowdown.load(Ordering::Relaxed));
+                let service = (self.pool.service.as_secs_f64() + spread).max(0.0) * slowdown;
                 (
                     Duration::from_secs_f64(service),
                     rng.f64() < f64::from_bits(self.errors.load(Ordering::Relaxed)),
@@ -166,6 +173,12 @@ impl Shared {
 }
 
 impl RunningPool {
+    /// Every request takes `factor` times its service time from now on (the pool's capacity
+    /// divided by `factor`).
+    pub fn set_slowdown(&self, factor: f64) {
+        self.slowdown.store(factor.to_bits(), Ordering::Relaxed);
+    }
+
     /// Answers 500 with probability `share` from now on.
     pub fn set_errors(&self, share: f64) {
         self.errors.store(share.to_bits(), Ordering::Relaxed);
