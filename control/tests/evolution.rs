@@ -83,6 +83,31 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
         "{out}"
     );
 
+    // The same telemetry and seed give the same proposal: a second round, with no traffic in
+    // between, proposes the same genome with the same predicted impact, byte for byte (and
+    // supersedes the first).
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let get = |id: u32| json_of(&http_get(admin_address, &format!("/v1/proposals/{id}")).2);
+        (get(1), get(2))
+    })
+    .await
+    .unwrap();
+    assert_eq!(first["state"], "superseded");
+    for key in ["genome", "predicted", "diff"] {
+        assert_eq!(
+            serde_json::to_string(&first[key]).unwrap(),
+            serde_json::to_string(&second[key]).unwrap(),
+            "{key}"
+        );
+    }
+
     let checks = tokio::task::spawn_blocking(move || {
         let (status, _, body) = http_get(admin_address, "/v1/proposals?state=pending&route=main");
         assert_eq!(status, 200, "{body}");
@@ -111,6 +136,7 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
 
         let (_, _, body) = http_get(admin_address, "/v1/evolution/rounds?route=main");
         let rounds = json_of(&body)["rounds"].as_array().unwrap().clone();
+        assert_eq!(rounds.len(), 2, "{body}");
         assert_eq!(rounds[0]["result"], "proposed", "{body}");
         assert_eq!(rounds[0]["proposal_id"], proposal["id"]);
 
@@ -141,10 +167,11 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
         let actions = audit_actions(admin_address);
         assert!(actions.iter().any(|a| a == "evolution.round"), "{actions:?}");
         assert!(actions.iter().any(|a| a == "proposal.created"), "{actions:?}");
+        assert!(actions.iter().any(|a| a == "proposal.superseded"), "{actions:?}");
         let (_, _, metrics) = http_get(admin_address, "/metrics");
         assert_eq!(
             metric_value(&metrics, "rafael_evolution_rounds_total{route=\"main\",result=\"proposed\"}"),
-            Some(1.0),
+            Some(2.0),
             "{metrics}"
         );
         assert_eq!(metric_value(&metrics, "rafael_proposals_pending"), Some(1.0));
