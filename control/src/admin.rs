@@ -335,7 +335,8 @@ async fn simulate(
         return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
     }
     let snapshots = state.snapshot.clone();
-    let answer = tokio::task::spawn_blocking(move || {
+    // Simulation is CPU work: on a low-priority thread, as rounds are, not the blocking pool.
+    let answer = crate::evolution::low_priority("rafael-simulate", move || {
         let snapshot = snapshots.load();
         let config = snapshot.config().clone();
         let incumbent = snapshot
@@ -351,13 +352,13 @@ async fn simulate(
     })
     .await;
     match answer {
-        Ok(Ok(Ok(answer))) => Json(answer).into_response(),
-        Ok(Ok(Err(e))) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-        Ok(Err(e)) => fit_error(&e),
-        Err(e) => error(
+        Some(Ok(Ok(answer))) => Json(answer).into_response(),
+        Some(Ok(Err(e))) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Some(Err(e)) => fit_error(&e),
+        None => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            &e.to_string(),
+            "the simulation thread failed",
         ),
     }
 }

@@ -260,12 +260,26 @@ async fn in_process(
     upstream: std::net::SocketAddr,
     policy: &str,
 ) -> rafael_control::App {
+    in_process_over(dir, &[upstream], policy).await
+}
+
+/// [`in_process`] in front of several endpoints.
+async fn in_process_over(
+    dir: &std::path::Path,
+    endpoints: &[std::net::SocketAddr],
+    policy: &str,
+) -> rafael_control::App {
     let store = dir.join("rafael.db");
-    let text = format!(
-        "{}\n[store]\npath = \"{}\"\n",
-        support::config_text(upstream, &format!("[routes.policy]\n{policy}\n{EVOLUTION}")),
-        store.display()
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let text = support::config_text(
+        endpoints[0],
+        &format!("[routes.policy]\n{policy}\n{EVOLUTION}"),
+    )
+    .replace(
+        &format!("endpoints = [\"{}\"]", endpoints[0]),
+        &format!("endpoints = [{}]", list.join(", ")),
     );
+    let text = format!("{text}\n[store]\npath = \"{}\"\n", store.display());
     let config = rafael_config::parse(&text).unwrap();
     rafael_control::App::start(config, rafael_control::AppOptions { config_path: None })
         .await
@@ -558,5 +572,70 @@ async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_
         candidate_live > incumbent_live + 0.05,
         "{candidate_live} vs {incumbent_live}"
     );
+    app.shutdown().await;
+}
+
+/// Issue 9's second bad day, one slow endpoint among healthy ones. The model must see the slow
+/// endpoint as a regime of its own (not of the whole upstream, and not as its silence: power of
+/// two choices steers load away from it, so it answers little while slow) and replay it
+/// faithfully. Power of two choices already keeps most requests off it, so the incumbent loses
+/// under 2% of goodput and no genome beats it by the margin: the round must say so rather than
+/// propose noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_endpoint_among_healthy_ones_is_modelled_as_such_and_power_of_two_choices_is_kept()
+{
+    // Three pools of 8 workers at 10 ms; from second 4 to second 10 the second one takes 30
+    // times as long (300 ms, past the SLO).
+    let mut pools = Vec::new();
+    for seed in [21, 22, 23] {
+        pools.push(
+            WorkerPool::new(8, Duration::from_millis(10))
+                .seed(seed)
+                .start()
+                .await,
+        );
+    }
+    let addresses: Vec<_> = pools.iter().map(|p| p.address).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let app = in_process_over(dir.path(), &addresses, "timeout = \"1s\"").await;
+    let proxy = app.listener_address("in").unwrap();
+    let admin = app.admin_address();
+    let slow = pools[1].clone();
+    let day =
+        move |second: u64| slow.set_slowdown(if (4..10).contains(&second) { 30.0 } else { 1.0 });
+    let answers = open_loop(proxy, "/work", 150.0, 14, Duration::from_secs(5), day).await;
+    let live = goodput(&answers, SLO);
+    let model =
+        tokio::task::spawn_blocking(move || json_of(&http_get(admin, "/v1/routes/main/model").2))
+            .await
+            .unwrap();
+    let regimes = model["regimes"].as_array().unwrap();
+    assert_eq!(regimes.len(), 1, "{regimes:?}");
+    assert_eq!(regimes[0]["kind"], "brownout");
+    assert_eq!(regimes[0]["endpoint"], addresses[1].to_string());
+    assert_eq!(regimes[0]["periods"][0]["start_sec"], 4, "{regimes:?}");
+    assert_eq!(regimes[0]["periods"][0]["secs"], 6, "{regimes:?}");
+    let fidelity = &model["fidelity"];
+    assert_eq!(fidelity["trusted"], true, "{fidelity}");
+    assert!(
+        (fidelity["goodput"]["simulated"].as_f64().unwrap() - live).abs() < 0.02,
+        "{fidelity} vs {live}"
+    );
+    let round = tokio::task::spawn_blocking(move || {
+        let (status, body) = http_post(admin, "/v1/evolution/main/run", "");
+        assert_eq!(status, 202, "{body}");
+        let id = json_of(&body)["id"].as_i64().unwrap();
+        let mut round = serde_json::Value::Null;
+        assert!(support::eventually(Duration::from_secs(120), || {
+            round = json_of(&http_get(admin, &format!("/v1/evolution/rounds/{id}")).2);
+            round["state"] != "running"
+        }));
+        round
+    })
+    .await
+    .unwrap();
+    eprintln!("live goodput {live:.3}; round: {round}");
+    assert!(live > 0.97, "{live}");
+    assert_eq!(round["result"], "no_improvement", "{round}");
     app.shutdown().await;
 }

@@ -25,3 +25,33 @@ pub fn describe_metrics() {
         "Relative error of the model check (goodput, p50, p99, amplification), by route."
     );
 }
+
+/// Runs `work` on a thread of its own at the lowest OS priority and waits for its answer:
+/// simulation may take every idle cycle, never one a request is waiting for. `None` when the
+/// thread could not start or panicked.
+pub async fn low_priority<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(work());
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start a simulation thread");
+        return None;
+    }
+    rx.await.ok()
+}
+
+/// Lowers the calling thread to the lowest OS priority (logged when the OS refuses).
+pub fn lower_priority() {
+    if let Err(error) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(?error, "cannot lower a simulation thread's priority");
+    }
+}

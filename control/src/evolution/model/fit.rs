@@ -30,7 +30,8 @@
 //!   far above the healthy rate (a one-sided binomial z of at least [`BURST_Z`]) and at least
 //!   double it; the healthy rate is re-estimated without degraded seconds until it settles. A
 //!   steady 5% rate almost never passes (about 1 second in 10,000 at 100 samples a second).
-//! - **Regimes** (route-wide): brownout seconds, where successes took at least
+//! - **Regimes** (route-wide, and a brownout of one endpoint among others as its own): brownout
+//!   seconds, where successes took at least
 //!   [`BROWNOUT_FACTOR`] times their load bucket's median (so queueing under load is not
 //!   mistaken for a brownout), and outage seconds, degraded as above over all endpoints.
 //! - **Arrivals**: from the per-second windows, which count every request over the whole
@@ -184,12 +185,45 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
     let first_pass: Vec<Expected> = (0..endpoints)
         .map(|e| load_fit(&samples, e, &[], &timeouts).expected)
         .collect();
-    let brownout = brownout_seconds(&samples, &first_pass);
+    let brownout = brownout_seconds(&samples, &first_pass, None);
+    // One endpoint slow among healthy ones is its own brownout: the route-wide median cannot
+    // see it, and replaying it on every endpoint would be wrong.
+    let own_brownouts: Vec<Vec<usize>> = (0..endpoints)
+        .map(|e| {
+            if endpoints < 2 {
+                return Vec::new();
+            }
+            let slow = brownout_seconds(&samples, &first_pass, Some(e));
+            fill_silent_gaps(&slow, &samples, e)
+                .into_iter()
+                .filter(|second| brownout.binary_search(second).is_err())
+                .collect()
+        })
+        .collect();
     let fits: Vec<LoadFit> = (0..endpoints)
-        .map(|e| load_fit(&samples, e, &brownout, &timeouts))
+        .map(|e| {
+            let mut slow = brownout.clone();
+            slow.extend(&own_brownouts[e]);
+            slow.sort_unstable();
+            load_fit(&samples, e, &slow, &timeouts)
+        })
         .collect();
     let expected: Vec<Expected> = fits.iter().map(|f| f.expected).collect();
-    let regimes = regimes(&samples, &expected, &brownout, covered);
+    let mut regimes = regimes(&samples, &expected, &brownout, covered);
+    for (e, seconds) in own_brownouts.iter().enumerate() {
+        if seconds.is_empty() {
+            continue;
+        }
+        let of_endpoint: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.endpoint == e)
+            .copied()
+            .collect();
+        for mut regime in regimes_of(&of_endpoint, &expected, seconds, covered) {
+            regime.endpoint = telemetry.endpoints.get(e).cloned();
+            regimes.push(regime);
+        }
+    }
     let endpoints = telemetry
         .endpoints
         .iter()
@@ -664,10 +698,24 @@ fn status(failed: &[&&&Sample]) -> Option<u16> {
 
 // === regimes ===
 
-/// Seconds whose successes took at least [`BROWNOUT_FACTOR`] times what their load explains.
-fn brownout_seconds(samples: &[Sample], expected: &[Expected]) -> Vec<usize> {
+/// Seconds whose successes (of `endpoint`, or of all) took at least [`BROWNOUT_FACTOR`] times
+/// what their load explains.
+fn brownout_seconds(
+    samples: &[Sample],
+    expected: &[Expected],
+    endpoint: Option<usize>,
+) -> Vec<usize> {
+    // One endpoint's seconds hold few of its answers (power of two choices steers load away
+    // from a slow one), so one answer is enough there; a route's second needs several.
+    let needed = if endpoint.is_some() {
+        1
+    } else {
+        MIN_SECOND_SAMPLES
+    };
     let mut by_second: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
-    for (s, ratio) in ratios(samples, expected) {
+    for (s, ratio) in
+        ratios(samples, expected).filter(|(s, _)| endpoint.is_none_or(|e| s.endpoint == e))
+    {
         by_second
             .entry(s.second)
             .or_default()
@@ -675,11 +723,32 @@ fn brownout_seconds(samples: &[Sample], expected: &[Expected]) -> Vec<usize> {
     }
     by_second
         .into_iter()
-        .filter(|(_, ratios)| ratios.len() as u64 >= MIN_SECOND_SAMPLES)
+        .filter(|(_, ratios)| ratios.len() as u64 >= needed)
         .filter_map(|(second, mut ratios)| {
             (quantile(&mut ratios, 0.5) >= BROWNOUT_FACTOR).then_some(second)
         })
         .collect()
+}
+
+/// `slow` seconds of `endpoint`, with the seconds between two of them in which the endpoint
+/// answered nothing at all: a slow endpoint that load balancing avoids goes quiet, and its
+/// silence is the slowness, not health.
+fn fill_silent_gaps(slow: &[usize], samples: &[Sample], endpoint: usize) -> Vec<usize> {
+    let answered: std::collections::BTreeSet<usize> = samples
+        .iter()
+        .filter(|s| s.endpoint == endpoint && s.class == Class::Success)
+        .map(|s| s.second)
+        .collect();
+    let mut filled = Vec::with_capacity(slow.len());
+    for pair in slow.windows(2) {
+        filled.push(pair[0]);
+        let (from, to) = (pair[0] + 1, pair[1]);
+        if to > from && (from..to).all(|second| !answered.contains(&second)) {
+            filled.extend(from..to);
+        }
+    }
+    filled.extend(slow.last());
+    filled
 }
 
 /// Each success with its latency over what its load explains.
@@ -694,6 +763,19 @@ fn ratios<'a>(
             let reference = expected.get(s.endpoint)?.at(s.k);
             (reference > 0.0).then(|| (s, s.latency_ms / reference))
         })
+}
+
+/// The brownout regime of one endpoint's `samples` over its own slow `seconds`.
+fn regimes_of(
+    samples: &[Sample],
+    expected: &[Expected],
+    seconds: &[usize],
+    covered: usize,
+) -> Vec<Regime> {
+    regimes(samples, expected, seconds, covered)
+        .into_iter()
+        .filter(|r| r.kind == RegimeKind::Brownout)
+        .collect()
 }
 
 fn regimes(
@@ -750,6 +832,7 @@ fn regimes(
         };
         Regime {
             kind,
+            endpoint: None,
             share: secs.len() as f64 / covered.max(1) as f64,
             mean_secs: mean_length(&runs),
             service_time_factor: factor,

@@ -162,6 +162,10 @@ pub struct Failure {
 pub struct Regime {
     /// `brownout` (slow) or `outage` (failing).
     pub kind: RegimeKind,
+    /// The one endpoint it concerns (a slow endpoint among healthy ones); `None` for the whole
+    /// upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// Share of the window spent in this kind of regime.
     pub share: f64,
     /// Mean length of one period, seconds.

@@ -126,11 +126,7 @@ impl Evolution {
             .spawn(move || {
                 // Below the data plane's threads: a round may take every idle cycle, never one
                 // a request is waiting for.
-                if let Err(error) = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                ) {
-                    warn!(?error, "cannot lower the evolution thread's priority");
-                }
+                crate::evolution::lower_priority();
                 this.run(&mut background, seed);
                 this.release(&background.route);
             });

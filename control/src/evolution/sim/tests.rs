@@ -118,6 +118,7 @@ fn a_breaker_stops_sending_into_an_outage() {
     let mut model = pool(8, 10.0, 0.0, 100.0);
     model.regimes = vec![Regime {
         kind: RegimeKind::Outage,
+        endpoint: None,
         share: 0.5,
         mean_secs: 30.0,
         service_time_factor: 1.0,

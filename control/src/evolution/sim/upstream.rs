@@ -38,6 +38,8 @@ pub struct Timelines {
 /// One period of a regime, in the run's time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Span {
+    /// The endpoint it concerns; `None` for all.
+    endpoint: Option<usize>,
     start: Nanos,
     end: Nanos,
     /// Service time factor.
@@ -140,7 +142,14 @@ impl Timelines {
                     let stop = start + f64::from(period.secs) * SECOND;
                     if stop > 0.0 && start < end {
                         let own = period.service_time.map(|t| log_normal(t.p50_ms, t.p99_ms));
+                        let endpoint = regime.endpoint.as_ref().and_then(|address| {
+                            run.model
+                                .endpoints
+                                .iter()
+                                .position(|e| &e.endpoint == address)
+                        });
                         regimes.push(Span {
+                            endpoint,
                             start: start.max(0.0) as Nanos,
                             end: stop as Nanos,
                             factor: regime.service_time_factor.max(0.0),
@@ -156,12 +165,12 @@ impl Timelines {
     }
 
     /// The service time factor, the least failure rate and the first own distribution in
-    /// force at `at`.
-    fn regime(&self, at: Nanos) -> (f64, f64, Option<(f64, f64)>) {
+    /// force on `endpoint` at `at`.
+    fn regime(&self, endpoint: usize, at: Nanos) -> (f64, f64, Option<(f64, f64)>) {
         self.regimes
             .iter()
             .take_while(|r| r.start <= at)
-            .filter(|r| at < r.end)
+            .filter(|r| at < r.end && r.endpoint.is_none_or(|e| e == endpoint))
             .fold((1.0, 0.0, None), |(factor, rate, own), r| {
                 (
                     factor * r.factor,
@@ -244,7 +253,7 @@ impl Shape {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(key);
         let z: f64 = StandardNormal.sample(&mut rng);
         let u: f64 = rng.random();
-        let (factor, regime_rate, own) = timelines.regime(at);
+        let (factor, regime_rate, own) = timelines.regime(endpoint, at);
         let base = if timelines.in_burst(endpoint, at) {
             self.burst_rate
         } else {
