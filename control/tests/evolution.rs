@@ -395,19 +395,6 @@ async fn after_an_error_burst_the_proposed_genome_beats_the_incumbent_on_the_nex
     app.shutdown().await;
 }
 
-/// Upstream attempts rafael made on `route`, all outcomes, from its `/metrics`.
-fn attempts_made(admin: std::net::SocketAddr, route: &str) -> f64 {
-    let (_, _, metrics) = http_get(admin, "/metrics");
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("rafael_upstream_attempts_total{")
-                && l.contains(&format!("route=\"{route}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn median_ms(answers: &[support::load::Answer]) -> f64 {
     let mut latencies: Vec<f64> = answers
         .iter()
@@ -479,15 +466,12 @@ async fn counterfactual(rate: f64) {
             .clone();
         let genome: rafael_config::Genome = serde_json::from_str(genome).unwrap();
         app.snapshot().policies().swap("main", genome).unwrap();
-        let before = tokio::task::spawn_blocking(move || attempts_made(admin, "main"))
-            .await
-            .unwrap();
+        // Attempts as the pool counted them (each is served before its answer is sent; nothing
+        // here times out): the process-wide metrics would mix in other tests' routes.
+        let before = pool.served().0;
         let answers = open_loop(proxy, "/work", rate, secs, patience, |_| {}).await;
-        let after = tokio::task::spawn_blocking(move || attempts_made(admin, "main"))
-            .await
-            .unwrap();
         let live_goodput = goodput(&answers, SLO);
-        let live_amplification = (after - before) / answers.len() as f64;
+        let live_amplification = (pool.served().0 - before) as f64 / answers.len() as f64;
         let live_p50 = median_ms(&answers);
         let mean = |key: &str| row[key]["mean"].as_f64().unwrap();
         eprintln!(
@@ -613,8 +597,13 @@ async fn one_slow_endpoint_among_healthy_ones_is_modelled_as_such_and_power_of_t
     assert_eq!(regimes.len(), 1, "{regimes:?}");
     assert_eq!(regimes[0]["kind"], "brownout");
     assert_eq!(regimes[0]["endpoint"], addresses[1].to_string());
-    assert_eq!(regimes[0]["periods"][0]["start_sec"], 4, "{regimes:?}");
-    assert_eq!(regimes[0]["periods"][0]["secs"], 6, "{regimes:?}");
+    // The client's seconds and the telemetry's are not aligned: a second either way.
+    let start = regimes[0]["periods"][0]["start_sec"].as_u64().unwrap();
+    let secs = regimes[0]["periods"][0]["secs"].as_u64().unwrap();
+    assert!(
+        (4..=5).contains(&start) && (5..=7).contains(&secs),
+        "{regimes:?}"
+    );
     let fidelity = &model["fidelity"];
     assert_eq!(fidelity["trusted"], true, "{fidelity}");
     assert!(
