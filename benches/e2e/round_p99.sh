@@ -90,5 +90,6 @@ done
 median() { printf '%s\n' "$@" | sort -n | sed -n 3p; }
 a=$(median "${without[@]}") b=$(median "${with[@]}")
 echo "median p99: without rounds $a us, with rounds $b us, ratio $(awk "BEGIN { printf \"%.3f\", $b / $a }")"
-echo "rounds completed while measuring: $(wc -l < "$work/rounds" 2>/dev/null || echo 0)"
-cat "$work/rounds" 2>/dev/null | awk '{print $2}' | sort | uniq -c
+touch "$work/rounds"
+echo "rounds completed while measuring: $(wc -l < "$work/rounds")"
+awk '{print $2}' "$work/rounds" | sort | uniq -c

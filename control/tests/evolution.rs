@@ -29,13 +29,19 @@ seeds = 3
 duration = "20s"
 "#;
 
-fn rafael_cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(RAFAEL).args(args).output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+/// Runs `rafael ARGS...` to its end, off the async workers: (exit code, stdout, stderr).
+async fn rafael_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(RAFAEL).args(&args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +77,8 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
 
     let admin = format!("http://{}", rafael.admin);
     let admin_address = rafael.admin;
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) =
+        rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("proposed") && out.contains("is pending"),
@@ -86,12 +88,8 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
     // The same telemetry and seed give the same proposal: a second round, with no traffic in
     // between, proposes the same genome with the same predicted impact, byte for byte (and
     // supersedes the first).
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) =
+        rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     let (first, second) = tokio::task::spawn_blocking(move || {
         let get = |id: u32| json_of(&http_get(admin_address, &format!("/v1/proposals/{id}")).2);
@@ -181,75 +179,50 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
 
     // The CLI around it: a route without telemetry is skipped with the reason (exit 1), an
     // unknown route is an error, the chaos forge simulates on the model, the chain verifies.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || rafael_cli(&["evolve", "quiet", "--wait", "--admin", &admin])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = rafael_cli(&["evolve", "quiet", "--wait", "--admin", &admin]).await;
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         err.contains("skipped: not enough telemetry: 0 requests"),
         "{err}"
     );
-    let (code, _, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || rafael_cli(&["evolve", "nope", "--admin", &admin])
-    })
-    .await
-    .unwrap();
+    let (code, _, err) = rafael_cli(&["evolve", "nope", "--admin", &admin]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no route named"), "{err}");
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || {
-            rafael_cli(&[
-                "chaos",
-                "simulate",
-                "main",
-                "--threat",
-                "latency",
-                "--severity",
-                "high",
-                "--seeds",
-                "2",
-                "--duration",
-                "10s",
-                "--admin",
-                &admin,
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = rafael_cli(&[
+        "chaos",
+        "simulate",
+        "main",
+        "--threat",
+        "latency",
+        "--severity",
+        "high",
+        "--seeds",
+        "2",
+        "--duration",
+        "10s",
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("latency:high") && out.contains("nominal"),
         "{out}"
     );
-    let (code, _, err) = tokio::task::spawn_blocking({
-        let admin = admin.clone();
-        move || {
-            rafael_cli(&[
-                "chaos",
-                "simulate",
-                "main",
-                "--threat",
-                "quake",
-                "--severity",
-                "high",
-                "--admin",
-                &admin,
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let (code, _, err) = rafael_cli(&[
+        "chaos",
+        "simulate",
+        "main",
+        "--threat",
+        "quake",
+        "--severity",
+        "high",
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert_eq!(code, Some(2), "{err}");
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || rafael_cli(&["audit", "verify", "--admin", &admin]))
-            .await
-            .unwrap();
+    let (code, out, err) = rafael_cli(&["audit", "verify", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}{err}");
 }
 
@@ -286,13 +259,9 @@ async fn in_process_over(
         .unwrap()
 }
 
-/// Runs a round on `route` with `seed` through the admin API and waits for it (polling with a
-/// deadline); returns the round and its proposal.
-async fn round_with_proposal(
-    admin: std::net::SocketAddr,
-    route: &str,
-    seed: u64,
-) -> (serde_json::Value, serde_json::Value) {
+/// Runs a round on `route` with `seed` through the admin API and waits for it to end
+/// (polling with a deadline).
+async fn run_round(admin: std::net::SocketAddr, route: &str, seed: u64) -> serde_json::Value {
     let route = route.to_owned();
     tokio::task::spawn_blocking(move || {
         let (status, body) = http_post(
@@ -309,13 +278,27 @@ async fn round_with_proposal(
             round["state"] != "running"
         });
         assert!(finished, "round {id} still running: {round}");
-        assert_eq!(round["result"], "proposed", "{round}");
-        let proposal_id = round["proposal_id"].as_i64().unwrap();
-        let (_, _, body) = http_get(admin, &format!("/v1/proposals/{proposal_id}"));
-        (round, json_of(&body))
+        round
     })
     .await
     .unwrap()
+}
+
+/// [`run_round`], which must propose: the round and its proposal.
+async fn round_with_proposal(
+    admin: std::net::SocketAddr,
+    route: &str,
+    seed: u64,
+) -> (serde_json::Value, serde_json::Value) {
+    let round = run_round(admin, route, seed).await;
+    assert_eq!(round["result"], "proposed", "{round}");
+    let proposal_id = round["proposal_id"].as_i64().unwrap();
+    let proposal = tokio::task::spawn_blocking(move || {
+        json_of(&http_get(admin, &format!("/v1/proposals/{proposal_id}")).2)
+    })
+    .await
+    .unwrap();
+    (round, proposal)
 }
 
 /// The proposal's predicted objectives for the candidate in `scenario`.
@@ -610,19 +593,7 @@ async fn one_slow_endpoint_among_healthy_ones_is_modelled_as_such_and_power_of_t
         (fidelity["goodput"]["simulated"].as_f64().unwrap() - live).abs() < 0.02,
         "{fidelity} vs {live}"
     );
-    let round = tokio::task::spawn_blocking(move || {
-        let (status, body) = http_post(admin, "/v1/evolution/main/run", "");
-        assert_eq!(status, 202, "{body}");
-        let id = json_of(&body)["id"].as_i64().unwrap();
-        let mut round = serde_json::Value::Null;
-        assert!(support::eventually(Duration::from_secs(120), || {
-            round = json_of(&http_get(admin, &format!("/v1/evolution/rounds/{id}")).2);
-            round["state"] != "running"
-        }));
-        round
-    })
-    .await
-    .unwrap();
+    let round = run_round(admin, "main", 1).await;
     eprintln!("live goodput {live:.3}; round: {round}");
     assert!(live > 0.97, "{live}");
     assert_eq!(round["result"], "no_improvement", "{round}");

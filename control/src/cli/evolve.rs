@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{call, error_text, exit_for};
+use super::call_json;
 
 /// How long `--wait` waits for a round: far above the 30 s a default round takes here.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
@@ -25,24 +25,9 @@ pub fn evolve(
     let admin = admin.trim_end_matches('/');
     let url = format!("{admin}/v1/evolution/{route}/run");
     let body = seed.map(|seed| serde_json::json!({ "seed": seed }).to_string());
-    let mut round = match call("POST", &url, token, body) {
-        Ok((status, text)) if (200..300).contains(&status) => {
-            match serde_json::from_str::<Value>(&text) {
-                Ok(round) => round,
-                Err(e) => {
-                    eprintln!("error: {url} answered {status} with no round: {e}");
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        Ok((status, text)) => {
-            eprintln!("error: {}", error_text(&text));
-            return exit_for(status);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let mut round = match call_json("POST", &url, token, body) {
+        Ok(round) => round,
+        Err(code) => return code,
     };
     let id = round["id"].as_i64().unwrap_or_default();
     if wait {
@@ -55,23 +40,10 @@ pub fn evolve(
             }
             // A person waits at a terminal; polling twice a second costs the API nothing.
             std::thread::sleep(Duration::from_millis(500));
-            match call("GET", &url, token, None) {
-                Ok((200, text)) => match serde_json::from_str(&text) {
-                    Ok(next) => round = next,
-                    Err(e) => {
-                        eprintln!("error: {url}: {e}");
-                        return ExitCode::from(1);
-                    }
-                },
-                Ok((status, text)) => {
-                    eprintln!("error: {}", error_text(&text));
-                    return exit_for(status);
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            }
+            round = match call_json("GET", &url, token, None) {
+                Ok(round) => round,
+                Err(code) => return code,
+            };
         }
     }
     print_round(&round, admin)

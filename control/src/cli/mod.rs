@@ -22,6 +22,32 @@ pub fn call(
         .map_err(|e| format!("{url}: {e}"))
 }
 
+/// An admin API call whose 2xx answer is JSON: the value, or (having said why on stderr) the
+/// exit code to end with — 2 for what the API calls a bad request, 1 for everything else.
+pub fn call_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Result<serde_json::Value, ExitCode> {
+    match call(method, url, token, body) {
+        Ok((status, text)) if (200..300).contains(&status) => {
+            serde_json::from_str(&text).map_err(|e| {
+                eprintln!("error: {url} answered {status} with something that is not JSON: {e}");
+                ExitCode::from(1)
+            })
+        }
+        Ok((status, text)) => {
+            eprintln!("error: {}", error_text(&text));
+            Err(exit_for(status))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 /// The exit code for an API error: 2 for a request the API calls bad (400), 1 otherwise.
 pub fn exit_for(status: u16) -> ExitCode {
     if status == 400 {

@@ -7,7 +7,7 @@ use std::{io::Write, path::Path, process::ExitCode};
 use rafael_config::{ConfigErrors, Genome};
 use serde_json::{Value, json};
 
-use super::{call, error_text, exit_for};
+use super::call_json;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -50,22 +50,11 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
         }
     }
     let url = format!("{}/v1/simulate", admin.trim_end_matches('/'));
-    let answer = match call("POST", &url, token, Some(request.to_string())) {
-        Ok((200, text)) => text,
-        Ok((status, text)) => {
-            eprintln!("error: {}", error_text(&text));
-            return exit_for(status);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let answer = match call_json("POST", &url, token, Some(request.to_string())) {
+        Ok(answer) => answer,
+        Err(code) => return code,
     };
     let mut out = std::io::stdout();
-    let Ok(answer) = serde_json::from_str::<Value>(&answer) else {
-        eprintln!("error: {url} answered something that is not JSON");
-        return ExitCode::from(1);
-    };
     if args.json {
         let _ = writeln!(
             out,

@@ -47,8 +47,28 @@ pub async fn low_priority<T: Send + 'static>(
     rx.await.ok()
 }
 
-/// Lowers the calling thread to the lowest OS priority (logged when the OS refuses).
+/// Moves the calling thread out of the data plane's way: on Linux the `SCHED_IDLE` policy, which
+/// a waking request thread preempts at once; elsewhere (or where it is refused) the lowest
+/// niceness. Niceness alone is not enough: measured with `benches/e2e/round_p99.sh`, a nice-19
+/// round on the proxy's CPU still held each wakeup up to its time slice and multiplied the
+/// data plane's p99 by five.
 pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
+        match idle {
+            Ok(()) => return,
+            Err(error) => tracing::debug!(?error, "SCHED_IDLE refused; lowering niceness instead"),
+        }
+    }
     if let Err(error) =
         thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
     {

@@ -131,20 +131,7 @@ mod tests {
     use super::*;
 
     fn running(route: &str) -> Round {
-        Round {
-            id: 0,
-            route: route.to_owned(),
-            state: RoundState::Running,
-            started_at: "2025-01-01T00:00:00Z".to_owned(),
-            ended_at: None,
-            generations: 0,
-            evaluations: 0,
-            incumbent_fitness: None,
-            best_fitness: None,
-            proposal_id: None,
-            reason: None,
-            result: None,
-        }
+        Round::running(route, "2025-01-01T00:00:00Z".to_owned())
     }
 
     #[test]

@@ -69,6 +69,28 @@ pub enum RoundResult {
     Failed,
 }
 
+// === impl Round ===
+
+impl Round {
+    /// A round of `route` that starts now (at `started_at`), before the store gives it an id.
+    pub fn running(route: &str, started_at: String) -> Self {
+        Self {
+            id: 0,
+            route: route.to_owned(),
+            state: RoundState::Running,
+            started_at,
+            ended_at: None,
+            generations: 0,
+            evaluations: 0,
+            incumbent_fitness: None,
+            best_fitness: None,
+            proposal_id: None,
+            reason: None,
+            result: None,
+        }
+    }
+}
+
 // === impl RoundState ===
 
 impl RoundState {

@@ -91,20 +91,7 @@ impl Evolution {
                 return Err(RoundError::Busy(route.to_owned()));
             }
         }
-        let mut round = Round {
-            id: 0,
-            route: route.to_owned(),
-            state: RoundState::Running,
-            started_at: now(),
-            ended_at: None,
-            generations: 0,
-            evaluations: 0,
-            incumbent_fitness: None,
-            best_fitness: None,
-            proposal_id: None,
-            reason: None,
-            result: None,
-        };
+        let mut round = Round::running(route, now());
         let inserted = self.store.insert_round(&round);
         round.id = match inserted {
             Ok(id) => id,
