@@ -69,7 +69,7 @@ rounds() {
         id=$(echo "$answer" | sed -nE 's/^\{"id":([0-9]+).*/\1/p')
         if [ -z "$id" ]; then sleep 0.5; continue; fi
         while curl -s "http://127.0.0.1:$admin_port/v1/evolution/rounds/$id" | grep -q '"state":"running"'; do
-            sleep 0.2
+            sleep 1
         done
         echo "$id $(curl -s "http://127.0.0.1:$admin_port/v1/evolution/rounds/$id" | sed -nE 's/.*"result":"([a-z_]+)".*/\1/p')" >> "$work/rounds"
     done
@@ -78,7 +78,9 @@ rounds() {
 without=() with=()
 for i in 1 2 3 4 5; do
     without+=("$(p99)")
-    rounds & loop=$!
+    # The loop's curl processes stay on cpu 0 with the load: on cpu 1 they would be the
+    # interference measured, not the rounds.
+    taskset -c 0 bash -c "$(declare -f rounds); admin_port=$admin_port work=$work rounds" & loop=$!
     with+=("$(p99)")
     kill $loop 2>/dev/null; wait $loop 2>/dev/null || true
     # Let the last round end before the next measurement without rounds.

@@ -49,9 +49,8 @@ pub async fn low_priority<T: Send + 'static>(
 
 /// Moves the calling thread out of the data plane's way: on Linux the `SCHED_IDLE` policy, which
 /// a waking request thread preempts at once; elsewhere (or where it is refused) the lowest
-/// niceness. Niceness alone is not enough: measured with `benches/e2e/round_p99.sh`, a nice-19
-/// round on the proxy's CPU still held each wakeup up to its time slice and multiplied the
-/// data plane's p99 by five.
+/// niceness. Niceness only shares the CPU out by weight: a waking request thread may still
+/// wait for a nice-19 thread's time slice to end, where `SCHED_IDLE` gives way at once.
 pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     {

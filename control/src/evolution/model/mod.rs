@@ -233,6 +233,39 @@ pub struct Check {
     pub error: f64,
 }
 
+// === impl Model ===
+
+impl Model {
+    /// The model of the last `secs` seconds of its window: the arrival timeline and the regime
+    /// periods cut to them (a period across the cut is shortened, one before it dropped).
+    pub fn last_seconds(&self, secs: u64) -> Self {
+        let secs = secs.min(self.window_secs);
+        let cut = (self.window_secs - secs) as u32;
+        let mut model = self.clone();
+        model.window_secs = secs;
+        let skip = (cut as usize).min(model.arrivals.per_second.len());
+        model.arrivals.per_second.drain(..skip);
+        for regime in &mut model.regimes {
+            regime.periods.retain(|p| p.start_sec + p.secs > cut);
+            for period in &mut regime.periods {
+                let start = period.start_sec.max(cut);
+                period.secs -= start - period.start_sec;
+                period.start_sec = start - cut;
+            }
+        }
+        model.regimes.retain(|r| !r.periods.is_empty());
+        model
+    }
+
+    /// The longest replay of the window that stays within `requests` simulated requests:
+    /// at tens of thousands of requests a second, ten minutes is millions of requests per run,
+    /// and the round's memory and time with them.
+    pub fn replay_secs(&self, requests: u64) -> u64 {
+        let rate = self.arrivals.rate_per_sec.max(1.0);
+        ((requests as f64 / rate).ceil() as u64).clamp(1, self.window_secs.max(1))
+    }
+}
+
 // === impl Check ===
 
 impl Check {

@@ -89,7 +89,11 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     let short = (duration / SEARCH_SHARE).max(SEARCH_MIN).min(duration);
     // The observed scenario's full runs replay the whole window the model was fitted on, so
     // its regimes weigh what they weighed; a short run replays a segment around them.
-    let window = Duration::from_secs(model.window_secs.clamp(1, 600));
+    let window = Duration::from_secs(
+        model
+            .replay_secs(crate::evolution::model::check::MAX_RUN_REQUESTS)
+            .min(600),
+    );
     let prepare = |seeds: u64, duration: Duration, full: bool| Runs {
         runs: scenarios
             .iter()
