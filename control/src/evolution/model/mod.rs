@@ -285,3 +285,50 @@ impl Check {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_seconds_keep_what_happened_in_them() {
+        let mut model = crate::evolution::testing::pool(4, 20.0, 0.0, 100.0);
+        model.window_secs = 10;
+        model.arrivals.per_second = (0..10).collect();
+        model.regimes = vec![Regime {
+            kind: RegimeKind::Outage,
+            endpoint: None,
+            share: 0.5,
+            mean_secs: 2.0,
+            service_time_factor: 1.0,
+            failure_rate: 0.5,
+            periods: vec![
+                Period {
+                    start_sec: 1,
+                    secs: 2,
+                    service_time: None,
+                },
+                Period {
+                    start_sec: 5,
+                    secs: 3,
+                    service_time: None,
+                },
+            ],
+        }];
+        let last = model.last_seconds(4);
+        assert_eq!(last.window_secs, 4);
+        assert_eq!(last.arrivals.per_second, [6, 7, 8, 9]);
+        // The first period ended before the cut; the second, from 5 to 8, is 6 to 8 now,
+        // that is 0 to 2 of the four seconds kept.
+        assert_eq!(
+            last.regimes[0].periods,
+            [Period {
+                start_sec: 0,
+                secs: 2,
+                service_time: None
+            }]
+        );
+        assert_eq!(model.replay_secs(1_000_000), 10);
+        assert_eq!(model.replay_secs(250), 3);
+    }
+}
