@@ -64,6 +64,15 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
         "routes",
         errors,
     );
+    for (i, route) in config.routes.iter().enumerate() {
+        // `/v1/evolution/rounds/{id}` would shadow `/v1/evolution/{route}/run` for this name.
+        if route.name == "rounds" {
+            errors.push(
+                format!("routes[{i}].name"),
+                "\"rounds\" is reserved (the admin API's /v1/evolution/rounds)",
+            );
+        }
+    }
 
     let mut binds = HashMap::new();
     for (i, listener) in config.listeners.iter().enumerate() {

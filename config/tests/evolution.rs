@@ -127,6 +127,22 @@ fn bad_values_name_their_key_path() {
 }
 
 #[test]
+fn a_route_cannot_be_named_rounds() {
+    let text = BASE.replace("name = \"main\"", "name = \"rounds\"");
+    let errors: Vec<String> = parse(&text)
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("routes[0].name") && e.contains("reserved")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn every_threat_and_severity_is_a_scenario() {
     for threat in rafael_config::THREATS {
         for severity in rafael_config::SEVERITIES {
