@@ -321,32 +321,6 @@ fn main() -> ExitCode {
             token,
         } => audit(command, &admin, token.as_deref()),
         Command::Chaos {
-            command:
-                ChaosCommand::Simulate {
-                    route,
-                    threat,
-                    severity,
-                    genome,
-                    seeds,
-                    duration,
-                    json,
-                },
-            admin,
-            token,
-        } => rafael_control::cli::simulate::simulate(
-            &rafael_control::cli::simulate::SimulateArgs {
-                route: &route,
-                threat: &threat,
-                severity: &severity,
-                genome: genome.as_deref(),
-                seeds,
-                duration: duration.as_deref(),
-                json,
-            },
-            &admin,
-            token.as_deref(),
-        ),
-        Command::Chaos {
             command,
             admin,
             token,
@@ -502,24 +476,29 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
         ChaosCommand::Stop { id } => ("POST", format!("/v1/experiments/{id}/stop"), None),
         ChaosCommand::List => ("GET", "/v1/experiments".to_owned(), None),
         ChaosCommand::Report { id } => ("GET", format!("/v1/experiments/{id}/report"), None),
-        ChaosCommand::Simulate { .. } => {
-            // Dispatched to `cli::simulate` before this function is called.
-            eprintln!("error: chaos simulate is handled by its own command");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+        ChaosCommand::Simulate {
+            route,
+            threat,
+            severity,
+            genome,
+            seeds,
+            duration,
+            json,
+        } => {
+            let args = rafael_control::cli::simulate::SimulateArgs {
+                route: &route,
+                threat: &threat,
+                severity: &severity,
+                genome: genome.as_deref(),
+                seeds,
+                duration: duration.as_deref(),
+                json,
+            };
+            return rafael_control::cli::simulate::simulate(&args, admin, token);
         }
     };
     let url = format!("{admin}{path}");
-    match runtime.block_on(rafael_control::client::call(method, &url, token, body)) {
+    match rafael_control::cli::call(method, &url, token, body) {
         Ok((status, text)) if (200..300).contains(&status) => {
             let pretty = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -533,7 +512,7 @@ fn chaos(command: ChaosCommand, admin: &str, token: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {url}: {e}");
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
@@ -570,7 +549,7 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
         }
         ProposalsCommand::Show { id, json } => (format!("{admin}/v1/proposals/{id}"), *json),
     };
-    let body = match get_body(&url, token) {
+    let body = match rafael_control::cli::call_body("GET", &url, token, None) {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -604,35 +583,6 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
         Err(e) => {
             eprintln!("error: cannot write the answer: {e}");
             ExitCode::from(1)
-        }
-    }
-}
-
-/// GETs `url` from the admin API: the body of a 2xx answer, or, with the error printed, the
-/// exit code (2 for a 400, a request the API calls bad usage; 1 otherwise).
-fn get_body(url: &str, token: Option<&str>) -> Result<String, ExitCode> {
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime
-                .block_on(rafael_control::client::call("GET", url, token, None))
-                .map_err(|e| e.to_string())
-        });
-    match answer {
-        Ok((status, body)) if (200..300).contains(&status) => Ok(body),
-        Ok((status, body)) => {
-            let detail = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["detail"].as_str().map(str::to_owned))
-                .unwrap_or(body);
-            eprintln!("error: {url} answered {status}: {detail}");
-            Err(ExitCode::from(if status == 400 { 2 } else { 1 }))
-        }
-        Err(e) => {
-            eprintln!("error: {url}: {e}");
-            Err(ExitCode::from(1))
         }
     }
 }
@@ -842,15 +792,7 @@ fn print_proposal(out: &mut impl std::io::Write, p: &Proposal) -> std::io::Resul
 /// reason when the API answers an error (too little telemetry, an unknown route).
 fn model(route: &str, json: bool, admin: &str, token: Option<&str>) -> ExitCode {
     let url = format!("{}/v1/routes/{route}/model", admin.trim_end_matches('/'));
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime
-                .block_on(rafael_control::client::call("GET", &url, token, None))
-                .map_err(|e| e.to_string())
-        });
+    let answer = rafael_control::cli::call("GET", &url, token, None);
     let body = match answer {
         Ok((200, body)) => body,
         Ok((status, body)) => {
@@ -865,7 +807,7 @@ fn model(route: &str, json: bool, admin: &str, token: Option<&str>) -> ExitCode 
             return ExitCode::from(1);
         }
         Err(e) => {
-            eprintln!("error: {url}: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
@@ -987,15 +929,7 @@ fn audit_remote(command: &AuditCommand, admin: &str, token: Option<&str>) -> Exi
         }
         AuditCommand::Verify { .. } => format!("{admin}/v1/audit/verify"),
     };
-    let answer = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            runtime
-                .block_on(rafael_control::client::call("GET", &url, token, None))
-                .map_err(|e| e.to_string())
-        });
+    let answer = rafael_control::cli::call("GET", &url, token, None);
     let body = match answer {
         Ok((200, body)) => body,
         Ok((status, body)) => {
@@ -1003,7 +937,7 @@ fn audit_remote(command: &AuditCommand, admin: &str, token: Option<&str>) -> Exi
             return ExitCode::from(1);
         }
         Err(e) => {
-            eprintln!("error: {url}: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };

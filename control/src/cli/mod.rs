@@ -22,24 +22,24 @@ pub fn call(
         .map_err(|e| format!("{url}: {e}"))
 }
 
-/// An admin API call whose 2xx answer is JSON: the value, or (having said why on stderr) the
-/// exit code to end with — 2 for what the API calls a bad request, 1 for everything else.
-pub fn call_json(
+/// An admin API call: the body of a 2xx answer, or, with the error printed (the URL, the
+/// status and the API's `detail`), the exit code to end with — 2 for a 400, a request the API
+/// calls bad usage; 1 for everything else.
+pub fn call_body(
     method: &str,
     url: &str,
     token: Option<&str>,
     body: Option<String>,
-) -> Result<serde_json::Value, ExitCode> {
+) -> Result<String, ExitCode> {
     match call(method, url, token, body) {
-        Ok((status, text)) if (200..300).contains(&status) => {
-            serde_json::from_str(&text).map_err(|e| {
-                eprintln!("error: {url} answered {status} with something that is not JSON: {e}");
-                ExitCode::from(1)
-            })
-        }
-        Ok((status, text)) => {
-            eprintln!("error: {}", error_text(&text));
-            Err(exit_for(status))
+        Ok((status, body)) if (200..300).contains(&status) => Ok(body),
+        Ok((status, body)) => {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            eprintln!("error: {url} answered {status}: {detail}");
+            Err(ExitCode::from(if status == 400 { 2 } else { 1 }))
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -48,26 +48,16 @@ pub fn call_json(
     }
 }
 
-/// The exit code for an API error: 2 for a request the API calls bad (400), 1 otherwise.
-pub fn exit_for(status: u16) -> ExitCode {
-    if status == 400 {
-        ExitCode::from(2)
-    } else {
+/// [`call_body`] for an answer that is JSON.
+pub fn call_json(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Result<serde_json::Value, ExitCode> {
+    let body = call_body(method, url, token, body)?;
+    serde_json::from_str(&body).map_err(|e| {
+        eprintln!("error: {url} answered something that is not JSON: {e}");
         ExitCode::from(1)
-    }
-}
-
-/// The `error` and `detail` of an API error body, in one line.
-pub fn error_text(body: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(value) => match (&value["error"], &value["detail"]) {
-            (serde_json::Value::String(error), serde_json::Value::String(detail)) => {
-                format!("{error}: {detail}")
-            }
-            (serde_json::Value::String(error), serde_json::Value::Null) => error.clone(),
-            (serde_json::Value::String(error), detail) => format!("{error}: {detail}"),
-            _ => body.to_owned(),
-        },
-        Err(_) => body.to_owned(),
-    }
+    })
 }
