@@ -343,9 +343,7 @@ async fn simulate(
             .route(&request.route)
             .map(|route| route.policy().clone())
             .ok_or_else(|| FitError::NoSuchRoute(request.route.clone()))?;
-        let min_requests = u64::from(config.evolution.min_requests);
-        let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let model = fit_route(&snapshots, &request.route, min_requests, fitted_at)?;
+        let model = fit_route(&snapshots, &request.route)?;
         Ok::<_, FitError>(crate::evolution::simulate::simulate(
             &request, model, &incumbent, &config,
         ))
@@ -518,22 +516,20 @@ async fn on_store<T: Send + 'static>(
     }
 }
 
-/// The route's model, fitted now from its telemetry on the blocking pool: the fit sorts and
-/// scans thousands of samples, which would stall an async worker the proxy shares.
+/// The route's model, fitted now from its telemetry and checked by simulation, off the async
+/// workers the proxy shares (the fit sorts thousands of samples, the check simulates the
+/// window).
 async fn route_model(State(state): State<AdminState>, ApiPath(route): ApiPath<String>) -> Response {
     let snapshots = state.snapshot.clone();
-    let min_requests = u64::from(snapshots.load().config().evolution.min_requests);
-    let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let fitted =
-        tokio::task::spawn_blocking(move || fit_route(&snapshots, &route, min_requests, fitted_at))
-            .await;
+        crate::evolution::low_priority("rafael-model", move || fit_route(&snapshots, &route)).await;
     match fitted {
-        Ok(Ok(model)) => Json(model).into_response(),
-        Ok(Err(e)) => fit_error(&e),
-        Err(e) => error(
+        Some(Ok(model)) => Json(model).into_response(),
+        Some(Err(e)) => fit_error(&e),
+        None => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            &e.to_string(),
+            "the model thread failed",
         ),
     }
 }

@@ -244,15 +244,13 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
     })
 }
 
-/// Copies `route`'s telemetry from the live snapshot, fits it, and runs the model check of the
+/// Copies `route`'s telemetry from the live snapshot, fits it (with `[evolution].min_requests`,
+/// stamped now), and runs the model check of the
 /// route's live genome on it (published as `rafael_model_error`).
-pub fn fit_route(
-    snapshots: &SnapshotHandle,
-    route: &str,
-    min_requests: u64,
-    fitted_at: String,
-) -> Result<Model, FitError> {
+pub fn fit_route(snapshots: &SnapshotHandle, route: &str) -> Result<Model, FitError> {
     let snapshot = snapshots.load();
+    let min_requests = u64::from(snapshot.config().evolution.min_requests);
+    let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let live = snapshot
         .route(route)
         .ok_or_else(|| FitError::NoSuchRoute(route.to_owned()))?;

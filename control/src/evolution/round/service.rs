@@ -169,9 +169,8 @@ impl Evolution {
         let started = Instant::now();
         let snapshot = self.snapshots.load();
         let config = snapshot.config().clone();
-        let min_requests = u64::from(config.evolution.min_requests);
         let route = round.route.clone();
-        let model = match fit_route(&self.snapshots, &route, min_requests, now()) {
+        let model = match fit_route(&self.snapshots, &route) {
             Ok(model) => model,
             Err(FitError::NotEnoughTelemetry { requests, needed }) => {
                 let reason = format!("not enough telemetry: {requests} requests, {needed} needed");
