@@ -306,11 +306,11 @@ impl<'p, 'a> Simulation<'p, 'a> {
             self.schedule(gives_up, Kind::ClientGone, key);
         }
         // Downstream faults: what the client sees; the policies never do.
-        let Some(rule) = self.fire(FaultStage::Downstream) else {
+        let in_flight = self.engines.in_flight.get() + 1;
+        let Some(effect) = self.fire(FaultStage::Downstream, in_flight) else {
             return self.admit(key);
         };
-        let in_flight = self.engines.in_flight.get() + 1;
-        match rule.effect(in_flight, at, self.rng.random()) {
+        match effect {
             Effect::Delay { wait, then_reset } => {
                 let until = at.saturating_add(nanos(wait));
                 match deadline.filter(|deadline| *deadline < until) {
@@ -433,11 +433,11 @@ impl<'p, 'a> Simulation<'p, 'a> {
             self.schedule(at, Kind::Deadline, attempt);
         }
         // Upstream faults: the upstream as the policies see it.
-        let Some(rule) = self.fire(FaultStage::Upstream) else {
+        let in_flight = self.engines.in_flight.get();
+        let Some(effect) = self.fire(FaultStage::Upstream, in_flight) else {
             return self.submit(attempt);
         };
-        let in_flight = self.engines.in_flight.get();
-        match rule.effect(in_flight, self.now, self.rng.random()) {
+        match effect {
             Effect::Delay { wait, then_reset } => {
                 if let Some(state) = self.attempts.get_mut(attempt) {
                     state.then_reset = then_reset;
@@ -694,14 +694,16 @@ impl<'p, 'a> Simulation<'p, 'a> {
         }
     }
 
-    /// The first fault rule of `stage` that fires now.
-    fn fire(&mut self, stage: FaultStage) -> Option<FaultRule> {
+    /// What the first fault rule of `stage` that fires now does to a request or attempt that
+    /// meets `in_flight` requests in flight.
+    fn fire(&mut self, stage: FaultStage, in_flight: u32) -> Option<Effect> {
         if self.faults.is_empty() {
             return None;
         }
         let rng = &mut self.rng;
         let index = first_firing(&self.faults, stage, |_| false, self.now, || rng.random())?;
-        self.faults.get(index).cloned()
+        let rule = self.faults.get(index)?;
+        Some(rule.effect(in_flight, self.now, self.rng.random()))
     }
 
     fn finish_report(mut self) -> Report {
