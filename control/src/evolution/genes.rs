@@ -306,6 +306,43 @@ pub const GENES: &[Gene] = &[
     ),
 ];
 
+/// Whether `genome` has `section` (one of [`SECTIONS`]).
+pub fn has_section(genome: &Genome, section: &str) -> bool {
+    match section {
+        "timeout" => genome.timeout.is_some(),
+        "retry" => genome.retry.is_some(),
+        "circuit_breaker" => genome.circuit_breaker.is_some(),
+        "rate_limit" => genome.rate_limit.is_some(),
+        "concurrency" => genome.concurrency.is_some(),
+        _ => false,
+    }
+}
+
+/// `section` of `genome` as JSON, `null` when it is absent.
+pub fn section_value(genome: &Genome, section: &str) -> serde_json::Value {
+    let value = match section {
+        "timeout" => serde_json::to_value(genome.timeout),
+        "retry" => serde_json::to_value(&genome.retry),
+        "circuit_breaker" => serde_json::to_value(&genome.circuit_breaker),
+        "rate_limit" => serde_json::to_value(&genome.rate_limit),
+        "concurrency" => serde_json::to_value(&genome.concurrency),
+        _ => Ok(serde_json::Value::Null),
+    };
+    value.unwrap_or(serde_json::Value::Null)
+}
+
+/// Gives `genome` the `section` of `from` (absent when it is absent there).
+pub fn copy_section(genome: &mut Genome, from: &Genome, section: &str) {
+    match section {
+        "timeout" => genome.timeout = from.timeout,
+        "retry" => genome.retry = from.retry.clone(),
+        "circuit_breaker" => genome.circuit_breaker = from.circuit_breaker.clone(),
+        "rate_limit" => genome.rate_limit = from.rate_limit.clone(),
+        "concurrency" => genome.concurrency = from.concurrency.clone(),
+        _ => {}
+    }
+}
+
 /// The gene at `path`.
 pub fn gene(path: &str) -> Option<&'static Gene> {
     GENES.iter().find(|gene| gene.path == path)

@@ -24,7 +24,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 use rafael_config::{ConfigErrors, Genome, Guardrail};
 use serde::{Deserialize, Serialize};
 
-use crate::evolution::genes::{GENES, Gene, SECTIONS};
+use crate::evolution::genes::{GENES, Gene, SECTIONS, copy_section, section_value};
 
 /// The rules of `[guardian]` that bound genomes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -94,7 +94,7 @@ pub fn check(candidate: &Genome, incumbent: &Genome, rails: &Guardrails) -> Vec<
     }
     for section in SECTIONS {
         if rails.frozen.iter().any(|f| f == section)
-            && section_of(candidate, section) != section_of(incumbent, section)
+            && section_value(candidate, section) != section_value(incumbent, section)
         {
             push(section, "frozen: a proposal never changes it".into());
         }
@@ -295,28 +295,5 @@ fn within_step(gene: &Gene, before: f64, value: f64, step: f64) -> f64 {
         }
     } else {
         value
-    }
-}
-
-fn section_of(genome: &Genome, section: &str) -> String {
-    let value = match section {
-        "timeout" => serde_json::to_value(genome.timeout),
-        "retry" => serde_json::to_value(&genome.retry),
-        "circuit_breaker" => serde_json::to_value(&genome.circuit_breaker),
-        "rate_limit" => serde_json::to_value(&genome.rate_limit),
-        "concurrency" => serde_json::to_value(&genome.concurrency),
-        _ => Ok(serde_json::Value::Null),
-    };
-    value.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn copy_section(genome: &mut Genome, from: &Genome, section: &str) {
-    match section {
-        "timeout" => genome.timeout = from.timeout,
-        "retry" => genome.retry = from.retry.clone(),
-        "circuit_breaker" => genome.circuit_breaker = from.circuit_breaker.clone(),
-        "rate_limit" => genome.rate_limit = from.rate_limit.clone(),
-        "concurrency" => genome.concurrency = from.concurrency.clone(),
-        _ => {}
     }
 }

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    evolution::{fitness::Objectives, genes::GENES, model::Fidelity},
+    evolution::{
+        fitness::Objectives,
+        genes::{GENES, SECTIONS, has_section, section_value},
+        model::Fidelity,
+    },
     guardian::guardrails::Violation,
 };
 
@@ -195,49 +199,19 @@ impl ProposalState {
 pub fn diff(before: &Genome, after: &Genome) -> Vec<GeneChange> {
     let mut changes = Vec::new();
     let json = |value: Option<serde_json::Value>| value.unwrap_or(Value::Null);
-    let sections = [
-        ("timeout", before.timeout.is_some(), after.timeout.is_some()),
-        ("retry", before.retry.is_some(), after.retry.is_some()),
-        (
-            "circuit_breaker",
-            before.circuit_breaker.is_some(),
-            after.circuit_breaker.is_some(),
-        ),
-        (
-            "rate_limit",
-            before.rate_limit.is_some(),
-            after.rate_limit.is_some(),
-        ),
-        (
-            "concurrency",
-            before.concurrency.is_some(),
-            after.concurrency.is_some(),
-        ),
-    ];
-    let section_json = |genome: &Genome, section: &str| -> Value {
-        let value = match section {
-            "timeout" => serde_json::to_value(genome.timeout),
-            "retry" => serde_json::to_value(&genome.retry),
-            "circuit_breaker" => serde_json::to_value(&genome.circuit_breaker),
-            "rate_limit" => serde_json::to_value(&genome.rate_limit),
-            _ => serde_json::to_value(&genome.concurrency),
-        };
-        json(value.ok())
-    };
-    for (section, had, has) in sections {
-        if had != has && section != "timeout" {
-            changes.push(GeneChange {
-                gene: section.to_owned(),
-                from: section_json(before, section),
-                to: section_json(after, section),
-            });
-        }
-    }
-    let changed_sections: Vec<&str> = sections
+    // A section that comes or goes is one change (its genes with it); the timeout is a gene.
+    let changed_sections: Vec<&str> = SECTIONS
         .iter()
-        .filter(|(s, had, has)| had != has && *s != "timeout")
-        .map(|(s, ..)| *s)
+        .copied()
+        .filter(|s| *s != "timeout" && has_section(before, s) != has_section(after, s))
         .collect();
+    for section in &changed_sections {
+        changes.push(GeneChange {
+            gene: (*section).to_owned(),
+            from: section_value(before, section),
+            to: section_value(after, section),
+        });
+    }
     for gene in GENES {
         if changed_sections.contains(&gene.section) {
             continue;
