@@ -209,13 +209,13 @@ pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Dur
 
 /// A log-normal latency through `median` and `p99` (milliseconds).
 fn log_normal(median: f64, p99: f64) -> Duration {
-    /// z of the 99th percentile of the standard normal distribution.
-    const Z99: f64 = 2.326_347_874;
-    let sigma = (p99.max(median) / median.max(0.001)).ln() / Z99;
+    // The distribution the simulator draws service times from, so the demo's day is one the
+    // model can describe.
+    let (mu, sigma) = crate::evolution::sim::upstream::log_normal(median, p99);
     let mut rng =
         <rand::rngs::Xoshiro256PlusPlus as rand::SeedableRng>::seed_from_u64(fastrand::u64(..));
     let z: f64 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng);
-    Duration::from_secs_f64((median.ln() + sigma * z).exp().min(60_000.0) / 1000.0)
+    Duration::from_nanos((mu + sigma * z).exp().min(60e9) as u64)
 }
 
 /// What the traffic generator saw.

@@ -190,7 +190,7 @@ impl Timelines {
 }
 
 /// The log-normal `(mu, sigma)` (nanoseconds) through a p50 and a p99 in milliseconds.
-fn log_normal(p50_ms: f64, p99_ms: f64) -> (f64, f64) {
+pub fn log_normal(p50_ms: f64, p99_ms: f64) -> (f64, f64) {
     let p50 = (p50_ms * MILLI).max(1.0);
     let p99 = (p99_ms * MILLI).max(p50);
     (p50.ln(), ((p99 / p50).ln() / Z99).max(0.0))
@@ -201,8 +201,8 @@ fn log_normal(p50_ms: f64, p99_ms: f64) -> (f64, f64) {
 impl Shape {
     /// Compiles `model`'s figures.
     pub fn new(model: &EndpointModel) -> Self {
-        let p50 = (model.service_time.p50_ms * MILLI).max(1.0);
-        let p99 = (model.service_time.p99_ms * MILLI).max(p50);
+        let (mu, sigma) = log_normal(model.service_time.p50_ms, model.service_time.p99_ms);
+        let p50 = mu.exp();
         let failure_p50 = if model.failure.latency_p50_ms > 0.0 {
             model.failure.latency_p50_ms * MILLI
         } else {
@@ -211,7 +211,6 @@ impl Shape {
         let workers = model
             .capacity
             .map(|c| c.concurrency.round().max(1.0).min(f64::from(u32::MAX)) as u32);
-        let sigma = ((p99 / p50).ln() / Z99).max(0.0);
         // Whole workers at the fitted service time serve `workers / mean` a second, which a
         // fractional fitted concurrency (4.06) misses by a few percent; how fast a queue grows
         // past the knee depends on exactly that, so service times are scaled (within a
