@@ -8,52 +8,18 @@
 // Printing the figures is what this benchmark is for.
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{endpoint, thread_cpu};
+
+use std::time::Instant;
 
 use rafael_config::{Config, Genome, HumanDuration};
 use rafael_control::evolution::{
-    model::{Arrivals, Capacity, EndpointModel, Failure, LoadBucket, Model, ServiceTime},
+    model::{Arrivals, Model},
     round::evolve,
 };
-use rustix::time::{ClockId, clock_gettime};
-
-fn endpoint(address: &str) -> EndpointModel {
-    EndpointModel {
-        endpoint: address.into(),
-        samples: 4096,
-        service_time: ServiceTime {
-            p50_ms: 20.0,
-            p99_ms: 45.0,
-        },
-        by_load: vec![LoadBucket {
-            in_flight: 64,
-            samples: 100,
-            p50_ms: 80.0,
-            p99_ms: 120.0,
-        }],
-        capacity: Some(Capacity {
-            concurrency: 16.0,
-            throughput_per_sec: 750.0,
-            timeouts_in_fit: false,
-        }),
-        failure: Failure {
-            rate: 0.05,
-            healthy_rate: 0.05,
-            burst_rate: 0.0,
-            mean_burst_secs: 0.0,
-            mean_healthy_secs: 0.0,
-            status: Some(503),
-            latency_p50_ms: 20.0,
-        },
-        timeout_rate: 0.0,
-        abandoned_work: true,
-    }
-}
-
-fn thread_cpu() -> Duration {
-    let t = clock_gettime(ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants no run.
@@ -72,7 +38,10 @@ fn main() {
             per_second: vec![1000; 600],
             spacing_cv: 1.0,
         },
-        endpoints: vec![endpoint("10.0.0.1:8080"), endpoint("10.0.0.2:8080")],
+        endpoints: vec![
+            endpoint("10.0.0.1:8080", 16.0, 750.0, 503),
+            endpoint("10.0.0.2:8080", 16.0, 750.0, 503),
+        ],
         regimes: Vec::new(),
         fidelity: None,
     };

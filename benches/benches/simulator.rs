@@ -8,6 +8,11 @@
 //! concurrency), and with every policy on under `upstream-failure:high`. Time is the bench
 //! thread's CPU time, so criterion's throughput line reads as requests per CPU-second.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{endpoint, thread_cpu};
+
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -16,44 +21,10 @@ use rafael_config::{
     RetryGenes,
 };
 use rafael_control::evolution::{
-    model::{Arrivals, Capacity, EndpointModel, Failure, LoadBucket, Model, ServiceTime},
+    model::{Arrivals, Model},
     scenario::Scenario,
     sim::{Prepared, Run},
 };
-use rustix::time::{ClockId, clock_gettime};
-
-fn endpoint(address: &str) -> EndpointModel {
-    EndpointModel {
-        endpoint: address.into(),
-        samples: 4096,
-        service_time: ServiceTime {
-            p50_ms: 20.0,
-            p99_ms: 45.0,
-        },
-        by_load: vec![LoadBucket {
-            in_flight: 16,
-            samples: 100,
-            p50_ms: 80.0,
-            p99_ms: 120.0,
-        }],
-        capacity: Some(Capacity {
-            concurrency: 4.0,
-            throughput_per_sec: 200.0,
-            timeouts_in_fit: false,
-        }),
-        failure: Failure {
-            rate: 0.05,
-            healthy_rate: 0.05,
-            burst_rate: 0.0,
-            mean_burst_secs: 0.0,
-            mean_healthy_secs: 0.0,
-            status: Some(500),
-            latency_p50_ms: 20.0,
-        },
-        timeout_rate: 0.0,
-        abandoned_work: true,
-    }
-}
 
 fn model() -> Model {
     Model {
@@ -68,7 +39,10 @@ fn model() -> Model {
             per_second: Vec::new(),
             spacing_cv: 1.0,
         },
-        endpoints: vec![endpoint("10.0.0.1:8080"), endpoint("10.0.0.2:8080")],
+        endpoints: vec![
+            endpoint("10.0.0.1:8080", 4.0, 200.0, 500),
+            endpoint("10.0.0.2:8080", 4.0, 200.0, 500),
+        ],
         regimes: Vec::new(),
         fidelity: None,
     }
@@ -99,11 +73,6 @@ fn every_policy() -> Genome {
             adaptive: true,
         }),
     }
-}
-
-fn thread_cpu() -> Duration {
-    let t = clock_gettime(ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 fn bench(c: &mut Criterion) {
