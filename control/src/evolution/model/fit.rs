@@ -22,8 +22,10 @@
 //!   out of the capacity fit when enough saturated seconds remain without them; when not, the
 //!   fit uses them and says so (`timeouts_in_fit`). The slope, unlike `k·S/latency`, is not
 //!   moved by a steady backlog of abandoned work, only by one that changes with `k`.
-//! - **Service time**: quantiles of successful attempts at `k <= N` (every success when the
-//!   endpoint was never saturated), outside brownouts; fault-injected attempts never count.
+//! - **Service time**: the log-normal through the median and quartiles of successful attempts
+//!   at `k <= N` (every success when the endpoint was never saturated), outside brownouts;
+//!   fault-injected attempts never count. A brownout period's own distribution is fitted the
+//!   same way from its successes.
 //! - **Failures** (5xx, connect errors, resets; a timeout is the genome's deadline meeting the
 //!   upstream's latency, which the simulator derives, so it is reported apart): the overall
 //!   rate, and a two-state process. A second is *degraded* when its failure share is both
@@ -562,10 +564,7 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
         .find(|b| b.samples >= MIN_BUCKET_SAMPLES)
         .map_or(0.0, |b| b.p50_ms);
     LoadFit {
-        service_time: ServiceTime {
-            p50_ms: quantile(&mut service, 0.5),
-            p99_ms: quantile(&mut service, 0.99),
-        },
+        service_time: log_normal(&mut service),
         expected: Expected {
             base_ms,
             concurrency: capacity.map(|c| c.concurrency),
@@ -821,12 +820,8 @@ fn regimes(
                 })
                 .map(|s| (s.latency_ms, s.weight))
                 .collect();
-            (kind == RegimeKind::Brownout && latencies.len() as u64 >= MIN_SECOND_SAMPLES * 2).then(
-                || ServiceTime {
-                    p50_ms: quantile(&mut latencies, 0.5),
-                    p99_ms: quantile(&mut latencies, 0.99),
-                },
-            )
+            (kind == RegimeKind::Brownout && latencies.len() as u64 >= MIN_SECOND_SAMPLES * 2)
+                .then(|| log_normal(&mut latencies))
         };
         Regime {
             kind,
@@ -917,6 +912,29 @@ fn degraded_second(n: u64, f: u64, rate: f64) -> bool {
 }
 
 // === statistics ===
+
+/// The log-normal distribution the simulator draws from, fitted to weighted latencies by
+/// their median and their quartiles: `σ = ln(p75 / p25) / 1.349`, reported as the median and
+/// `p99 = p50 · e^(2.326 σ)`. The empirical 99th percentile would be the few slowest samples:
+/// a hundred latencies of a brownout period give it from one or two of them, and a few
+/// answers of a neighbouring slow second that leak into a healthy fit make it ten times the
+/// median, where the quartiles do not move. A tail heavier than log-normal is then what the
+/// model check's p99 sees, not what the fit hides.
+fn log_normal(values: &mut [(f64, f64)]) -> ServiceTime {
+    const Z_QUARTILE_SPAN: f64 = 1.349;
+    const Z_99: f64 = 2.326;
+    let p50 = quantile(values, 0.5);
+    let (p25, p75) = (quantile(values, 0.25), quantile(values, 0.75));
+    let sigma = if p25 > 0.0 && p75 >= p25 {
+        (p75 / p25).ln() / Z_QUARTILE_SPAN
+    } else {
+        0.0
+    };
+    ServiceTime {
+        p50_ms: p50,
+        p99_ms: p50 * (Z_99 * sigma).exp(),
+    }
+}
 
 /// The weighted quantile `q` of `(value, weight)`; 0 for none.
 fn quantile(values: &mut [(f64, f64)], q: f64) -> f64 {
