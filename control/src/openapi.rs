@@ -298,7 +298,15 @@ fn model_schema() -> Value {
     });
     let check = json!({
         "type": "object",
-        "properties": { "observed": number, "simulated": number, "error": number }
+        "properties": {
+            "observed": number,
+            "simulated": number,
+            "observed_range": {
+                "type": "array", "items": number, "minItems": 2, "maxItems": 2,
+                "description": "a latency quantile's 95% confidence interval, milliseconds"
+            },
+            "error": number
+        }
     });
     json!({
         "type": "object",

@@ -8,6 +8,11 @@
 //! the share of requests answered with success within the SLO, estimated from the windows
 //! (which keep outcomes and latencies apart) as the smaller of the successes and the answers
 //! within the SLO.
+//!
+//! An observed latency quantile is one draw: the p99 of a few hundred requests is their three
+//! or four slowest. So a quantile's error is measured from its 95% confidence interval (see
+//! [`Observed::range`]): a simulated p99 inside what the observed requests allow is not an
+//! error, and with many requests the interval closes on the point figure.
 
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ const SEEDS: u64 = 3;
 pub const MAX_RUN_REQUESTS: u64 = 200_000;
 
 /// What the route did in the windows.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     /// Share answered 2xx within the SLO.
     pub goodput: f64,
@@ -37,6 +42,8 @@ pub struct Observed {
     pub p99_ms: f64,
     /// Upstream attempts per request.
     pub amplification: f64,
+    /// The merged latency histogram the quantiles were read from.
+    pub latency: Vec<u64>,
 }
 
 // === impl Observed ===
@@ -52,6 +59,7 @@ impl Observed {
                     p50_ms: 0.0,
                     p99_ms: 0.0,
                     amplification: 0.0,
+                    latency: Vec::new(),
                 };
             }
         };
@@ -66,7 +74,21 @@ impl Observed {
             p50_ms: quantile_ms(&merged.latency, 0.5),
             p99_ms: quantile_ms(&merged.latency, 0.99),
             amplification: merged.attempts as f64 / requests,
+            latency: merged.latency.to_vec(),
         }
+    }
+
+    /// The 95% confidence interval of the observed latency quantile `q`, milliseconds: the
+    /// quantiles at the ranks `n·q ± 1.96·√(n·q·(1−q))`, the binomial spread of the rank of
+    /// the `n` requests' `q` quantile, whatever their distribution.
+    pub fn range(&self, q: f64) -> [f64; 2] {
+        const Z_95: f64 = 1.96;
+        let n = self.latency.iter().sum::<u64>().max(1) as f64;
+        let spread = Z_95 * (q * (1.0 - q) / n).sqrt();
+        [
+            quantile_ms(&self.latency, (q - spread).max(0.0)),
+            quantile_ms(&self.latency, (q + spread).min(1.0)),
+        ]
     }
 }
 
@@ -104,8 +126,12 @@ pub fn check(model: &Model, windows: &[Window], incumbent: &Genome, config: &Con
         .collect();
     let mean = |f: &dyn Fn(&sim::Report) -> f64| runs.iter().map(f).sum::<f64>() / SEEDS as f64;
     let fidelity_goodput = Check::new(observed.goodput, mean(&|r| r.goodput()));
-    let p50 = Check::new(observed.p50_ms, mean(&|r| quantile_ms(&r.histogram, 0.5)));
-    let p99 = Check::new(observed.p99_ms, mean(&|r| quantile_ms(&r.histogram, 0.99)));
+    let latency = |q: f64, observed_ms: f64| {
+        let simulated = mean(&|r| quantile_ms(&r.histogram, q));
+        Check::within(observed_ms, observed.range(q), simulated)
+    };
+    let p50 = latency(0.5, observed.p50_ms);
+    let p99 = latency(0.99, observed.p99_ms);
     let amplification = Check::new(observed.amplification, mean(&|r| r.amplification()));
     let limit = config.evolution.max_model_error;
     let worst = [

@@ -229,7 +229,14 @@ pub struct Check {
     pub observed: f64,
     /// What the simulation of the same window did.
     pub simulated: f64,
-    /// `|simulated - observed| / observed`.
+    /// For a latency quantile, the 95% confidence interval of the observed one: the values at
+    /// the ranks `n·q ± 1.96·√(n·q·(1−q))` of the `n` observed requests (distribution-free:
+    /// a rank's spread is binomial). A p99 of a few hundred requests is their few slowest,
+    /// and the interval says how little that pins down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_range: Option<[f64; 2]>,
+    /// `|simulated - observed| / observed`; for a latency quantile, how far `simulated` lies
+    /// outside `observed_range`, over `observed` (0 inside it).
     pub error: f64,
 }
 
@@ -281,7 +288,21 @@ impl Check {
         Self {
             observed,
             simulated,
+            observed_range: None,
             error,
+        }
+    }
+
+    /// Compares `simulated` with an `observed` figure known only within `range`: the error is
+    /// how far outside the range `simulated` lies, relative to `observed`.
+    pub fn within(observed: f64, range: [f64; 2], simulated: f64) -> Self {
+        let [low, high] = range;
+        let outside = (low - simulated).max(simulated - high).max(0.0);
+        Self {
+            observed,
+            simulated,
+            observed_range: Some(range),
+            error: Self::new(observed, observed + outside).error,
         }
     }
 }
