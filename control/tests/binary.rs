@@ -9,7 +9,7 @@ use support::*;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -564,20 +564,12 @@ fn slow_headers_are_cut_off_and_counted() {
     );
 }
 
-#[test]
-fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
+/// `rafael demo ARGS...` on ports the kernel picks: the child, the lines it prints as they
+/// come, and its proxy and admin addresses, read from the URLs it prints first.
+fn spawn_demo(args: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr, SocketAddr) {
     let mut child = Command::new(RAFAEL)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--rate",
-            "20",
-            "--traffic-duration",
-            "5s",
-        ])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -616,6 +608,30 @@ fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
     };
     let proxy = address(&proxy.expect("the proxy URL is printed"));
     let admin = address(&metrics.expect("the metrics URL is printed"));
+    (child, rx, proxy, admin)
+}
+
+/// Stops the demo with Ctrl-C and waits for it to exit 0.
+fn interrupt_demo(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "demo did not stop");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
+    let (child, _lines, proxy, admin) = spawn_demo(&["--rate", "20", "--traffic-duration", "5s"]);
     let (status, head, _) = http_get(proxy, "/orders/1");
     assert!(status == 200 || status == 503, "{head}");
     assert!(
@@ -631,20 +647,48 @@ fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
         )
         .is_some_and(|v| v >= 10.0)
     }));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
+    interrupt_demo(child);
+}
+
+/// Issue 9: the demo service's first bad day leads to a pending proposal during the demo, and
+/// the demo says how to see it. `--speed 3` runs the service's cycle three times faster, so the
+/// bad day is over after about 23 s.
+#[test]
+fn demo_proposes_a_genome_after_the_service_s_first_bad_day_and_says_how_to_see_it() {
+    let (child, lines, _proxy, admin) = spawn_demo(&["--speed", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut printed = Vec::new();
+    let verdict = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("no round verdict in time; printed:\n{}", printed.join("\n"))
+        });
+        printed.push(line.clone());
+        let line = line.trim_start();
+        if line.starts_with("evolution") && (line.contains("pending") || line.contains("ended")) {
+            break line.to_owned();
         }
-        assert!(Instant::now() < deadline, "demo did not stop");
-        thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(code, Some(0));
+    assert!(verdict.contains("is pending"), "{}", printed.join("\n"));
+    let id: i64 = verdict
+        .split_whitespace()
+        .nth(2)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no proposal id in {verdict:?}"));
+    let how = lines.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        how.contains(&format!(
+            "rafael proposals show {id} --admin http://{admin}"
+        )),
+        "{how}"
+    );
+    let (status, _, body) = http_get(admin, &format!("/v1/proposals/{id}"));
+    assert_eq!(status, 200, "{body}");
+    let proposal = json_of(&body);
+    assert_eq!(proposal["state"], "pending", "{body}");
+    assert_eq!(proposal["route"], "orders-read", "{body}");
+    assert_eq!(proposal["model"]["trusted"], true, "{body}");
+    interrupt_demo(child);
 }
 
 #[test]
