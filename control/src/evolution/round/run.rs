@@ -260,7 +260,7 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
 /// a breaker that react to the way this upstream fails (a retry on `gateway-error` never fires
 /// for an upstream that answers 500; the model knows which statuses it answers); and, when one
 /// endpoint was slow past `slo` among healthy ones, the incumbent with a per-try timeout that
-/// routes around it ([`around_slow_endpoint`]). The search repairs every seed into the
+/// routes around it ([`around_slow_endpoint`]), with and without the breaker. The search repairs every seed into the
 /// guardrails before it scores it.
 fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
     let mut conditions = vec![RetryCondition::ConnectFailure, RetryCondition::Reset];
@@ -295,8 +295,19 @@ fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
     merge(&mut breaker.failure_on);
     let mut both = retrying.clone();
     both.circuit_breaker = breaking.circuit_breaker.clone();
-    let mut seeds = vec![retrying, breaking, both];
-    seeds.extend(around_slow_endpoint(model, incumbent, slo, &conditions));
+    let mut seeds = vec![retrying, breaking.clone(), both];
+    if let Some(routing) = around_slow_endpoint(model, incumbent, slo, &conditions) {
+        // With the breaker too, counting the cut-off attempts: it keeps attempts off the slow
+        // endpoint instead of paying a per-try timeout and a retry for each.
+        let mut ejecting = routing.clone();
+        ejecting.circuit_breaker = breaking.circuit_breaker;
+        if let Some(breaker) = ejecting.circuit_breaker.as_mut() {
+            if !breaker.failure_on.contains(&RetryCondition::Timeout) {
+                breaker.failure_on.push(RetryCondition::Timeout);
+            }
+        }
+        seeds.extend([routing, ejecting]);
+    }
     seeds
 }
 

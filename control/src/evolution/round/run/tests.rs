@@ -100,8 +100,15 @@ const TIGHT_SLO: Duration = Duration::from_millis(40);
 fn an_endpoint_slow_past_the_slo_seeds_a_per_try_timeout_between_the_healthy_p99_and_the_slo() {
     let model = one_slow_endpoint(55.0, false);
     let seeds = informed(&model, &incumbent(), TIGHT_SLO);
-    assert_eq!(seeds.len(), 4, "{seeds:?}");
-    let seed = seeds.last().unwrap();
+    assert_eq!(seeds.len(), 5, "{seeds:?}");
+    let (seed, ejecting) = (&seeds[3], &seeds[4]);
+    assert_eq!(seed.circuit_breaker, None);
+    assert_eq!(ejecting.retry, seed.retry);
+    let breaker = ejecting.circuit_breaker.as_ref().expect("a breaker");
+    assert!(
+        breaker.failure_on.contains(&RetryCondition::Timeout),
+        "{breaker:?}"
+    );
     let retry = seed.retry.as_ref().expect("retries");
     let per_try = retry.per_try_timeout.expect("a per-try timeout").get();
     assert!(
@@ -117,10 +124,12 @@ fn an_endpoint_slow_past_the_slo_seeds_a_per_try_timeout_between_the_healthy_p99
     assert!(per_try + retry.backoff_max.get() + Duration::from_millis(11) <= TIGHT_SLO);
     // The guardrails keep it as it is.
     let rails = Guardrails::from_config(&config());
-    assert_eq!(
-        crate::guardian::guardrails::repair(seed.clone(), &incumbent(), &rails).as_ref(),
-        Some(seed)
-    );
+    for seed in [seed, ejecting] {
+        assert_eq!(
+            crate::guardian::guardrails::repair(seed.clone(), &incumbent(), &rails).as_ref(),
+            Some(seed)
+        );
+    }
 }
 
 #[test]
