@@ -612,16 +612,16 @@ async fn one_slow_endpoint_among_healthy_ones_is_modelled_as_such_and_power_of_t
 }
 
 /// Issue 9's second bad day, harsher: the slow endpoint is slow enough to miss a tight SLO
-/// (55 ms against 40 ms) but not so slow that power of two choices steers nearly everything
+/// (60 ms against 50 ms) but not so slow that power of two choices steers nearly everything
 /// away from it, and it stays slow for most of the day. The incumbent loses several percent of
 /// goodput; a per-try timeout between the healthy latency and the SLO, retried on `timeout`
 /// (a retry avoids the endpoint that just failed), wins them back, live, as predicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_genome_as_predicted()
  {
-    const TIGHT_SLO: Duration = Duration::from_millis(40);
-    // Three pools of 8 workers at 10 ms; from second 2 to second 12 the second one takes 5.5
-    // times as long (55 ms, past the SLO).
+    const TIGHT_SLO: Duration = Duration::from_millis(50);
+    // Three pools of 8 workers at 10 ms; from second 2 to second 12 the second one takes 6
+    // times as long (60 ms, past the SLO).
     let mut pools = Vec::new();
     for seed in [31, 32, 33] {
         pools.push(
@@ -647,7 +647,7 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
     let admin = app.admin_address();
     let slow_day = |pool: &support::worker_pool::RunningPool| {
         let pool = pool.clone();
-        move |second: u64| pool.set_slowdown(if (2..12).contains(&second) { 5.5 } else { 1.0 })
+        move |second: u64| pool.set_slowdown(if (2..12).contains(&second) { 6.0 } else { 1.0 })
     };
     let patience = Duration::from_secs(5);
 
@@ -673,6 +673,15 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
     app.snapshot().policies().swap("main", genome).unwrap();
     let after = open_loop(proxy, "/work", 150.0, 14, patience, slow_day(&pools[1])).await;
     let candidate_live = goodput(&after, TIGHT_SLO);
+    let failed = after.iter().filter(|a| a.status != 200).count();
+    let late = after
+        .iter()
+        .filter(|a| a.status == 200 && a.latency > TIGHT_SLO)
+        .count();
+    eprintln!(
+        "candidate day: {failed} failed, {late} late of {}",
+        after.len()
+    );
 
     let candidate = predicted(&proposal, "observed", "candidate");
     let incumbent = predicted(&proposal, "observed", "incumbent");
@@ -686,7 +695,7 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
     assert!(per_try.get() < TIGHT_SLO, "{}", proposal["genome"]);
     let retry_on = proposal["genome"]["retry"]["retry_on"].as_array().unwrap();
     assert!(retry_on.iter().any(|c| c == "timeout"), "{retry_on:?}");
-    // The incumbent loses about a tenth of goodput (0.89 measured); the candidate wins nearly
+    // The incumbent loses about a tenth of goodput (0.90 measured); the candidate wins nearly
     // all of it back (1.00 measured): half the gain is the bar.
     assert!(incumbent_live < 0.95, "{incumbent_live}");
     assert!(
