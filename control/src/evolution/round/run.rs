@@ -16,13 +16,15 @@
 
 use std::time::Duration;
 
-use rafael_config::{AggregateMode, BreakerGenes, Config, Genome, RetryCondition, RetryGenes};
+use rafael_config::{
+    AggregateMode, BreakerGenes, Config, Genome, HumanDuration, RetryCondition, RetryGenes,
+};
 
 use super::RoundResult;
 use crate::{
     evolution::{
         fitness::{Aggregate, Objectives},
-        model::Model,
+        model::{EndpointModel, Model, Regime, RegimeKind},
         scenario::Scenario,
         search::{Found, Settings, peer_defaults, search},
         sim::{Prepared, Run},
@@ -152,7 +154,7 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     // Search on short runs.
     let short_runs = prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short, false);
     let rails = Guardrails::from_config(config);
-    let mut seeds_of_search: Vec<Genome> = informed(model, incumbent);
+    let mut seeds_of_search: Vec<Genome> = informed(model, incumbent, objectives.slo_latency.get());
     seeds_of_search.extend(peer_defaults());
     seeds_of_search.retain(|g| g != incumbent);
     let found: Found = search(
@@ -256,8 +258,11 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
 
 /// Genomes the model suggests, for the first generation: the incumbent with retries and with
 /// a breaker that react to the way this upstream fails (a retry on `gateway-error` never fires
-/// for an upstream that answers 500; the model knows which statuses it answers).
-fn informed(model: &Model, incumbent: &Genome) -> Vec<Genome> {
+/// for an upstream that answers 500; the model knows which statuses it answers); and, when one
+/// endpoint was slow past `slo` among healthy ones, the incumbent with a per-try timeout that
+/// routes around it ([`around_slow_endpoint`]), with and without the breaker. The search repairs every seed into the
+/// guardrails before it scores it.
+fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
     let mut conditions = vec![RetryCondition::ConnectFailure, RetryCondition::Reset];
     for endpoint in &model.endpoints {
         let condition = match endpoint.failure.status {
@@ -290,7 +295,96 @@ fn informed(model: &Model, incumbent: &Genome) -> Vec<Genome> {
     merge(&mut breaker.failure_on);
     let mut both = retrying.clone();
     both.circuit_breaker = breaking.circuit_breaker.clone();
-    vec![retrying, breaking, both]
+    let mut seeds = vec![retrying, breaking.clone(), both];
+    if let Some(routing) = around_slow_endpoint(model, incumbent, slo, &conditions) {
+        // With the breaker too, counting the cut-off attempts: it keeps attempts off the slow
+        // endpoint instead of paying a per-try timeout and a retry for each.
+        let mut ejecting = routing.clone();
+        ejecting.circuit_breaker = breaking.circuit_breaker;
+        if let Some(breaker) = ejecting.circuit_breaker.as_mut() {
+            if !breaker.failure_on.contains(&RetryCondition::Timeout) {
+                breaker.failure_on.push(RetryCondition::Timeout);
+            }
+        }
+        seeds.extend([routing, ejecting]);
+    }
+    seeds
+}
+
+/// The incumbent with a per-try timeout that cuts off an attempt on a slow endpoint in time
+/// for a retry on another one to answer within `slo` (a retry avoids the endpoint that just
+/// failed), when the model has an endpoint-only brownout whose median latency misses `slo`
+/// while some endpoint is never slow. Power of two choices already steers load away from a
+/// slow endpoint, but not all of it: an endpoint a few times slower than the others still
+/// takes a share of the attempts, and each one misses the SLO.
+///
+/// The per-try timeout sits above the p99 of the endpoints never slow (so healthy attempts are
+/// not cut off) with half of what two healthy attempts leave of the SLO, and the backoff gets at
+/// most a quarter of it; the retry also reacts to `conditions`, as the other seeds do. `None`
+/// when no regime is like that, or two healthy attempts do not fit in the SLO.
+fn around_slow_endpoint(
+    model: &Model,
+    incumbent: &Genome,
+    slo: Duration,
+    conditions: &[RetryCondition],
+) -> Option<Genome> {
+    let slo_ms = slo.as_secs_f64() * 1e3;
+    let slow: Vec<&str> = model
+        .regimes
+        .iter()
+        .filter(|regime| regime.kind == RegimeKind::Brownout)
+        .filter_map(|regime| {
+            let address = regime.endpoint.as_deref()?;
+            let endpoint = model.endpoints.iter().find(|e| e.endpoint == address)?;
+            (brownout_p50_ms(regime, endpoint) > slo_ms).then_some(address)
+        })
+        .collect();
+    if slow.is_empty() {
+        return None;
+    }
+    // The slow endpoints' own p99 may hold attempts of their brownouts (a second at either
+    // end of a period the fit did not count in it): the healthy ones say what healthy is.
+    let healthy_ms = model
+        .endpoints
+        .iter()
+        .filter(|e| !slow.contains(&e.endpoint.as_str()))
+        .map(|e| e.service_time.p99_ms)
+        .reduce(f64::max)?;
+    // What two healthy attempts leave of the SLO: the cut-off attempt's wait beyond the
+    // healthy p99, and the backoff before the retry, must fit in it.
+    let spare_ms = slo_ms - 2.0 * healthy_ms;
+    if spare_ms < 2.0 {
+        return None;
+    }
+    let millis = |ms: f64| HumanDuration::from_millis((ms.round() as u64).max(1));
+    let mut genome = incumbent.clone();
+    let retry = genome.retry.get_or_insert_with(RetryGenes::default);
+    retry.max_attempts = retry.max_attempts.max(2);
+    retry.per_try_timeout = Some(millis(healthy_ms + spare_ms / 2.0));
+    let backoff = millis(spare_ms / 4.0);
+    retry.backoff_base = retry.backoff_base.min(backoff);
+    retry.backoff_max = retry.backoff_max.min(backoff).max(retry.backoff_base);
+    for condition in conditions
+        .iter()
+        .chain(std::iter::once(&RetryCondition::Timeout))
+    {
+        if !retry.retry_on.contains(condition) {
+            retry.retry_on.push(*condition);
+        }
+    }
+    Some(genome)
+}
+
+/// Median latency of `endpoint` during the slowest period of `regime`: the period's own
+/// distribution when the fit saw enough of it, the regime's factor on the healthy one if not.
+fn brownout_p50_ms(regime: &Regime, endpoint: &EndpointModel) -> f64 {
+    let by_factor = endpoint.service_time.p50_ms * regime.service_time_factor;
+    regime
+        .periods
+        .iter()
+        .map(|p| p.service_time.map_or(by_factor, |s| s.p50_ms))
+        .reduce(f64::max)
+        .unwrap_or(by_factor)
 }
 
 /// The aggregate fitness of `scored`: per seed, scenarios combined by `aggregate`; then the
