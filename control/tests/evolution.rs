@@ -501,10 +501,14 @@ async fn counterfactual_predictions_hold_close_to_the_knee() {
 }
 
 /// Issue 9's third bad day. Today the round is skipped, rightly: the model is not trusted
-/// (goodput error 2.6). 82% of attempts time out in the storm, and the fit, which reads
-/// latency from attempts that answered, sees a healthy upstream with one slow second. Fitting
-/// this needs timeouts read as censored latencies and the knee seen through abandoned work;
-/// the test is here, ready, for that work.
+/// (goodput error 2.4-2.6). 82% of attempts time out in the storm, and the fit, which reads
+/// latency from attempts that answered, sees a healthy upstream with one slow second. Counting
+/// timeouts as censored slow votes in the brownout test finds the period (seconds 4 to 16,
+/// outlasting the drop as the storm does), but that is not enough: the pool was never seen
+/// saturated while healthy (`capacity: null`), so the simulator has no queue for the storm to
+/// grow in, and the period's latency (128 ms median) is queueing, not service. The fit needs a
+/// brownout's own capacity, from the completions of its saturated seconds; the test is here,
+/// ready, for that work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the model cannot fit a retry storm yet (timeouts censor latency): see the issue 9 note"]
 async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_the_next_drop() {
@@ -689,12 +693,22 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
         "incumbent live {incumbent_live:.3} predicted {}; candidate live {candidate_live:.3} predicted {}; amplification predicted {}",
         incumbent["goodput"], candidate["goodput"], candidate["amplification"]
     );
-    // The proposal cuts attempts off under the SLO and retries them elsewhere.
+    // The proposal cuts attempts off under the SLO, and either retries them elsewhere or lets
+    // the breaker count them and take the slow endpoint out of the choice (both win; which one
+    // the search keeps varies with the machine's timing).
+    let genome = &proposal["genome"];
     let per_try: rafael_config::HumanDuration =
-        serde_json::from_value(proposal["genome"]["retry"]["per_try_timeout"].clone()).unwrap();
-    assert!(per_try.get() < TIGHT_SLO, "{}", proposal["genome"]);
-    let retry_on = proposal["genome"]["retry"]["retry_on"].as_array().unwrap();
-    assert!(retry_on.iter().any(|c| c == "timeout"), "{retry_on:?}");
+        serde_json::from_value(genome["retry"]["per_try_timeout"].clone()).unwrap();
+    assert!(per_try.get() < TIGHT_SLO, "{genome}");
+    let counts_timeouts = |list: &serde_json::Value| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|c| c == "timeout"))
+    };
+    assert!(
+        counts_timeouts(&genome["retry"]["retry_on"])
+            || counts_timeouts(&genome["circuit_breaker"]["failure_on"]),
+        "{genome}"
+    );
     // The incumbent loses about a tenth of goodput (0.90 measured); the candidate wins nearly
     // all of it back (1.00 measured): half the gain is the bar.
     assert!(incumbent_live < 0.95, "{incumbent_live}");

@@ -22,10 +22,10 @@
 //!   out of the capacity fit when enough saturated seconds remain without them; when not, the
 //!   fit uses them and says so (`timeouts_in_fit`). The slope, unlike `k·S/latency`, is not
 //!   moved by a steady backlog of abandoned work, only by one that changes with `k`.
-//! - **Service time**: the log-normal through the median and quartiles of successful attempts
-//!   at `k <= N` (every success when the endpoint was never saturated), outside brownouts;
-//!   fault-injected attempts never count. A brownout period's own distribution is fitted the
-//!   same way from its successes.
+//! - **Service time**: quantiles of successful attempts at `k <= N` (every success when the
+//!   endpoint was never saturated), outside brownouts and the seconds beside them (partly
+//!   slow); fault-injected attempts never count. A brownout period's own distribution, from its
+//!   hundred or so successes, is the log-normal through their median and quartiles.
 //! - **Failures** (5xx, connect errors, resets; a timeout is the genome's deadline meeting the
 //!   upstream's latency, which the simulator derives, so it is reported apart): the overall
 //!   rate, and a two-state process. A second is *degraded* when its failure share is both
@@ -554,17 +554,37 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
     let by_load = buckets(&triples);
     let capacity = knee(&successes, &by_load);
     let unqueued = unqueued(capacity);
-    let mut service: Vec<(f64, f64)> = successes
+    // A brownout's first and last seconds are partly slow: the regime test counts a second
+    // by its median, so a few slow answers of the seconds beside a period leak into the
+    // healthy ones and would be the healthy p99 (151 ms against a 7 ms median in the demo).
+    let beside_brownout = |second: usize| {
+        brownout.binary_search(&(second + 1)).is_ok()
+            || second
+                .checked_sub(1)
+                .is_some_and(|before| brownout.binary_search(&before).is_ok())
+    };
+    let mut service: Vec<(f64, f64)> = samples
         .iter()
-        .filter(|s| s.0 <= unqueued)
-        .map(|s| (s.1, s.2))
+        .filter(|s| s.endpoint == index && s.class == Class::Success && s.k <= unqueued)
+        .filter(|s| brownout.binary_search(&s.second).is_err() && !beside_brownout(s.second))
+        .map(|s| (s.latency_ms, s.weight))
         .collect();
+    if service.is_empty() {
+        service = successes
+            .iter()
+            .filter(|s| s.0 <= unqueued)
+            .map(|s| (s.1, s.2))
+            .collect();
+    }
     let base_ms = by_load
         .iter()
         .find(|b| b.samples >= MIN_BUCKET_SAMPLES)
         .map_or(0.0, |b| b.p50_ms);
     LoadFit {
-        service_time: log_normal(&mut service),
+        service_time: ServiceTime {
+            p50_ms: quantile(&mut service, 0.5),
+            p99_ms: quantile(&mut service, 0.99),
+        },
         expected: Expected {
             base_ms,
             concurrency: capacity.map(|c| c.concurrency),
