@@ -557,6 +557,20 @@ async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_
     app.shutdown().await;
 }
 
+/// Pools of 8 workers at 10 ms, one per seed.
+async fn healthy_pools(seeds: [u64; 3]) -> Vec<support::worker_pool::RunningPool> {
+    let mut pools = Vec::new();
+    for seed in seeds {
+        pools.push(
+            WorkerPool::new(8, Duration::from_millis(10))
+                .seed(seed)
+                .start()
+                .await,
+        );
+    }
+    pools
+}
+
 /// Issue 9's second bad day, one slow endpoint among healthy ones. The model must see the slow
 /// endpoint as a regime of its own (not of the whole upstream, and not as its silence: power of
 /// two choices steers load away from it, so it answers little while slow) and replay it
@@ -568,15 +582,7 @@ async fn one_slow_endpoint_among_healthy_ones_is_modelled_as_such_and_power_of_t
 {
     // Three pools of 8 workers at 10 ms; from second 4 to second 10 the second one takes 30
     // times as long (300 ms, past the SLO).
-    let mut pools = Vec::new();
-    for seed in [21, 22, 23] {
-        pools.push(
-            WorkerPool::new(8, Duration::from_millis(10))
-                .seed(seed)
-                .start()
-                .await,
-        );
-    }
+    let pools = healthy_pools([21, 22, 23]).await;
     let addresses: Vec<_> = pools.iter().map(|p| p.address).collect();
     let dir = tempfile::tempdir().unwrap();
     let app = in_process_over(dir.path(), &addresses, "timeout = \"1s\"").await;
@@ -626,15 +632,7 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
     const TIGHT_SLO: Duration = Duration::from_millis(50);
     // Three pools of 8 workers at 10 ms; from second 2 to second 12 the second one takes 6
     // times as long (60 ms, past the SLO).
-    let mut pools = Vec::new();
-    for seed in [31, 32, 33] {
-        pools.push(
-            WorkerPool::new(8, Duration::from_millis(10))
-                .seed(seed)
-                .start()
-                .await,
-        );
-    }
+    let pools = healthy_pools([31, 32, 33]).await;
     let addresses: Vec<_> = pools.iter().map(|p| p.address).collect();
     let dir = tempfile::tempdir().unwrap();
     let app = in_process_with(
