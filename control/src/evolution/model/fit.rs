@@ -30,8 +30,9 @@
 //!   upstream's latency, which the simulator derives, so it is reported apart): the overall
 //!   rate, and a two-state process. A second is *degraded* when its failure share is both
 //!   far above the healthy rate (an exact binomial tail as thin as a normal one at
-//!   [`BURST_Z`]) and at least double it; the healthy rate is re-estimated without degraded seconds until it settles. A
-//!   steady 5% rate almost never passes (about 1 second in 10,000 at 100 samples a second).
+//!   [`BURST_Z`]) and at least double it; the healthy rate is re-estimated without degraded
+//!   seconds until it settles. A steady 5% rate almost never passes (about 1 second in 10,000
+//!   at 100 samples a second).
 //! - **Regimes** (route-wide, and a brownout of one endpoint among others as its own): brownout
 //!   seconds, where successes took at least
 //!   [`BROWNOUT_FACTOR`] times their load bucket's median (so queueing under load is not
@@ -563,17 +564,19 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
                 .checked_sub(1)
                 .is_some_and(|before| brownout.binary_search(&before).is_ok())
     };
-    let mut service: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.endpoint == index && s.class == Class::Success && s.k <= unqueued)
-        .filter(|s| brownout.binary_search(&s.second).is_err() && !beside_brownout(s.second))
+    let unqueued_successes = || {
+        samples
+            .iter()
+            .filter(|s| s.endpoint == index && s.class == Class::Success && s.k <= unqueued)
+            .filter(|s| brownout.binary_search(&s.second).is_err())
+    };
+    let mut service: Weighted = unqueued_successes()
+        .filter(|s| !beside_brownout(s.second))
         .map(|s| (s.latency_ms, s.weight))
         .collect();
     if service.is_empty() {
-        service = successes
-            .iter()
-            .filter(|s| s.0 <= unqueued)
-            .map(|s| (s.1, s.2))
+        service = unqueued_successes()
+            .map(|s| (s.latency_ms, s.weight))
             .collect();
     }
     let base_ms = by_load
@@ -892,12 +895,13 @@ impl Seconds {
             .values()
             .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
         let mut healthy = ratio(f, n);
+        let tail = burst_tail();
         let mut seconds: Vec<usize> = Vec::new();
         for _ in 0..10 {
             let flagged: Vec<usize> = self
                 .counts
                 .iter()
-                .filter(|(_, (n, f))| degraded_second(*n, *f, healthy))
+                .filter(|(_, (n, f))| degraded_second(*n, *f, healthy, tail))
                 .map(|(&s, _)| s)
                 .collect();
             let (n, f) = self
@@ -919,13 +923,13 @@ impl Seconds {
 }
 
 /// Whether `f` failures in `n` attempts are far above a healthy `rate`: at least double it
-/// (and 10 points above), and as unlikely at the healthy rate as a normal draw [`BURST_Z`]
-/// standard deviations out. The chance is the exact binomial tail: with the few attempts of a
-/// quiet route's second the normal approximation is far too thin there (3 failures of 16 at a
-/// 2% rate read as z = 4.8, where the binomial chance is 1 in 270, and the demo's slow phase
-/// grew a spurious outage second in about one run of four).
-fn degraded_second(n: u64, f: u64, rate: f64) -> bool {
-    use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
+/// (and 10 points above), and no likelier at the healthy rate than `tail` ([`burst_tail`]).
+/// The chance is the exact binomial tail: with the few attempts of a quiet route's second the
+/// normal approximation is far too thin there (3 failures of 16 at a 2% rate read as z = 4.8,
+/// where the binomial chance is 1 in 270, and the demo's slow phase grew a spurious outage
+/// second in about one run of four).
+fn degraded_second(n: u64, f: u64, rate: f64, tail: f64) -> bool {
+    use statrs::distribution::{Binomial, DiscreteCDF};
     if n < MIN_SECOND_SAMPLES || f < 3 {
         return false;
     }
@@ -934,26 +938,30 @@ fn degraded_second(n: u64, f: u64, rate: f64) -> bool {
         return false;
     }
     // A floor on the rate: a healthy process that never failed still may.
-    let p = rate.clamp(0.001, 0.999);
-    let (Ok(healthy), Ok(normal)) = (Binomial::new(p, n), Normal::new(0.0, 1.0)) else {
+    let Ok(healthy) = Binomial::new(rate.clamp(0.001, 0.999), n) else {
         return false;
     };
     // P(X >= f) = P(X > f - 1).
-    healthy.sf(f - 1) <= normal.sf(BURST_Z)
+    healthy.sf(f - 1) <= tail
+}
+
+/// The chance of a standard normal draw beyond [`BURST_Z`]: how unlikely a degraded second's
+/// failures must be at the healthy rate.
+fn burst_tail() -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    Normal::standard().sf(BURST_Z)
 }
 
 // === statistics ===
 
-/// The log-normal distribution the simulator draws from, fitted to weighted latencies by
-/// their median and their quartiles: `σ = ln(p75 / p25) / 1.349`, reported as the median and
-/// `p99 = p50 · e^(2.326 σ)`. The empirical 99th percentile would be the few slowest samples:
-/// a hundred latencies of a brownout period give it from one or two of them, and a few
-/// answers of a neighbouring slow second that leak into a healthy fit make it ten times the
-/// median, where the quartiles do not move. A tail heavier than log-normal is then what the
-/// model check's p99 sees, not what the fit hides.
+/// The log-normal distribution the simulator draws from, fitted to a brownout period's
+/// weighted latencies by their median and their quartiles: `σ = ln(p75 / p25) / 1.349`,
+/// reported as the median and `p99 = p50 · e^(2.326 σ)`. The empirical 99th percentile of a
+/// period's hundred or so latencies would be its one or two slowest, and its first and last
+/// seconds are partly healthy, where the quartiles do not move. A tail heavier than log-normal
+/// is then what the model check's p99 sees, not what the fit hides.
 fn log_normal(values: &mut [(f64, f64)]) -> ServiceTime {
     const Z_QUARTILE_SPAN: f64 = 1.349;
-    const Z_99: f64 = 2.326;
     let p50 = quantile(values, 0.5);
     let (p25, p75) = (quantile(values, 0.25), quantile(values, 0.75));
     let sigma = if p25 > 0.0 && p75 >= p25 {
@@ -963,7 +971,7 @@ fn log_normal(values: &mut [(f64, f64)]) -> ServiceTime {
     };
     ServiceTime {
         p50_ms: p50,
-        p99_ms: p50 * (Z_99 * sigma).exp(),
+        p99_ms: p50 * (crate::evolution::sim::upstream::Z99 * sigma).exp(),
     }
 }
 

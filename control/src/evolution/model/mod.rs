@@ -279,17 +279,11 @@ impl Check {
     /// Compares `simulated` with `observed`. An observed zero compares absolutely, so a route
     /// with no retries at all is not divided by zero.
     pub fn new(observed: f64, simulated: f64) -> Self {
-        let difference = (simulated - observed).abs();
-        let error = if observed.abs() > f64::EPSILON {
-            difference / observed.abs()
-        } else {
-            difference
-        };
         Self {
             observed,
             simulated,
             observed_range: None,
-            error,
+            error: relative((simulated - observed).abs(), observed),
         }
     }
 
@@ -302,8 +296,17 @@ impl Check {
             observed,
             simulated,
             observed_range: Some(range),
-            error: Self::new(observed, observed + outside).error,
+            error: relative(outside, observed),
         }
+    }
+}
+
+/// `difference` relative to `observed`; absolute when `observed` is zero.
+fn relative(difference: f64, observed: f64) -> f64 {
+    if observed.abs() > f64::EPSILON {
+        difference / observed.abs()
+    } else {
+        difference
     }
 }
 

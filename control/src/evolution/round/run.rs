@@ -260,8 +260,8 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
 /// a breaker that react to the way this upstream fails (a retry on `gateway-error` never fires
 /// for an upstream that answers 500; the model knows which statuses it answers); and, when one
 /// endpoint was slow past `slo` among healthy ones, the incumbent with a per-try timeout that
-/// routes around it ([`around_slow_endpoint`]), with and without the breaker. The search repairs every seed into the
-/// guardrails before it scores it.
+/// routes around it ([`around_slow_endpoint`]), with and without the breaker. The search
+/// repairs every seed into the guardrails before it scores it.
 fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
     let mut conditions = vec![RetryCondition::ConnectFailure, RetryCondition::Reset];
     for endpoint in &model.endpoints {
@@ -271,28 +271,21 @@ fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
             Some(status) => RetryCondition::Status(status),
             None => RetryCondition::Reset,
         };
-        if endpoint.failure.rate > 0.0 && !conditions.contains(&condition) {
-            conditions.push(condition);
+        if endpoint.failure.rate > 0.0 {
+            add_missing(&mut conditions, &[condition]);
         }
-        if endpoint.timeout_rate > 0.0 && !conditions.contains(&RetryCondition::Timeout) {
-            conditions.push(RetryCondition::Timeout);
+        if endpoint.timeout_rate > 0.0 {
+            add_missing(&mut conditions, &[RetryCondition::Timeout]);
         }
     }
-    let merge = |set: &mut Vec<RetryCondition>| {
-        for condition in &conditions {
-            if !set.contains(condition) {
-                set.push(*condition);
-            }
-        }
-    };
     let mut retrying = incumbent.clone();
     let retry = retrying.retry.get_or_insert_with(RetryGenes::default);
-    merge(&mut retry.retry_on);
+    add_missing(&mut retry.retry_on, &conditions);
     let mut breaking = incumbent.clone();
     let breaker = breaking
         .circuit_breaker
         .get_or_insert_with(BreakerGenes::default);
-    merge(&mut breaker.failure_on);
+    add_missing(&mut breaker.failure_on, &conditions);
     let mut both = retrying.clone();
     both.circuit_breaker = breaking.circuit_breaker.clone();
     let mut seeds = vec![retrying, breaking.clone(), both];
@@ -302,13 +295,20 @@ fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
         let mut ejecting = routing.clone();
         ejecting.circuit_breaker = breaking.circuit_breaker;
         if let Some(breaker) = ejecting.circuit_breaker.as_mut() {
-            if !breaker.failure_on.contains(&RetryCondition::Timeout) {
-                breaker.failure_on.push(RetryCondition::Timeout);
-            }
+            add_missing(&mut breaker.failure_on, &[RetryCondition::Timeout]);
         }
         seeds.extend([routing, ejecting]);
     }
     seeds
+}
+
+/// Adds to `set` each of `conditions` it does not hold yet, in their order.
+fn add_missing(set: &mut Vec<RetryCondition>, conditions: &[RetryCondition]) {
+    for condition in conditions {
+        if !set.contains(condition) {
+            set.push(*condition);
+        }
+    }
 }
 
 /// The incumbent with a per-try timeout that cuts off an attempt on a slow endpoint in time
@@ -364,14 +364,8 @@ fn around_slow_endpoint(
     let backoff = millis(spare_ms / 4.0);
     retry.backoff_base = retry.backoff_base.min(backoff);
     retry.backoff_max = retry.backoff_max.min(backoff).max(retry.backoff_base);
-    for condition in conditions
-        .iter()
-        .chain(std::iter::once(&RetryCondition::Timeout))
-    {
-        if !retry.retry_on.contains(condition) {
-            retry.retry_on.push(*condition);
-        }
-    }
+    add_missing(&mut retry.retry_on, conditions);
+    add_missing(&mut retry.retry_on, &[RetryCondition::Timeout]);
     Some(genome)
 }
 

@@ -21,7 +21,7 @@ use rafael_proxy::policy::Nanos;
 const SECOND: f64 = 1e9;
 const MILLI: f64 = 1e6;
 /// z of the 99th percentile of the standard normal distribution.
-const Z99: f64 = 2.326_347_874;
+pub(crate) const Z99: f64 = 2.326_347_874;
 /// Tells the upstream stream's seeds from the other streams'.
 const STREAM: u64 = 0x7570_7374_7265_616d;
 
