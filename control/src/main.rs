@@ -906,6 +906,38 @@ fn print_model(
             periods.join(", ")
         )?;
     }
+    if let (Some(first), Some(last)) = (model.censored_secs.first(), model.censored_secs.last()) {
+        writeln!(
+            out,
+            "censored: {} seconds between {first}s and {last}s where most attempts timed out",
+            model.censored_secs.len()
+        )?;
+    }
+    if let Some(c) = &model.calibration {
+        let workers = match (c.workers, c.workers_range) {
+            (Some(w), Some([low, high])) => format!("{w} workers (the window allows {low}-{high})"),
+            (Some(w), None) => format!("{w} workers"),
+            _ => "the fitted capacities".to_owned(),
+        };
+        let drops: Vec<String> = c
+            .brownouts
+            .iter()
+            .map(|b| {
+                format!(
+                    "x{:.1} at {}s+{}s",
+                    b.service_time_factor, b.start_sec, b.secs
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "calibrated by {} simulations: {workers}, slowdown {}; replay loss {:.4} (was {:.4})",
+            c.simulations,
+            drops.join(", "),
+            c.loss,
+            c.loss_before
+        )?;
+    }
     match &model.fidelity {
         None => writeln!(out, "fidelity: not checked yet"),
         Some(f) => writeln!(

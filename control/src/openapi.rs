@@ -305,6 +305,10 @@ fn model_schema() -> Value {
                 "type": "array", "items": number, "minItems": 2, "maxItems": 2,
                 "description": "a latency quantile's 95% confidence interval, milliseconds"
             },
+            "simulated_rank": {
+                "type": "number",
+                "description": "a latency quantile's simulated value as a share of the observed answers faster than it"
+            },
             "error": number
         }
     });
@@ -363,6 +367,23 @@ fn model_schema() -> Value {
                     }}
                 }
             }},
+            "censored_secs": {
+                "type": "array", "items": { "type": "integer" },
+                "description": "Seconds from the window's start in which half or more of the attempts timed out: the upstream's latency there was not seen"
+            },
+            "calibration": {
+                "type": "object",
+                "description": "What the calibration inferred by simulation where the telemetry was censored (absent when it did not run or was not kept)",
+                "properties": {
+                    "workers": { "type": ["integer", "null"] },
+                    "workers_range": { "type": ["array", "null"], "items": { "type": "integer" }, "minItems": 2, "maxItems": 2 },
+                    "brownouts": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": { "start_sec": { "type": "integer" }, "secs": { "type": "integer" }, "service_time_factor": number }
+                    }},
+                    "loss_before": number, "loss": number, "simulations": { "type": "integer" }
+                }
+            },
             "fidelity": {
                 "type": ["object", "null"],
                 "properties": {

@@ -500,17 +500,14 @@ async fn counterfactual_predictions_hold_close_to_the_knee() {
     counterfactual(160.0).await;
 }
 
-/// Issue 9's third bad day. Today the round is skipped, rightly: the model is not trusted
-/// (goodput error 2.4-2.6). 82% of attempts time out in the storm, and the fit, which reads
-/// latency from attempts that answered, sees a healthy upstream with one slow second. Counting
-/// timeouts as censored slow votes in the brownout test finds the period (seconds 4 to 16,
-/// outlasting the drop as the storm does), but that is not enough: the pool was never seen
-/// saturated while healthy (`capacity: null`), so the simulator has no queue for the storm to
-/// grow in, and the period's latency (128 ms median) is queueing, not service. The fit needs a
-/// brownout's own capacity, from the completions of its saturated seconds; the test is here,
-/// ready, for that work.
+/// Issue 9's third bad day: a capacity drop that a queue and common retry settings turn into
+/// a retry storm outlasting the drop. Most attempts in the storm time out, so the fit cannot
+/// read the upstream from its answers (and never saw it saturated while healthy); the model
+/// must say which seconds were censored and calibrate what it could not see (workers, and the
+/// drop's start, length and slowdown) by replaying the incumbent until the replay matches the
+/// window second by second. On that model a round proposes a genome that stops feeding the
+/// queue, and it wins live on the next drop as predicted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the model cannot fit a retry storm yet (timeouts censor latency): see the issue 9 note"]
 async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_the_next_drop() {
     // 8 workers at 10 ms serve 800 requests a second; 300 arrive. From second 4 to second 8
     // of each day every request takes four times as long: 200 a second, less than arrive.
@@ -538,6 +535,16 @@ async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_
         .await
         .unwrap();
     eprintln!("model: {model}");
+    let model = json_of(&model);
+    // The storm runs from the drop to the end of the day; a second either way for the
+    // client's seconds against the telemetry's.
+    let censored = model["censored_secs"].as_array().unwrap();
+    assert!(
+        censored.len() >= 8 && (4..=6).contains(&censored[0].as_u64().unwrap()),
+        "{censored:?}"
+    );
+    assert!(model["calibration"].is_object(), "{}", model["calibration"]);
+    assert_eq!(model["fidelity"]["trusted"], true, "{}", model["fidelity"]);
     let (round, proposal) = round_with_proposal(admin, "main", 5).await;
     eprintln!("round: {round}\nproposal: {}", proposal["genome"]);
     let genome: rafael_config::Genome = serde_json::from_value(proposal["genome"].clone()).unwrap();
@@ -554,6 +561,16 @@ async fn after_a_retry_storm_the_proposed_genome_beats_common_retry_settings_on_
         candidate_live > incumbent_live + 0.05,
         "{candidate_live} vs {incumbent_live}"
     );
+    for (name, live, predicted) in [
+        ("incumbent", incumbent_live, &incumbent),
+        ("candidate", candidate_live, &candidate),
+    ] {
+        let predicted = predicted["goodput"].as_f64().unwrap();
+        assert!(
+            (predicted - live).abs() < 0.05,
+            "{name}: predicted {predicted}, live {live}"
+        );
+    }
     app.shutdown().await;
 }
 

@@ -50,6 +50,8 @@ pub fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
             abandoned_work: true,
         }],
         regimes: Vec::new(),
+        censored_secs: Vec::new(),
+        calibration: None,
         fidelity: None,
     }
 }

@@ -82,13 +82,20 @@ impl Observed {
     /// quantiles at the ranks `n·q ± 1.96·√(n·q·(1−q))`, the binomial spread of the rank of
     /// the `n` requests' `q` quantile, whatever their distribution.
     pub fn range(&self, q: f64) -> [f64; 2] {
+        self.ranks(q).map(|rank| quantile_ms(&self.latency, rank))
+    }
+
+    /// The ranks (as shares) bounding the 95% confidence interval of quantile `q`.
+    pub fn ranks(&self, q: f64) -> [f64; 2] {
         const Z_95: f64 = 1.96;
         let n = self.latency.iter().sum::<u64>().max(1) as f64;
         let spread = Z_95 * (q * (1.0 - q) / n).sqrt();
-        [
-            quantile_ms(&self.latency, (q - spread).max(0.0)),
-            quantile_ms(&self.latency, (q + spread).min(1.0)),
-        ]
+        [(q - spread).max(0.0), (q + spread).min(1.0)]
+    }
+
+    /// The share of observed answers faster than `ms`.
+    pub fn rank_of(&self, ms: f64) -> f64 {
+        rank_of(&self.latency, ms)
     }
 }
 
@@ -128,7 +135,11 @@ pub fn check(model: &Model, windows: &[Window], incumbent: &Genome, config: &Con
     let fidelity_goodput = Check::new(observed.goodput, mean(&|r| r.goodput()));
     let latency = |q: f64, observed_ms: f64| {
         let simulated = mean(&|r| quantile_ms(&r.histogram, q));
-        Check::within(observed_ms, observed.range(q), simulated)
+        Check::within(observed_ms, observed.range(q), simulated).or_by_rank(
+            q,
+            observed.ranks(q),
+            observed.rank_of(simulated),
+        )
     };
     let p50 = latency(0.5, observed.p50_ms);
     let p99 = latency(0.99, observed.p99_ms);
@@ -192,6 +203,33 @@ fn within(histogram: &[u64], slo: Duration) -> f64 {
     count
 }
 
+/// The share of a latency histogram's answers below `ms`, interpolated linearly within the
+/// bucket that holds it: the inverse of [`quantile_ms`].
+pub fn rank_of(histogram: &[u64], ms: f64) -> f64 {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let at = ms * 1e6;
+    let mut seen = 0.0;
+    let mut lower = 0.0;
+    for (i, n) in histogram.iter().enumerate() {
+        let upper = latency_bucket_bound(i) as f64;
+        let count = *n as f64;
+        if at < upper {
+            let within = if upper >= u64::MAX as f64 {
+                0.0
+            } else {
+                ((at - lower) / (upper - lower)).clamp(0.0, 1.0)
+            };
+            return (seen + within * count) / total as f64;
+        }
+        seen += count;
+        lower = upper;
+    }
+    1.0
+}
+
 /// The `q` quantile of a latency histogram, milliseconds, interpolated linearly within the
 /// bucket that holds it (the last bucket, unbounded, answers its lower bound).
 pub fn quantile_ms(histogram: &[u64], q: f64) -> f64 {
@@ -239,6 +277,9 @@ mod tests {
             "{p50} in {lower}..{upper}"
         );
         assert!(quantile_ms(&histogram, 0.99) < upper);
+        assert!((rank_of(&histogram, p50) - 0.5).abs() < 1e-9);
+        assert_eq!(rank_of(&histogram, lower / 2.0), 0.0);
+        assert_eq!(rank_of(&histogram, upper * 2.0), 1.0);
         assert_eq!(within(&histogram, Duration::from_secs(1)), 100.0);
         assert_eq!(within(&histogram, Duration::from_millis(1)), 0.0);
     }

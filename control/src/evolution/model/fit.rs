@@ -243,6 +243,8 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
         arrivals: arrivals(windows, &telemetry.arrivals),
         endpoints,
         regimes,
+        censored_secs: censored_seconds(&samples),
+        calibration: None,
         fidelity: None,
     })
 }
@@ -283,12 +285,20 @@ pub fn fit_route(snapshots: &SnapshotHandle, route: &str) -> Result<Model, FitEr
         settled,
     };
     let mut model = fit(&copy, min_requests)?;
-    let fidelity = super::check::check(
-        &model,
-        complete_windows(&copy),
-        live.policy(),
-        snapshot.config(),
-    );
+    let windows = complete_windows(&copy);
+    let mut fidelity = super::check::check(&model, windows, live.policy(), snapshot.config());
+    // Where attempts timed out the fit could not see the upstream; the calibration infers it
+    // by simulation, and the calibrated model is kept only if the check finds it closer.
+    if !fidelity.trusted
+        && let Some(calibrated) =
+            super::calibrate(&model, windows, live.policy(), snapshot.config())
+    {
+        let recheck = super::check::check(&calibrated, windows, live.policy(), snapshot.config());
+        if recheck.worst_error() < fidelity.worst_error() {
+            model = calibrated;
+            fidelity = recheck;
+        }
+    }
     super::check::publish(route, &fidelity);
     model.fidelity = Some(fidelity);
     Ok(model)
@@ -629,6 +639,24 @@ fn endpoint_model(
 /// The highest load at which attempts do not queue: every load when no knee was seen.
 fn unqueued(capacity: Option<Capacity>) -> u32 {
     capacity.map_or(u32::MAX, |c| (c.concurrency.floor() as u32).max(1))
+}
+
+/// Seconds in which at least half of the attempts (weighted, over every endpoint) timed out.
+fn censored_seconds(samples: &[Sample]) -> Vec<u32> {
+    let mut by_second: BTreeMap<usize, (u64, f64, f64)> = BTreeMap::new();
+    for s in samples {
+        let entry = by_second.entry(s.second).or_default();
+        entry.0 += 1;
+        entry.1 += s.weight;
+        if s.class == Class::Timeout {
+            entry.2 += s.weight;
+        }
+    }
+    by_second
+        .into_iter()
+        .filter(|(_, (n, all, timed_out))| *n >= MIN_SECOND_SAMPLES && 2.0 * timed_out >= *all)
+        .filter_map(|(second, _)| u32::try_from(second).ok())
+        .collect()
 }
 
 /// Seconds in which a server may still be working on an attempt rafael timed out.

@@ -15,9 +15,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod calibrate;
 pub mod check;
 pub mod fit;
 
+pub use calibrate::calibrate;
 pub use fit::{FitError, Telemetry, fit, fit_route};
 
 /// The fitted model of one route's upstream.
@@ -42,9 +44,52 @@ pub struct Model {
     pub endpoints: Vec<EndpointModel>,
     /// Periods where the upstream was unlike itself.
     pub regimes: Vec<Regime>,
+    /// Seconds (from the window's start) in which most attempts timed out. There the
+    /// upstream's latency was not seen, only that it passed the deadline, so the successes'
+    /// latencies describe the few lucky attempts and not the upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub censored_secs: Vec<u32>,
+    /// What the calibration inferred where the telemetry was censored, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// The model check, once it has run: the incumbent simulated on this model against what
     /// was observed.
     pub fidelity: Option<Fidelity>,
+}
+
+/// What [`calibrate`] inferred by simulation where the fit could not see: the workers of an
+/// endpoint never seen saturated, and the slowdown and length of each brownout whose attempts
+/// timed out. The regimes and capacities it set are in the model like fitted ones; this says
+/// which they are and how well they replay the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Workers given to the endpoints with no fitted capacity (`None`: every endpoint had one):
+    /// the fewest that replay the window about as well as the best.
+    pub workers: Option<u32>,
+    /// The fewest and the most workers that replay the window about as well as the best: how
+    /// far the window pins them down.
+    pub workers_range: Option<[u32; 2]>,
+    /// The brownout periods it set, each with its service time factor.
+    pub brownouts: Vec<CalibratedBrownout>,
+    /// The mean squared per-second error (goodput share; attempts per request and mean
+    /// latency, relative) of the model's replay before calibration and after.
+    pub loss_before: f64,
+    /// See `loss_before`.
+    pub loss: f64,
+    /// Simulations the search ran.
+    pub simulations: u32,
+}
+
+/// One brownout period set by the calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CalibratedBrownout {
+    /// Seconds from the start of the window.
+    pub start_sec: u32,
+    /// Its length, seconds: the slowdown itself, which may be shorter than the censored
+    /// seconds (the queue it leaves behind outlasts it).
+    pub secs: u32,
+    /// Service time during it over service time outside it.
+    pub service_time_factor: f64,
 }
 
 /// The arrival process.
@@ -235,8 +280,17 @@ pub struct Check {
     /// and the interval says how little that pins down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_range: Option<[f64; 2]>,
-    /// `|simulated - observed| / observed`; for a latency quantile, how far `simulated` lies
-    /// outside `observed_range`, over `observed` (0 inside it).
+    /// For a latency quantile, the share of observed answers faster than `simulated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_rank: Option<f64>,
+    /// `|simulated - observed| / observed`. For a latency quantile `q`, the smaller of two
+    /// readings: how far `simulated` lies outside `observed_range`, over `observed`; and how
+    /// far `simulated_rank` lies outside the interval's ranks, over the share on the
+    /// quantile's short side (`q` below the median, `1 − q` above it). 0 inside the interval.
+    /// The second reading is for distributions with a gap: when answers come after one
+    /// attempt's timeout or after two, with nothing between, a median sits on one side of the
+    /// gap or the other as a few percent of the answers move, and its milliseconds would call
+    /// a model wrong that misplaces 5% of requests.
     pub error: f64,
 }
 
@@ -273,6 +327,18 @@ impl Model {
     }
 }
 
+// === impl Fidelity ===
+
+impl Fidelity {
+    /// The largest of the check's errors.
+    pub fn worst_error(&self) -> f64 {
+        [self.goodput, self.p50_ms, self.p99_ms, self.amplification]
+            .iter()
+            .map(|c| c.error)
+            .fold(0.0, f64::max)
+    }
+}
+
 // === impl Check ===
 
 impl Check {
@@ -283,6 +349,7 @@ impl Check {
             observed,
             simulated,
             observed_range: None,
+            simulated_rank: None,
             error: relative((simulated - observed).abs(), observed),
         }
     }
@@ -296,7 +363,22 @@ impl Check {
             observed,
             simulated,
             observed_range: Some(range),
+            simulated_rank: None,
             error: relative(outside, observed),
+        }
+    }
+
+    /// A latency quantile `q`'s check read in probability as well: `rank` (the share of
+    /// observed answers faster than `simulated`) against the interval's `ranks`. The error is
+    /// the smaller reading (see [`Check::error`]).
+    pub fn or_by_rank(self, q: f64, ranks: [f64; 2], rank: f64) -> Self {
+        let [low, high] = ranks;
+        let outside = (low - rank).max(rank - high).max(0.0);
+        let short_side = q.min(1.0 - q).max(f64::EPSILON);
+        Self {
+            simulated_rank: Some(rank),
+            error: self.error.min(outside / short_side),
+            ..self
         }
     }
 }

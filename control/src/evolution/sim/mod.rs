@@ -92,6 +92,28 @@ pub struct Report {
     /// through the same buckets as an observed one.
     #[serde(skip)]
     pub histogram: Vec<u64>,
+    /// Per second of the run, counted as the telemetry's windows count them: requests by
+    /// arrival, answers by when they were sent, attempts by start. What the model's
+    /// calibration compares with the observed windows second by second (a storm's length is
+    /// in the series, not in the totals). One more than the run's seconds: the last holds
+    /// what happened after the run's end.
+    #[serde(skip)]
+    pub seconds: Vec<SecondCounts>,
+}
+
+/// One second of a run (see [`Report::seconds`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecondCounts {
+    /// Requests that arrived in it.
+    pub offered: u32,
+    /// Answers sent in it that were 2xx within the SLO.
+    pub good: u32,
+    /// Upstream attempts started in it.
+    pub attempts: u32,
+    /// Answers sent in it.
+    pub answered: u32,
+    /// Their latencies' sum, nanoseconds.
+    pub latency_sum: u64,
 }
 
 // === impl Prepared ===

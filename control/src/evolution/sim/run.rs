@@ -28,7 +28,7 @@ use rafael_proxy::telemetry::{LATENCY_BUCKETS, latency_bucket};
 use rand::{RngExt, SeedableRng, rngs::Xoshiro256PlusPlus};
 
 use super::{
-    Prepared, Report,
+    Prepared, Report, SecondCounts,
     upstream::{Server, Shape},
 };
 
@@ -202,6 +202,11 @@ impl<'p, 'a> Simulation<'p, 'a> {
             latencies: Vec::with_capacity(requests),
             report: Report {
                 offered: requests as u64,
+                // One more than the run's: answers sent after it ends land there.
+                seconds: vec![
+                    SecondCounts::default();
+                    prepared.run.duration.as_secs() as usize + 1
+                ],
                 ..Report::default()
             },
         }
@@ -287,6 +292,7 @@ impl<'p, 'a> Simulation<'p, 'a> {
         self.now = at;
         let index = u32::try_from(self.next_arrival).unwrap_or(u32::MAX);
         self.next_arrival += 1;
+        self.second(at).offered += 1;
         let deadline = self
             .genome
             .timeout
@@ -400,6 +406,7 @@ impl<'p, 'a> Simulation<'p, 'a> {
         };
         let number = request.attempts + 1;
         self.report.attempts += 1;
+        self.second(self.now).attempts += 1;
         if number > 1 {
             self.report.retries += 1;
         }
@@ -669,6 +676,14 @@ impl<'p, 'a> Simulation<'p, 'a> {
         }
     }
 
+    /// The per-second counts of the second holding `at` (the extra last one for any moment
+    /// past the run's end).
+    fn second(&mut self, at: Nanos) -> &mut SecondCounts {
+        let seconds = &mut self.report.seconds;
+        let last = seconds.len() - 1;
+        &mut seconds[((at / 1_000_000_000) as usize).min(last)]
+    }
+
     /// The request is answered: counted, and its slot freed.
     fn answer(&mut self, key: (u32, u32), answer: Answer) {
         let Some(request) = self.requests.remove(key) else {
@@ -680,10 +695,14 @@ impl<'p, 'a> Simulation<'p, 'a> {
         let latency = self.now.saturating_sub(request.arrived);
         self.report.answered += 1;
         self.latencies.push(latency);
+        let second = self.second(self.now);
+        second.answered += 1;
+        second.latency_sum += latency;
         match answer {
             Answer::Status(status) => {
                 if (200..300).contains(&status) && latency <= nanos(self.prepared.run.slo_latency) {
                     self.report.good += 1;
+                    self.second(self.now).good += 1;
                 }
                 if status == 504 {
                     self.report.timed_out += 1;
