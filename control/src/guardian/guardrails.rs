@@ -11,7 +11,10 @@
 //!   the load an upstream in trouble sees);
 //! - `concurrency.max_in_flight >= 1`;
 //! - `retry_non_idempotent` is never turned on: repeating a POST is a safety property of the
-//!   service, not a tuning knob.
+//!   service, not a tuning knob;
+//! - a route's deadline (`timeout`) is never removed, only moved: without one a request waits
+//!   on a hung upstream for as long as its client does, which no simulated gain is worth (a
+//!   retry storm's round once proposed dropping it, since the simulated clients gave up first).
 //!
 //! An incumbent already outside a guardrail may move into it in one proposal however far that
 //! is: the bound is a rule, the step only a pace.
@@ -146,6 +149,12 @@ pub fn check(candidate: &Genome, incumbent: &Genome, rails: &Guardrails) -> Vec<
             }
         }
     }
+    if incumbent.timeout.is_some() && candidate.timeout.is_none() {
+        push(
+            "timeout",
+            "never removed by a proposal (a route keeps a deadline)".into(),
+        );
+    }
     if let Some(retry) = &candidate.retry {
         if retry.budget_ratio > 1.0 {
             push(
@@ -192,6 +201,9 @@ pub fn repair(mut candidate: Genome, incumbent: &Genome, rails: &Guardrails) -> 
         if rails.frozen.iter().any(|f| f == section) {
             copy_section(&mut candidate, incumbent, section);
         }
+    }
+    if candidate.timeout.is_none() {
+        candidate.timeout = incumbent.timeout;
     }
     if let Some(retry) = candidate.retry.as_mut() {
         retry.retry_non_idempotent &= incumbent

@@ -17,7 +17,8 @@
 use std::time::Duration;
 
 use rafael_config::{
-    AggregateMode, BreakerGenes, Config, Genome, HumanDuration, RetryCondition, RetryGenes,
+    AggregateMode, BreakerGenes, ConcurrencyGenes, Config, Genome, HumanDuration, RetryCondition,
+    RetryGenes,
 };
 
 use super::RoundResult;
@@ -260,8 +261,9 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
 /// a breaker that react to the way this upstream fails (a retry on `gateway-error` never fires
 /// for an upstream that answers 500; the model knows which statuses it answers); and, when one
 /// endpoint was slow past `slo` among healthy ones, the incumbent with a per-try timeout that
-/// routes around it ([`around_slow_endpoint`]), with and without the breaker. The search
-/// repairs every seed into the guardrails before it scores it.
+/// routes around it ([`around_slow_endpoint`]), with and without the breaker; and, when the
+/// model knows the upstream's workers, the incumbent with a concurrency limit at them
+/// ([`at_capacity`]). The search repairs every seed into the guardrails before it scores it.
 fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
     let mut conditions = vec![RetryCondition::ConnectFailure, RetryCondition::Reset];
     for endpoint in &model.endpoints {
@@ -299,7 +301,39 @@ fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
         }
         seeds.extend([routing, ejecting]);
     }
+    seeds.extend(at_capacity(model, incumbent));
     seeds
+}
+
+/// The incumbent with a concurrency limit at the upstream's workers and at twice as many,
+/// when the model knows them (fitted, or calibrated from a storm) and the incumbent has no
+/// limit: past its workers an upstream only queues, and a queue that grows past the deadlines
+/// turns every attempt into a timeout and every timeout into a retry. Shedding the excess at
+/// once keeps the queue short, so a drop costs what it takes and not the storm after it. The
+/// search moves the limit from there.
+fn at_capacity(model: &Model, incumbent: &Genome) -> Vec<Genome> {
+    if incumbent.concurrency.is_some() {
+        return Vec::new();
+    }
+    let workers: f64 = model
+        .endpoints
+        .iter()
+        .filter_map(|e| e.capacity.map(|c| c.concurrency))
+        .sum();
+    if workers < 1.0 {
+        return Vec::new();
+    }
+    let workers = workers.ceil() as u32;
+    [workers, 2 * workers]
+        .into_iter()
+        .map(|max_in_flight| Genome {
+            concurrency: Some(ConcurrencyGenes {
+                max_in_flight,
+                adaptive: false,
+            }),
+            ..incumbent.clone()
+        })
+        .collect()
 }
 
 /// Adds to `set` each of `conditions` it does not hold yet, in their order.

@@ -75,6 +75,21 @@ fn it_finds_what_the_fitness_rewards_and_never_loses_the_incumbent() {
     assert!(found.evaluations > 16 && found.evaluations <= 1 + 16 * 12);
 }
 
+#[test]
+fn a_proposal_never_removes_the_route_s_deadline() {
+    let without = Genome {
+        timeout: None,
+        ..incumbent()
+    };
+    let violations = check(&without, &incumbent(), &Guardrails::default());
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].gene, "timeout");
+    let repaired = repair(without.clone(), &incumbent(), &Guardrails::default()).unwrap();
+    assert_eq!(repaired.timeout, incumbent().timeout);
+    // A route that never had one may stay without.
+    assert!(check(&without, &without, &Guardrails::default()).is_empty());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -112,6 +127,7 @@ proptest! {
         for (genome, _) in &found.best {
             prop_assert!(check(genome, &incumbent, &rails).is_empty());
             prop_assert!(genome.retry.as_ref().is_none_or(|r| !r.retry_non_idempotent));
+            prop_assert!(genome.timeout.is_some(), "{genome:?}");
         }
     }
 }

@@ -58,12 +58,14 @@ fn a_healthy_upstream_gives_no_improvement() {
 
 /// Three endpoints of 8 workers at 10 ms, fed 150 requests a second; the second one takes
 /// `slow_ms` from second 20 to second 100 of a 120-second window (`whole`: the whole upstream
-/// does, not one endpoint). Its own p99 holds a slow second the regime missed, as live fits
-/// do.
+/// does, not one endpoint). Its own p99 holds a slow second the regime missed, and no endpoint
+/// has a fitted capacity, as live fits do.
 fn one_slow_endpoint(slow_ms: f64, whole: bool) -> crate::evolution::model::Model {
     use crate::evolution::model::{Period, ServiceTime};
     let mut model = pool(8, 10.0, 0.0, 150.0);
     model.endpoints[0].service_time.p99_ms = 11.0;
+    // At 150 a second over three pools of 8, none is seen saturated, as in live fits.
+    model.endpoints[0].capacity = None;
     model.window_secs = 120;
     model.sampled_secs = 120;
     model.arrivals.per_second = vec![150; 120];
@@ -163,4 +165,27 @@ fn an_endpoint_slow_past_the_slo_leads_to_a_proposal_that_cuts_its_attempts_off(
         observed.candidate.goodput > observed.incumbent.goodput + 0.05,
         "{observed:?}"
     );
+}
+
+#[test]
+fn known_workers_seed_a_concurrency_limit_at_them_unless_one_is_set() {
+    let slo = Duration::from_millis(300);
+    let model = pool(8, 10.0, 0.0, 300.0);
+    let limits = |model: &Model, incumbent: &Genome| -> Vec<Option<u32>> {
+        informed(model, incumbent, slo)
+            .iter()
+            .map(|g| g.concurrency.as_ref().map(|c| c.max_in_flight))
+            .collect()
+    };
+    let seeded: Vec<u32> = limits(&model, &incumbent()).into_iter().flatten().collect();
+    assert_eq!(seeded, [8, 16]);
+    let mut limited = incumbent();
+    limited.concurrency = Some(rafael_config::ConcurrencyGenes {
+        max_in_flight: 50,
+        adaptive: false,
+    });
+    assert!(limits(&model, &limited).iter().all(|l| *l == Some(50)));
+    let mut unknown = model.clone();
+    unknown.endpoints[0].capacity = None;
+    assert!(limits(&unknown, &incumbent()).iter().all(Option::is_none));
 }
