@@ -4,6 +4,9 @@
 //!
 //! `cargo bench -p rafael-benches --bench round`. A round is seconds long, so this times a few
 //! whole rounds (wall and thread CPU time) rather than sampling them the criterion way.
+//!
+//! Then the model's calibration, which a round's fit runs when a storm censored the telemetry:
+//! a retry storm at the same 1,000 requests a second, calibrated from its own replay.
 
 // Printing the figures is what this benchmark is for.
 #![allow(clippy::print_stdout)]
@@ -15,11 +18,14 @@ use support::{endpoint, thread_cpu};
 
 use std::time::Instant;
 
-use rafael_config::{Config, Genome, HumanDuration};
+use rafael_config::{Config, Genome, HumanDuration, RetryCondition, RetryGenes};
 use rafael_control::evolution::{
-    model::{Arrivals, Model},
+    model::{Arrivals, Model, Period, Regime, RegimeKind, calibrate},
     round::evolve,
+    scenario::Scenario,
+    sim,
 };
+use rafael_proxy::telemetry::{LATENCY_BUCKETS, Outcome, Window};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants no run.
@@ -43,6 +49,8 @@ fn main() {
             endpoint("10.0.0.2:8080", 16.0, 750.0, 503),
         ],
         regimes: Vec::new(),
+        censored_secs: Vec::new(),
+        calibration: None,
         fidelity: None,
     };
     let incumbent = Genome {
@@ -61,6 +69,106 @@ fn main() {
             verdict.generations,
             verdict.result,
             verdict.reason
+        );
+    }
+    calibration(&model, &config);
+}
+
+/// Times the calibration of a retry storm: the two endpoints 3 times slower from second 20 to
+/// second 30 of a 60 s window, under three attempts of 250 ms on timeouts; the windows are
+/// the storm's own replay, and the fitted model what the fit would see (no capacity, no
+/// regime, the censored seconds).
+fn calibration(model: &Model, config: &Config) {
+    let mut truth = model.clone();
+    truth.window_secs = 60;
+    truth.sampled_secs = 60;
+    truth.arrivals.per_second = vec![1000; 60];
+    truth.regimes = vec![Regime {
+        kind: RegimeKind::Brownout,
+        endpoint: None,
+        share: 10.0 / 60.0,
+        mean_secs: 10.0,
+        service_time_factor: 3.0,
+        failure_rate: 0.0,
+        periods: vec![Period {
+            start_sec: 20,
+            secs: 10,
+            service_time: None,
+        }],
+    }];
+    let incumbent = Genome {
+        timeout: Some(HumanDuration::from_secs(1)),
+        retry: Some(RetryGenes {
+            max_attempts: 3,
+            per_try_timeout: Some(HumanDuration::from_millis(250)),
+            retry_on: vec![
+                RetryCondition::Timeout,
+                RetryCondition::ServerError,
+                RetryCondition::Reset,
+            ],
+            budget_ratio: 1.0,
+            ..RetryGenes::default()
+        }),
+        ..Genome::default()
+    };
+    let objectives = &config.evolution.objectives;
+    let storm = sim::simulate(
+        sim::Run {
+            model: &truth,
+            scenario: Scenario::Observed,
+            duration: std::time::Duration::from_secs(60),
+            rate: None,
+            slo_latency: objectives.slo_latency.get(),
+            client_timeout: objectives.client_timeout.get(),
+            seed: 1,
+        },
+        &incumbent,
+    );
+    let seconds = &storm.seconds[..60];
+    let windows: Vec<Window> = seconds
+        .iter()
+        .enumerate()
+        .map(|(second, counts)| {
+            let mut outcomes = [0; 7];
+            outcomes[Outcome::Success as usize] = u64::from(counts.good);
+            outcomes[Outcome::Timeout as usize] = u64::from(counts.answered - counts.good);
+            let mut latency = [0; LATENCY_BUCKETS];
+            latency[rafael_proxy::telemetry::latency_bucket(20_000_000)] = u64::from(counts.good);
+            latency[rafael_proxy::telemetry::latency_bucket(1_000_000_000)] =
+                u64::from(counts.answered - counts.good);
+            Window {
+                start: second as u64 * 1_000_000_000,
+                requests: u64::from(counts.offered),
+                outcomes,
+                attempts: u64::from(counts.attempts),
+                retries: u64::from(counts.attempts.saturating_sub(counts.offered)),
+                peak_in_flight: 0,
+                latency_sum: counts.latency_sum,
+                latency,
+            }
+        })
+        .collect();
+    let mut fitted = truth.clone();
+    fitted.regimes.clear();
+    for endpoint in &mut fitted.endpoints {
+        endpoint.capacity = None;
+        endpoint.by_load.clear();
+    }
+    fitted.censored_secs = (0u32..)
+        .zip(seconds)
+        .filter(|(_, s)| 2 * s.good < s.offered)
+        .map(|(second, _)| second)
+        .collect();
+    for _ in 0..3 {
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        let calibrated = calibrate(&fitted, &windows, &incumbent, config);
+        println!(
+            "calibration of a {} s storm at 1,000/s (goodput {:.3}): {:.2} s wall, {:.2} s CPU, {:?}",
+            fitted.censored_secs.len(),
+            storm.goodput(),
+            wall.elapsed().as_secs_f64(),
+            (thread_cpu() - cpu).as_secs_f64(),
+            calibrated.and_then(|m| m.calibration)
         );
     }
 }

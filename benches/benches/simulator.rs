@@ -44,6 +44,8 @@ fn model() -> Model {
             endpoint("10.0.0.2:8080", 4.0, 200.0, 500),
         ],
         regimes: Vec::new(),
+        censored_secs: Vec::new(),
+        calibration: None,
         fidelity: None,
     }
 }

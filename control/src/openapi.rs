@@ -309,6 +309,10 @@ fn model_schema() -> Value {
                 "type": "number",
                 "description": "a latency quantile's simulated value as a share of the observed answers faster than it"
             },
+            "simulated_range": {
+                "type": "array", "items": number, "minItems": 2, "maxItems": 2,
+                "description": "the least and the most of the figure over the check's seeds"
+            },
             "error": number
         }
     });

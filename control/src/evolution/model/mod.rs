@@ -283,6 +283,10 @@ pub struct Check {
     /// For a latency quantile, the share of observed answers faster than `simulated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated_rank: Option<f64>,
+    /// The least and the most of the figure over the check's seeds (`simulated` is their
+    /// mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_range: Option<[f64; 2]>,
     /// `|simulated - observed| / observed`. For a latency quantile `q`, the smaller of two
     /// readings: how far `simulated` lies outside `observed_range`, over `observed`; and how
     /// far `simulated_rank` lies outside the interval's ranks, over the share on the
@@ -291,6 +295,11 @@ pub struct Check {
     /// attempt's timeout or after two, with nothing between, a median sits on one side of the
     /// gap or the other as a few percent of the answers move, and its milliseconds would call
     /// a model wrong that misplaces 5% of requests.
+    ///
+    /// And for every figure, no more than how far the observed figure (or `observed_range`)
+    /// lies outside `simulated_range`, over `observed`: a window is one draw, and where the
+    /// model's own seeds disagree (a breaker that trips in some replays of an outage and not in
+    /// others) a window in which it tripped is one the model allows, not a model error.
     pub error: f64,
 }
 
@@ -350,6 +359,7 @@ impl Check {
             simulated,
             observed_range: None,
             simulated_rank: None,
+            simulated_range: None,
             error: relative((simulated - observed).abs(), observed),
         }
     }
@@ -364,7 +374,24 @@ impl Check {
             simulated,
             observed_range: Some(range),
             simulated_rank: None,
+            simulated_range: None,
             error: relative(outside, observed),
+        }
+    }
+
+    /// The check with what the seeds allow: the error is at most how far the observed figure
+    /// (its `observed_range`, for a latency quantile) lies outside `seeds`, the least and the
+    /// most of the seeds' figures (see [`Check::error`]).
+    pub fn or_among_seeds(self, seeds: [f64; 2]) -> Self {
+        let [low, high] = seeds;
+        let [observed_low, observed_high] = self
+            .observed_range
+            .unwrap_or([self.observed, self.observed]);
+        let outside = (low - observed_high).max(observed_low - high).max(0.0);
+        Self {
+            simulated_range: Some(seeds),
+            error: self.error.min(relative(outside, self.observed)),
+            ..self
         }
     }
 
@@ -395,6 +422,24 @@ fn relative(difference: f64, observed: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_figure_among_what_the_seeds_allow_is_no_error_and_one_outside_is_measured_from_them() {
+        // A breaker tripped in the observed window and in one replay of five, not on average.
+        let tripped = Check::new(0.86, 1.05).or_among_seeds([0.80, 1.10]);
+        assert_eq!(tripped.error, 0.0);
+        assert_eq!(tripped.simulated_range, Some([0.80, 1.10]));
+        let never = Check::new(0.86, 1.05).or_among_seeds([0.95, 1.10]);
+        assert!((never.error - 0.09 / 0.86).abs() < 1e-12, "{never:?}");
+        // Never larger than the mean's error.
+        let near = Check::new(1.0, 1.01);
+        assert_eq!(near.or_among_seeds([1.5, 2.0]).error, near.error);
+        // A latency quantile compares the observed interval with the seeds'.
+        let p99 = Check::within(400.0, [380.0, 420.0], 500.0).or_among_seeds([410.0, 600.0]);
+        assert_eq!(p99.error, 0.0);
+        let p99 = Check::within(400.0, [380.0, 420.0], 500.0).or_among_seeds([440.0, 600.0]);
+        assert!((p99.error - 20.0 / 400.0).abs() < 1e-12, "{p99:?}");
+    }
 
     #[test]
     fn the_last_seconds_keep_what_happened_in_them() {

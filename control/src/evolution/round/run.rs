@@ -306,13 +306,17 @@ fn informed(model: &Model, incumbent: &Genome, slo: Duration) -> Vec<Genome> {
 }
 
 /// The incumbent with a concurrency limit at the upstream's workers and at twice as many,
-/// when the model knows them (fitted, or calibrated from a storm) and the incumbent has no
-/// limit: past its workers an upstream only queues, and a queue that grows past the deadlines
-/// turns every attempt into a timeout and every timeout into a retry. Shedding the excess at
-/// once keeps the queue short, so a drop costs what it takes and not the storm after it. The
-/// search moves the limit from there.
+/// when the model knows them (fitted, or calibrated from a storm), attempts timed out, and the
+/// incumbent has no limit: past its workers an upstream only queues, and a queue that grows
+/// past the deadlines turns every attempt into a timeout and every timeout into a retry.
+/// Shedding the excess at once keeps the queue short, so a drop costs what it takes and not
+/// the storm after it. The search moves the limit from there. Without timeouts there is no
+/// such queue to cut, and a limit only sheds what bunched arrivals bring (a round on a route
+/// with steady errors once kept one that gained in the observed window and lost in `nominal`).
 fn at_capacity(model: &Model, incumbent: &Genome) -> Vec<Genome> {
-    if incumbent.concurrency.is_some() {
+    let timed_out =
+        !model.censored_secs.is_empty() || model.endpoints.iter().any(|e| e.timeout_rate > 0.0);
+    if incumbent.concurrency.is_some() || !timed_out {
         return Vec::new();
     }
     let workers: f64 = model

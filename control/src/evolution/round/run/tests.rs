@@ -168,9 +168,10 @@ fn an_endpoint_slow_past_the_slo_leads_to_a_proposal_that_cuts_its_attempts_off(
 }
 
 #[test]
-fn known_workers_seed_a_concurrency_limit_at_them_unless_one_is_set() {
+fn known_workers_and_timeouts_seed_a_concurrency_limit_at_them_unless_one_is_set() {
     let slo = Duration::from_millis(300);
-    let model = pool(8, 10.0, 0.0, 300.0);
+    let mut model = pool(8, 10.0, 0.0, 300.0);
+    model.endpoints[0].timeout_rate = 0.3;
     let limits = |model: &Model, incumbent: &Genome| -> Vec<Option<u32>> {
         informed(model, incumbent, slo)
             .iter()
@@ -188,4 +189,8 @@ fn known_workers_seed_a_concurrency_limit_at_them_unless_one_is_set() {
     let mut unknown = model.clone();
     unknown.endpoints[0].capacity = None;
     assert!(limits(&unknown, &incumbent()).iter().all(Option::is_none));
+    // No attempt timed out: no queue past the deadlines for a limit to cut.
+    let mut steady = model.clone();
+    steady.endpoints[0].timeout_rate = 0.0;
+    assert!(limits(&steady, &incumbent()).iter().all(Option::is_none));
 }
