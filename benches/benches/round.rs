@@ -25,7 +25,6 @@ use rafael_control::evolution::{
     scenario::Scenario,
     sim,
 };
-use rafael_proxy::telemetry::{LATENCY_BUCKETS, Outcome, Window};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants no run.
@@ -124,30 +123,7 @@ fn calibration(model: &Model, config: &Config) {
         },
         &incumbent,
     );
-    let seconds = &storm.seconds[..60];
-    let windows: Vec<Window> = seconds
-        .iter()
-        .enumerate()
-        .map(|(second, counts)| {
-            let mut outcomes = [0; 7];
-            outcomes[Outcome::Success as usize] = u64::from(counts.good);
-            outcomes[Outcome::Timeout as usize] = u64::from(counts.answered - counts.good);
-            let mut latency = [0; LATENCY_BUCKETS];
-            latency[rafael_proxy::telemetry::latency_bucket(20_000_000)] = u64::from(counts.good);
-            latency[rafael_proxy::telemetry::latency_bucket(1_000_000_000)] =
-                u64::from(counts.answered - counts.good);
-            Window {
-                start: second as u64 * 1_000_000_000,
-                requests: u64::from(counts.offered),
-                outcomes,
-                attempts: u64::from(counts.attempts),
-                retries: u64::from(counts.attempts.saturating_sub(counts.offered)),
-                peak_in_flight: 0,
-                latency_sum: counts.latency_sum,
-                latency,
-            }
-        })
-        .collect();
+    let windows = storm.windows();
     let mut fitted = truth.clone();
     fitted.regimes.clear();
     for endpoint in &mut fitted.endpoints {
@@ -155,7 +131,7 @@ fn calibration(model: &Model, config: &Config) {
         endpoint.by_load.clear();
     }
     fitted.censored_secs = (0u32..)
-        .zip(seconds)
+        .zip(&storm.seconds[..60])
         .filter(|(_, s)| 2 * s.good < s.offered)
         .map(|(second, _)| second)
         .collect();

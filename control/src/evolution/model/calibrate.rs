@@ -17,8 +17,9 @@
 //! the attempts per request and the mean latency, the series a storm writes into the windows
 //! (the latency also rules out too few workers, which would queue in the healthy seconds).
 //! The search is coordinate descent over small grids: workers (a ladder of powers of √2) and
-//! factors (1.5 to 32) together, since what a drop leaves is their ratio, then every start
-//! and length the censored run allows, repeated until nothing improves.
+//! factors (1.5 to 32) together, since what a drop leaves is their ratio, then the start (the
+//! censored run's first second or one of the two before), then the length (a √2 ladder and
+//! the current length's neighbours), repeated until nothing improves.
 //!
 //! A window does not always pin the workers down. What a drop does with the incumbent is
 //! mostly set by the capacity left during it (workers over slowed service time); the workers
@@ -49,7 +50,8 @@ use crate::evolution::{
 
 /// Service time factors tried for a brownout.
 const FACTORS: [f64; 10] = [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0];
-/// Workers tried for an endpoint with no fitted capacity: powers of √2, rounded.
+/// Workers tried for an endpoint with no fitted capacity: powers of √2, rounded (also the
+/// coarse grid of a brownout's length in seconds).
 const WORKERS: [u32; 17] = [
     1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362,
 ];
@@ -182,8 +184,20 @@ pub fn calibrate(
                 })
                 .collect();
             best = search.best_of(best, starts);
-            let first = best.brownouts[i].start_sec;
-            let lengths: Vec<Unknowns> = (1..=end - first)
+            // Lengths on the √2 ladder, the whole run, and the current one's neighbours (the
+            // next pass refines from there): a long storm has tens of them.
+            let most = end - best.brownouts[i].start_sec;
+            let current = best.brownouts[i].secs;
+            let mut lengths: Vec<u32> = WORKERS
+                .iter()
+                .copied()
+                .chain([current.saturating_sub(1), current + 1, most])
+                .filter(|&l| (1..=most).contains(&l))
+                .collect();
+            lengths.sort_unstable();
+            lengths.dedup();
+            let lengths: Vec<Unknowns> = lengths
+                .into_iter()
                 .map(|l| {
                     let mut candidate = best.clone();
                     candidate.brownouts[i].secs = l;

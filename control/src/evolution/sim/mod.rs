@@ -28,6 +28,7 @@ pub mod upstream;
 use std::time::Duration;
 
 use rafael_config::Genome;
+use rafael_proxy::telemetry::{LATENCY_BUCKETS, Outcome, Window, latency_bucket};
 use serde::Serialize;
 
 pub use self::arrivals::Arrivals;
@@ -154,6 +155,38 @@ pub fn simulate(run: Run<'_>, genome: &Genome) -> Report {
 // === impl Report ===
 
 impl Report {
+    /// The per-second windows a live route would have recorded for this run: what a test or
+    /// a benchmark calibrates a model against when it knows the truth. The counts and the
+    /// latency sums are the run's; the latency histogram is rough (good answers at 10 ms, the
+    /// others at 1 s), since a report keeps no histogram per second.
+    pub fn windows(&self) -> Vec<Window> {
+        const SECOND: u64 = 1_000_000_000;
+        // The last second holds what happened after the run's end.
+        let seconds = &self.seconds[..self.seconds.len().saturating_sub(1)];
+        (0u64..)
+            .zip(seconds)
+            .map(|(second, counts)| {
+                let others = u64::from(counts.answered.saturating_sub(counts.good));
+                let mut outcomes = [0; 7];
+                outcomes[Outcome::Success as usize] = u64::from(counts.good);
+                outcomes[Outcome::Timeout as usize] = others;
+                let mut latency = [0; LATENCY_BUCKETS];
+                latency[latency_bucket(SECOND / 100)] = u64::from(counts.good);
+                latency[latency_bucket(SECOND)] = others;
+                Window {
+                    start: second * SECOND,
+                    requests: u64::from(counts.offered),
+                    outcomes,
+                    attempts: u64::from(counts.attempts),
+                    retries: u64::from(counts.attempts.saturating_sub(counts.offered)),
+                    peak_in_flight: 0,
+                    latency_sum: counts.latency_sum,
+                    latency,
+                }
+            })
+            .collect()
+    }
+
     /// Share of offered requests answered 2xx within the SLO.
     pub fn goodput(&self) -> f64 {
         ratio(self.good, self.offered)

@@ -2,7 +2,6 @@
 //! genomes would have done in it.
 
 use rafael_config::{Config, Genome, HumanDuration};
-use rafael_proxy::telemetry::{LATENCY_BUCKETS, Outcome, Window, latency_bucket};
 
 use super::*;
 use crate::evolution::{model::LoadBucket, testing::pool};
@@ -58,34 +57,6 @@ fn replay(model: &Model, genome: &Genome, seed: u64) -> sim::Report {
     )
 }
 
-/// What the route's windows would hold had `report` been live (the latency histogram
-/// roughly: good answers fast, the rest at the deadline; the calibration reads the sum).
-fn windows(report: &sim::Report) -> Vec<Window> {
-    // The last second holds what happened after the run's end.
-    report.seconds[..report.seconds.len() - 1]
-        .iter()
-        .enumerate()
-        .map(|(second, counts)| {
-            let mut outcomes = [0; 7];
-            outcomes[Outcome::Success as usize] = u64::from(counts.good);
-            outcomes[Outcome::Timeout as usize] = u64::from(counts.answered - counts.good);
-            let mut latency = [0; LATENCY_BUCKETS];
-            latency[latency_bucket(10_000_000)] = u64::from(counts.good);
-            latency[latency_bucket(1_000_000_000)] = u64::from(counts.answered - counts.good);
-            Window {
-                start: second as u64 * 1_000_000_000,
-                requests: u64::from(counts.offered),
-                outcomes,
-                attempts: u64::from(counts.attempts),
-                retries: u64::from(counts.attempts.saturating_sub(counts.offered)),
-                peak_in_flight: 0,
-                latency_sum: counts.latency_sum,
-                latency,
-            }
-        })
-        .collect()
-}
-
 /// What the fit makes of the storm: a healthy endpoint never seen saturated (300 a second
 /// keep 3 of its 8 workers busy), no regime it can read, and the censored seconds.
 fn fitted(observed: &sim::Report) -> Model {
@@ -123,7 +94,7 @@ fn a_storm_s_model_is_calibrated_from_its_consequences_and_predicts_other_genome
     // The fitted model alone has no queue for the storm to grow in.
     assert!(replay(&fitted, &common(), 2).goodput() > 0.9);
 
-    let calibrated = calibrate(&fitted, &windows(&observed), &common(), &Config::default())
+    let calibrated = calibrate(&fitted, &observed.windows(), &common(), &Config::default())
         .expect("a calibration");
     let calibration = calibrated.calibration.as_ref().unwrap();
     assert!(
@@ -183,9 +154,9 @@ fn a_model_with_nothing_censored_is_left_alone() {
     let observed = replay(&truth(), &common(), 1);
     let mut fitted = fitted(&observed);
     fitted.censored_secs.clear();
-    assert!(calibrate(&fitted, &windows(&observed), &common(), &Config::default()).is_none());
+    assert!(calibrate(&fitted, &observed.windows(), &common(), &Config::default()).is_none());
     // Nor when the windows are not the model's.
     let mut fitted = self::fitted(&observed);
     fitted.window_secs = SECS + 1;
-    assert!(calibrate(&fitted, &windows(&observed), &common(), &Config::default()).is_none());
+    assert!(calibrate(&fitted, &observed.windows(), &common(), &Config::default()).is_none());
 }
