@@ -65,6 +65,9 @@ const MAX_PASSES: usize = 4;
 /// Requests one calibration run simulates at most: a busy route's window is cut to its newest
 /// part, as the model check does.
 const MAX_RUN_REQUESTS: u64 = 50_000;
+/// Healthy seconds replayed before the first censored run (enough to show that too few
+/// workers would queue there).
+const LEAD_SECS: u32 = 5;
 /// The seed of every calibration run (one seed: the loss compares shapes, not noise).
 const SEED: u64 = 0x6361_6c69_6272_6174;
 
@@ -102,12 +105,13 @@ pub fn calibrate(
     if model.censored_secs.is_empty() || windows.len() as u64 != model.window_secs {
         return None;
     }
-    let secs = model.replay_secs(MAX_RUN_REQUESTS);
-    let cut = u32::try_from(model.window_secs - secs).ok()?;
+    let cut = u32::try_from(model.window_secs - model.replay_secs(MAX_RUN_REQUESTS)).ok()?;
     let runs = censored_runs(&model.censored_secs, cut);
-    if runs.is_empty() {
-        return None;
-    }
+    let first = runs.first()?.0;
+    // The replay starts a few healthy seconds before the first censored run: what came
+    // earlier leaves no queue behind, and every second replayed is paid for hundreds of times.
+    let cut = cut.max(first.saturating_sub(LEAD_SECS));
+    let secs = model.window_secs - u64::from(cut);
     let objectives = &config.evolution.objectives;
     let slo = objectives.slo_latency.get();
     let target = Target {
