@@ -64,10 +64,10 @@ pub use genome::{
 };
 pub use load::{parse, parse_fault_rule};
 pub use schema::{
-    AdminConfig, AggregateMode, ApprovalMode, ChaosConfig, Config, EvolutionConfig, FaultConfig,
-    FaultStage, GuardianConfig, Guardrail, HostMatch, ListenerConfig, ListenerProtocol,
-    ObjectiveWeights, Objectives, RouteConfig, RouteMatch, RuntimeConfig, ServerTls, StoreConfig,
-    UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    AdminConfig, AggregateMode, ApprovalMode, CanaryConfig, ChaosConfig, Config, EvolutionConfig,
+    FaultConfig, FaultStage, GuardianConfig, Guardrail, HostMatch, ListenerConfig,
+    ListenerProtocol, ObjectiveWeights, Objectives, RouteConfig, RouteMatch, RuntimeConfig,
+    ServerTls, StoreConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls, WatchConfig,
 };
 pub use units::{ByteRate, ByteSize, HumanDuration};
 pub use validate::{

@@ -309,12 +309,55 @@ pub struct EvolutionConfig {
     pub margin: f64,
     /// Virtual time of a full evaluation, per scenario and seed.
     pub duration: HumanDuration,
-    /// Whether winners wait for a human (moved to `[guardian]`, still read here).
-    pub approval: ApprovalMode,
+    /// Whether winners wait for a human. Deprecated: moved to `[guardian].approval`, still
+    /// read here with a warning (see [`Config::approval`]).
+    pub approval: Option<ApprovalMode>,
     /// What a good genome is.
     pub objectives: Objectives,
     /// Hard bounds per gene path (moved to `[guardian].guardrails`, still read here).
     pub guardrails: BTreeMap<String, Guardrail>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// How proposals are approved: `[guardian].approval`, else the deprecated
+    /// `[evolution].approval`, else `manual`.
+    pub fn approval(&self) -> ApprovalMode {
+        self.guardian
+            .approval
+            .or(self.evolution.approval)
+            .unwrap_or_default()
+    }
+
+    /// The bounds per gene: `[guardian].guardrails`, else the deprecated
+    /// `[evolution].guardrails`.
+    pub fn guardrails(&self) -> &BTreeMap<String, Guardrail> {
+        if self.guardian.guardrails.is_empty() {
+            &self.evolution.guardrails
+        } else {
+            &self.guardian.guardrails
+        }
+    }
+
+    /// Warnings about keys that still work but moved: each with its key path and where it
+    /// lives now. `rafael config check` prints them and a running rafael logs them.
+    pub fn deprecations(&self) -> Vec<crate::ConfigError> {
+        let mut warnings = Vec::new();
+        if self.evolution.approval.is_some() {
+            warnings.push(crate::ConfigError::new(
+                "evolution.approval",
+                "deprecated: moved to [guardian].approval (still read here)",
+            ));
+        }
+        if !self.evolution.guardrails.is_empty() {
+            warnings.push(crate::ConfigError::new(
+                "evolution.guardrails",
+                "deprecated: moved to [guardian].guardrails (still read here)",
+            ));
+        }
+        warnings
+    }
 }
 
 /// How scenarios combine into one fitness.
@@ -328,11 +371,17 @@ pub enum AggregateMode {
     Worst,
 }
 
-/// `[guardian]`: what bounds and gates proposed genomes (DESIGN §7.6). The keys that bound
-/// genomes; approval, canary and watch come with the guardian itself.
+/// `[guardian]`: what bounds and gates proposed genomes, and how an approved one goes live
+/// (DESIGN §7.6).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GuardianConfig {
+    /// Whether proposals wait for people (`manual`, the default) or are approved by rafael
+    /// when they pass every guardrail (`auto`). Read through [`Config::approval`], which also
+    /// honours the deprecated `[evolution].approval`.
+    pub approval: Option<ApprovalMode>,
+    /// Distinct approvers a `manual` proposal needs; its author never counts.
+    pub approvals_required: u32,
     /// Hard bounds per gene path (`"retry.max_attempts" = { max = 4 }`).
     pub guardrails: BTreeMap<String, Guardrail>,
     /// Most relative change of any numeric gene in one proposal.
@@ -341,6 +390,38 @@ pub struct GuardianConfig {
     pub frozen: Vec<String>,
     /// How long a proposal waits for approval before it expires.
     pub proposal_ttl: HumanDuration,
+    /// A live trial of an approved genome on a share of the route's requests before it is
+    /// applied to all; `None` applies it directly.
+    pub canary: Option<CanaryConfig>,
+    /// How long an applied genome is watched, and what rolls it back.
+    pub watch: WatchConfig,
+}
+
+/// `[guardian].canary`: the candidate serves `percent` of the route's requests, with engine
+/// state of its own, for `duration` and at least `min_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CanaryConfig {
+    /// Share of the route's requests the candidate serves, percent.
+    pub percent: f64,
+    /// How long the trial runs at least.
+    pub duration: HumanDuration,
+    /// Requests the candidate must have served before it is judged.
+    pub min_requests: u32,
+}
+
+/// `[guardian].watch`: after a genome goes live, for `duration`, a goodput drop beyond
+/// `max_goodput_drop` or a p99 rise beyond `max_p99_increase` (relative) against the baseline
+/// rolls it back. A `duration` of `0s` applies without watching.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WatchConfig {
+    /// How long the new genome is judged after it goes live.
+    pub duration: HumanDuration,
+    /// Largest goodput drop (absolute share) tolerated.
+    pub max_goodput_drop: f64,
+    /// Largest p99 rise tolerated, relative (0.25: a quarter slower).
+    pub max_p99_increase: f64,
 }
 
 /// How proposals are approved.
@@ -512,7 +593,7 @@ impl Default for EvolutionConfig {
             aggregate: AggregateMode::Mean,
             margin: 0.02,
             duration: HumanDuration::from_secs(60),
-            approval: ApprovalMode::Manual,
+            approval: None,
             objectives: Objectives::default(),
             guardrails: BTreeMap::new(),
         }
@@ -522,10 +603,34 @@ impl Default for EvolutionConfig {
 impl Default for GuardianConfig {
     fn default() -> Self {
         Self {
+            approval: None,
+            approvals_required: 1,
             guardrails: BTreeMap::new(),
             max_step: 0.5,
             frozen: Vec::new(),
             proposal_ttl: HumanDuration::from_secs(24 * 3600),
+            canary: None,
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            percent: 10.0,
+            duration: HumanDuration::from_secs(120),
+            min_requests: 500,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            duration: HumanDuration::from_secs(300),
+            max_goodput_drop: 0.02,
+            max_p99_increase: 0.25,
         }
     }
 }

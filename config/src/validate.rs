@@ -229,7 +229,60 @@ pub(crate) fn config(config: &Config, errors: &mut ConfigErrors) {
             }
         }
     }
+    if evolution.approval.is_some() && config.guardian.approval.is_some() {
+        errors.push(
+            "evolution.approval",
+            "set in both [evolution] (its old place) and [guardian]: keep [guardian].approval",
+        );
+    }
     let guardian = &config.guardian;
+    check_range(
+        errors,
+        "guardian.approvals_required",
+        guardian.approvals_required,
+        1,
+        10,
+    );
+    if let Some(canary) = &guardian.canary {
+        // At most half: a canary is the smaller cohort, the stable one its control.
+        check_fraction(errors, "guardian.canary.percent", canary.percent, 0.1, 50.0);
+        check_duration(
+            errors,
+            "guardian.canary.duration",
+            canary.duration,
+            1_000,
+            86_400_000,
+        );
+        check_range(
+            errors,
+            "guardian.canary.min_requests",
+            canary.min_requests,
+            1,
+            10_000_000,
+        );
+    }
+    let watch = &guardian.watch;
+    check_duration(
+        errors,
+        "guardian.watch.duration",
+        watch.duration,
+        0,
+        86_400_000,
+    );
+    check_fraction(
+        errors,
+        "guardian.watch.max_goodput_drop",
+        watch.max_goodput_drop,
+        0.0,
+        1.0,
+    );
+    check_fraction(
+        errors,
+        "guardian.watch.max_p99_increase",
+        watch.max_p99_increase,
+        0.0,
+        100.0,
+    );
     check_fraction(errors, "guardian.max_step", guardian.max_step, 0.01, 100.0);
     check_duration(
         errors,

@@ -2,7 +2,7 @@
 //! with its key path.
 #![allow(clippy::unwrap_used)]
 
-use rafael_config::{AggregateMode, parse, scenario_problem};
+use rafael_config::{AggregateMode, ApprovalMode, parse, scenario_problem};
 
 const BASE: &str = r#"
 [[listeners]]
@@ -40,6 +40,15 @@ fn defaults_are_the_design_s() {
     assert_eq!(config.guardian.max_step, 0.5);
     assert!(config.guardian.frozen.is_empty());
     assert!(config.routes[0].evolve);
+    let guardian = &config.guardian;
+    assert_eq!(config.approval(), ApprovalMode::Manual);
+    assert_eq!(guardian.approvals_required, 1);
+    assert_eq!(guardian.proposal_ttl.get().as_secs(), 24 * 3600);
+    assert_eq!(guardian.canary, None);
+    assert_eq!(guardian.watch.duration.get().as_secs(), 300);
+    assert_eq!(guardian.watch.max_goodput_drop, 0.02);
+    assert_eq!(guardian.watch.max_p99_increase, 0.25);
+    assert!(config.deprecations().is_empty());
 }
 
 #[test]
@@ -58,12 +67,33 @@ margin = 0.05
 objectives = {{ slo_latency = "200ms", client_timeout = "2s" }}
 
 [guardian]
+approval = "auto"
+approvals_required = 2
+proposal_ttl = "1h"
 max_step = 0.25
 frozen = ["rate_limit", "retry.max_attempts"]
 guardrails = {{ "retry.max_attempts" = {{ max = 4 }}, "rate_limit.rps" = {{ min = 100 }} }}
+canary = {{ percent = 5, duration = "30s", min_requests = 200 }}
+watch = {{ duration = "10m", max_goodput_drop = 0.05, max_p99_increase = 0.5 }}
 "#
     ))
     .unwrap();
+    assert_eq!(config.approval(), ApprovalMode::Auto);
+    let guardian = &config.guardian;
+    assert_eq!(guardian.approvals_required, 2);
+    assert_eq!(guardian.proposal_ttl.get().as_secs(), 3600);
+    let canary = guardian.canary.unwrap();
+    assert_eq!(
+        (
+            canary.percent,
+            canary.duration.get().as_secs(),
+            canary.min_requests
+        ),
+        (5.0, 30, 200)
+    );
+    assert_eq!(guardian.watch.duration.get().as_secs(), 600);
+    assert_eq!(guardian.watch.max_goodput_drop, 0.05);
+    assert_eq!(guardian.watch.max_p99_increase, 0.5);
     assert!(!config.routes[0].evolve);
     assert_eq!(config.evolution.aggregate, AggregateMode::Worst);
     assert_eq!(
@@ -71,6 +101,17 @@ guardrails = {{ "retry.max_attempts" = {{ max = 4 }}, "rate_limit.rps" = {{ min 
         Some(4.0)
     );
     assert_eq!(config.guardian.frozen.len(), 2);
+    // A canary's keys default one by one; a watch of 0s applies without watching.
+    let partial = parse(&format!(
+        "{BASE}
+[guardian]
+canary = {{ percent = 20 }}
+watch = {{ duration = \"0s\" }}
+"
+    ))
+    .unwrap();
+    assert_eq!(partial.guardian.canary.unwrap().min_requests, 500);
+    assert!(partial.guardian.watch.duration.get().is_zero());
 }
 
 #[test]
@@ -111,7 +152,43 @@ fn bad_values_name_their_key_path() {
             "guardian.frozen[0]: unknown gene or section \"retries\"",
         ),
         ("[guardian]\nmax_step = 0", "guardian.max_step"),
-        ("[guardian]\ncanary = { percent = 10 }", "guardian.canary"),
+        ("[guardian]\napproval = \"sometimes\"", "guardian.approval"),
+        (
+            "[guardian]\napprovals_required = 0",
+            "guardian.approvals_required: must be 1..=10, got 0",
+        ),
+        (
+            "[guardian]\ncanary = { percent = 80 }",
+            "guardian.canary.percent: must be 0.1..=50, got 80",
+        ),
+        (
+            "[guardian]\ncanary = { share = 10 }",
+            "guardian.canary.share: unknown key",
+        ),
+        (
+            "[guardian]\ncanary = { duration = \"0s\" }",
+            "guardian.canary.duration: must be 1s..=1day",
+        ),
+        (
+            "[guardian]\ncanary = { min_requests = 0 }",
+            "guardian.canary.min_requests: must be 1..=10000000, got 0",
+        ),
+        (
+            "[guardian]\nwatch = { max_goodput_drop = 2 }",
+            "guardian.watch.max_goodput_drop: must be 0..=1, got 2",
+        ),
+        (
+            "[guardian]\nwatch = { max_p99_increase = -1 }",
+            "guardian.watch.max_p99_increase",
+        ),
+        (
+            "[guardian]\nwatch = { duration = \"2days\" }",
+            "guardian.watch.duration",
+        ),
+        (
+            "[evolution]\napproval = \"auto\"\n[guardian]\napproval = \"manual\"",
+            "evolution.approval: set in both",
+        ),
         (
             "[evolution]\nguardrails = { \"retry.max_attempts\" = { max = 4 } }\n[guardian]\nguardrails = { \"retry.max_attempts\" = { max = 3 } }",
             "evolution.guardrails: set in both",
@@ -124,6 +201,37 @@ fn bad_values_name_their_key_path() {
             "{extra}: expected {expected:?} in {errors:?}"
         );
     }
+}
+
+#[test]
+fn the_old_places_of_approval_and_guardrails_still_work_with_a_warning() {
+    let config = parse(&format!(
+        "{BASE}\n[evolution]\napproval = \"auto\"\nguardrails = {{ \"retry.max_attempts\" = {{ max = 4 }} }}\n"
+    ))
+    .unwrap();
+    assert_eq!(config.approval(), ApprovalMode::Auto);
+    assert_eq!(config.guardrails()["retry.max_attempts"].max, Some(4.0));
+    let warnings: Vec<String> = config
+        .deprecations()
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("evolution.approval: deprecated: moved to [guardian].approval"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("evolution.guardrails: deprecated"),
+        "{warnings:?}"
+    );
+    // The new place wins and warns of nothing.
+    let config = parse(&format!(
+        "{BASE}\n[guardian]\napproval = \"auto\"\nguardrails = {{ \"retry.max_attempts\" = {{ max = 3 }} }}\n"
+    ))
+    .unwrap();
+    assert_eq!(config.guardrails()["retry.max_attempts"].max, Some(3.0));
+    assert!(config.deprecations().is_empty());
 }
 
 #[test]

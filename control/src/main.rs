@@ -422,6 +422,9 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         ExitCode::from(2)
     };
     let config = rafael_config::parse(&text).map_err(|errors| report(&errors))?;
+    for warning in config.deprecations() {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     // Building the snapshot loads TLS material and compiles routes: catch those errors here too.
     Snapshot::build(config.clone(), 0, None).map_err(|errors| report(&errors))?;
     if let Some(tokens) = &config.admin.tokens_file {

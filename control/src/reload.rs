@@ -73,6 +73,9 @@ impl Reloader {
             return Ok(None);
         }
         let config = rafael_config::parse(&text).map_err(ReloadError::Invalid)?;
+        for warning in config.deprecations() {
+            tracing::warn!(%warning, "config key deprecated");
+        }
         let version = self.snapshot.reload(config).map_err(ReloadError::Invalid)?;
         self.last_text = Some(text);
         Ok(Some(version))

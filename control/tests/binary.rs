@@ -19,6 +19,37 @@ use std::{
 };
 
 #[test]
+fn config_check_warns_of_keys_that_moved_and_still_accepts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = config_text(
+        "127.0.0.1:8080".parse().unwrap(),
+        "\n[evolution]\napproval = \"auto\"\nguardrails = { \"retry.max_attempts\" = { max = 4 } }\n",
+    );
+    let (code, stdout, stderr) = config_check(dir.path(), &old);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(
+        stderr.contains("warning: evolution.approval: deprecated: moved to [guardian].approval"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: evolution.guardrails: deprecated"),
+        "{stderr}"
+    );
+    // Both places at once is an error, not a guess.
+    let both = old.replace(
+        "[evolution]",
+        "[guardian]\napproval = \"manual\"\n\n[evolution]",
+    );
+    let (code, _, stderr) = config_check(dir.path(), &both);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("evolution.approval: set in both"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn config_check_accepts_valid_files_and_lists_every_error_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let valid = config_text("127.0.0.1:8080".parse().unwrap(), "");

@@ -55,13 +55,8 @@ impl Guardrails {
     /// The rules of `config`: `[guardian]`, with `[evolution].guardrails` (their old place)
     /// still read (validation refuses a file that sets both).
     pub fn from_config(config: &rafael_config::Config) -> Self {
-        let bounds = if config.guardian.guardrails.is_empty() {
-            config.evolution.guardrails.clone()
-        } else {
-            config.guardian.guardrails.clone()
-        };
         Self {
-            bounds,
+            bounds: config.guardrails().clone(),
             max_step: Some(config.guardian.max_step),
             frozen: config.guardian.frozen.clone(),
         }
