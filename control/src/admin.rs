@@ -27,7 +27,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 use crate::{
-    audit::AuditLog,
+    audit::{AuditLog, action as audit_action},
     auth::{Auth, Caller, Permission},
     chaos::{Chaos, ChaosError, ExperimentSpec},
     evolution::{
@@ -35,7 +35,10 @@ use crate::{
         round::{Evolution, RoundError},
         simulate::SimulateRequest,
     },
-    guardian::proposal::ProposalState,
+    guardian::{
+        approval::{Decision, Refusal, decide},
+        proposal::ProposalState,
+    },
     store::{Store, StoreError},
 };
 
@@ -129,6 +132,13 @@ pub fn router(state: AdminState) -> Router {
             (state.clone(), Permission::Operate),
             authorize,
         ));
+    let approve = Router::new()
+        .route("/v1/proposals/{id}/approve", post(proposal_approve))
+        .route("/v1/proposals/{id}/reject", post(proposal_reject))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Permission::Approve),
+            authorize,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -136,6 +146,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(read)
         .merge(operate)
+        .merge(approve)
         .fallback(not_found)
         .layer(middleware::from_fn(refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -455,6 +466,130 @@ async fn proposal_get(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>
             "not_found",
             &format!("no proposal {id}"),
         ),
+        Err(response) => response,
+    }
+}
+
+async fn proposal_approve(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<i64>,
+    body: axum::body::Bytes,
+) -> Response {
+    proposal_decide(state, caller, id, Decision::Approve, &body).await
+}
+
+async fn proposal_reject(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<i64>,
+    body: axum::body::Bytes,
+) -> Response {
+    proposal_decide(state, caller, id, Decision::Reject, &body).await
+}
+
+/// The body of an approve or reject: an optional comment (an empty body has none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    comment: Option<String>,
+}
+
+/// Most characters of a decision's comment.
+const MAX_COMMENT_CHARS: usize = 2000;
+
+/// Records `caller`'s `decision` on proposal `id`: stored, audited and counted, answered with
+/// the proposal. One decision at a time, so two approvers at once both count.
+async fn proposal_decide(
+    state: AdminState,
+    caller: Caller,
+    id: i64,
+    decision: Decision,
+    body: &[u8],
+) -> Response {
+    static DECISIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let parsed: Result<DecisionBody, _> = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(DecisionBody::default())
+    } else {
+        serde_json::from_slice(body)
+    };
+    let comment = match parsed {
+        Ok(body) => body.comment.filter(|c| !c.trim().is_empty()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    if comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("comment: at most {MAX_COMMENT_CHARS} characters"),
+        );
+    }
+    let required = state.snapshot.load().config().guardian.approvals_required;
+    let audit = state.audit.clone();
+    let outcome = on_store(&state, move |store| {
+        let _one_at_a_time = DECISIONS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(mut proposal) = store.proposal(id)? else {
+            return Ok(Err(None));
+        };
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let before = proposal.state;
+        let decided = match decide(
+            &mut proposal,
+            &caller.name,
+            decision,
+            comment.clone(),
+            at,
+            required,
+        ) {
+            Ok(decided) => decided,
+            Err(refusal) => return Ok(Err(Some(refusal))),
+        };
+        if decided.counted {
+            store.update_proposal(&proposal)?;
+            // Each approval is audited, the ones short of `required` too (their `state`
+            // says `pending`).
+            let action = match decision {
+                Decision::Approve => audit_action::PROPOSAL_APPROVED,
+                Decision::Reject => audit_action::PROPOSAL_REJECTED,
+            };
+            audit.append(
+                &caller.name,
+                action,
+                &format!("proposal/{id}"),
+                json!({
+                    "route": proposal.route,
+                    "decision": decision.as_str(),
+                    "comment": comment,
+                    "approvals": decided.approvals,
+                    "required": decided.required,
+                    "state": decided.state.as_str(),
+                }),
+            )?;
+            if decided.state != before {
+                crate::guardian::metrics::proposal_entered(Some(before), decided.state);
+            }
+        }
+        Ok(Ok(proposal))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(proposal)) => Json(proposal).into_response(),
+        Ok(Err(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no proposal {id}"),
+        ),
+        Ok(Err(Some(refusal @ Refusal::Author { .. }))) => {
+            error(StatusCode::FORBIDDEN, "forbidden", &refusal.to_string())
+        }
+        Ok(Err(Some(refusal @ Refusal::NotPending { .. }))) => {
+            error(StatusCode::CONFLICT, "conflict", &refusal.to_string())
+        }
         Err(response) => response,
     }
 }

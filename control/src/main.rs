@@ -232,6 +232,29 @@ enum ProposalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve a pending proposal (role approver). It is approved once
+    /// `[guardian].approvals_required` distinct approvers have; its author never counts.
+    Approve {
+        /// Its id.
+        id: i64,
+        /// Why, kept on the proposal and in the audit log.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Print the raw JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reject a pending proposal (role approver): one reject ends it.
+    Reject {
+        /// Its id.
+        id: i64,
+        /// Why, kept on the proposal and in the audit log.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Print the raw JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -529,8 +552,9 @@ fn proposal_state(name: &str) -> Result<ProposalState, String> {
     })
 }
 
-/// `rafael proposals list|show`: one GET to the admin API, printed for a reader (or raw with
-/// `--json`). Exit 1 with the API's error (an unknown id, say), 2 when it calls the request
+/// `rafael proposals list|show|approve|reject`: one call to the admin API, the proposal(s) it
+/// answers printed for a reader (or raw with `--json`). Exit 1 with the API's error (an
+/// unknown id, a role that may not, a proposal no longer pending), 2 when it calls the request
 /// bad.
 fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> ExitCode {
     let admin = admin.trim_end_matches('/');
@@ -551,8 +575,21 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
             (format!("{admin}/v1/proposals{query}"), *json)
         }
         ProposalsCommand::Show { id, json } => (format!("{admin}/v1/proposals/{id}"), *json),
+        ProposalsCommand::Approve { id, json, .. } => {
+            (format!("{admin}/v1/proposals/{id}/approve"), *json)
+        }
+        ProposalsCommand::Reject { id, json, .. } => {
+            (format!("{admin}/v1/proposals/{id}/reject"), *json)
+        }
     };
-    let body = match rafael_control::cli::call_body("GET", &url, token, None) {
+    let (method, request) = match &command {
+        ProposalsCommand::Approve { comment, .. } | ProposalsCommand::Reject { comment, .. } => (
+            "POST",
+            Some(serde_json::json!({ "comment": comment }).to_string()),
+        ),
+        _ => ("GET", None),
+    };
+    let body = match rafael_control::cli::call_body(method, &url, token, request) {
         Ok(body) => body,
         Err(code) => return code,
     };
@@ -572,7 +609,9 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
                 }
             }
         }
-        ProposalsCommand::Show { .. } => match serde_json::from_str::<Proposal>(&body) {
+        ProposalsCommand::Show { .. }
+        | ProposalsCommand::Approve { .. }
+        | ProposalsCommand::Reject { .. } => match serde_json::from_str::<Proposal>(&body) {
             Ok(proposal) if json => pretty(&mut out, &proposal),
             Ok(proposal) => print_proposal(&mut out, &proposal),
             Err(e) => {

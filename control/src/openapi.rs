@@ -147,6 +147,20 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/proposals/{id}/approve",
+        permission: Some(Permission::Approve),
+        summary: "Approve a pending proposal, with an optional {\"comment\": \"...\"}: it is `approved` once [guardian].approvals_required distinct approvers have (its author never counts; the same approver twice counts once); answers the proposal",
+        response: "Proposal",
+    },
+    Operation {
+        method: "post",
+        path: "/v1/proposals/{id}/reject",
+        permission: Some(Permission::Approve),
+        summary: "Reject a pending proposal, with an optional {\"comment\": \"...\"}: one reject ends it (its author may reject, withdrawing it); answers the proposal",
+        response: "Proposal",
+    },
+    Operation {
+        method: "post",
         path: "/v1/simulate",
         permission: Some(Permission::Operate),
         summary: "Simulate the route's live genome (`incumbent`) and the request's candidates under scenarios, on its model fitted now: one row per genome and scenario, mean/min/max over the seeds",
@@ -196,6 +210,24 @@ pub fn document() -> Value {
             }
             responses["400"] = error_response("The body is not {\"seed\": N}");
             responses["409"] = error_response("A round is already running on the route");
+        }
+        if op.path.starts_with("/v1/proposals/{id}/") {
+            operation["requestBody"] = json!({
+                "required": false,
+                "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "comment": { "type": "string", "maxLength": 2000 } },
+                    "additionalProperties": false
+                } } }
+            });
+            responses["400"] = error_response(
+                "The body is not {\"comment\": \"...\"}, or the comment is over 2000 characters",
+            );
+            responses["403"] = error_response(
+                "The caller's role may not approve, or the caller wrote the proposal (approving only)",
+            );
+            responses["404"] = error_response("No proposal with that id");
+            responses["409"] = error_response("The proposal is no longer pending");
         }
         if op.path == "/v1/simulate" {
             operation["requestBody"] = json!({
@@ -462,7 +494,7 @@ fn proposal_schemas() -> Value {
                 },
                 "approvals": { "type": "array", "items": {
                     "type": "object",
-                    "properties": { "by": { "type": "string" }, "at": { "type": "string" }, "comment": { "type": ["string", "null"] } },
+                    "properties": { "by": { "type": "string" }, "at": { "type": "string" }, "comment": { "type": ["string", "null"] }, "decision": { "enum": ["approve", "reject"] } },
                     "required": ["by", "at"]
                 }},
                 "canary": { "type": ["object", "null"] },

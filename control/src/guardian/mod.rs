@@ -4,8 +4,10 @@
 //!   the invariants that always hold. Evolution repairs or drops every genome against them
 //!   before evaluating it, so an unacceptable genome is never proposed.
 //! - [`proposal`]: a candidate genome with its evidence, and its states.
+//! - [`approval`]: who counts as an approver, and when a proposal is approved or rejected.
 //! - [`metrics`]: the proposal gauge and counter, and the call that keeps them current.
 
+pub mod approval;
 pub mod guardrails;
 pub mod metrics;
 pub mod proposal;

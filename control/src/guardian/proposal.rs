@@ -16,7 +16,7 @@ use crate::{
         genes::{GENES, SECTIONS, has_section, section_value},
         model::Fidelity,
     },
-    guardian::guardrails::Violation,
+    guardian::{approval::Decision, guardrails::Violation},
 };
 
 /// A proposal.
@@ -155,6 +155,9 @@ pub struct Approval {
     pub at: String,
     /// Their comment.
     pub comment: Option<String>,
+    /// For or against (`approve` when absent: stored before rejects were kept here).
+    #[serde(default)]
+    pub decision: Decision,
 }
 
 // === impl ProposalState ===
@@ -261,4 +264,72 @@ pub fn diff(before: &Genome, after: &Genome) -> Vec<GeneChange> {
         }
     }
     changes
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rafael_config::RetryGenes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::evolution::model::Check;
+
+    fn objectives(goodput: f64) -> Objectives {
+        Objectives {
+            goodput,
+            latency: 0.1,
+            amplification: 1.2,
+            rejected: 0.0,
+            fitness: goodput - 0.1,
+        }
+    }
+
+    /// A pending evolution proposal for `route` made at `created_at`.
+    pub(crate) fn pending(route: &str, created_at: &str) -> Proposal {
+        Proposal {
+            id: 0,
+            route: route.to_owned(),
+            source: Source::Evolution,
+            author: "rafael".to_owned(),
+            state: ProposalState::Pending,
+            created_at: created_at.to_owned(),
+            expires_at: "2025-01-02T00:00:00Z".to_owned(),
+            base_generation: 3,
+            genome: Genome {
+                retry: Some(RetryGenes {
+                    max_attempts: 2,
+                    ..RetryGenes::default()
+                }),
+                ..Genome::default()
+            },
+            diff: vec![GeneChange {
+                gene: "retry.max_attempts".to_owned(),
+                from: json!(3),
+                to: json!(2),
+            }],
+            predicted: vec![Predicted {
+                scenario: "steady".to_owned(),
+                extrapolated: false,
+                incumbent: objectives(0.95),
+                candidate: objectives(0.97),
+            }],
+            model: ModelEvidence {
+                fitted_at: "2025-01-01T00:00:00Z".to_owned(),
+                fidelity: Some(Fidelity {
+                    goodput: Check::new(0.95, 0.96),
+                    p50_ms: Check::new(20.0, 21.0),
+                    p99_ms: Check::new(200.0, 190.0),
+                    amplification: Check::new(1.2, 1.2),
+                    trusted: true,
+                    reason: None,
+                }),
+                trusted: true,
+            },
+            guardrails: GuardrailVerdict::Passed(Passed::Passed),
+            approvals: Vec::new(),
+            canary: None,
+            watch: None,
+            round_id: Some(1),
+        }
+    }
 }

@@ -156,77 +156,14 @@ fn generation(proposal: &Proposal) -> rusqlite::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    use rafael_config::{Genome, RetryGenes};
-    use serde_json::json;
-
     use super::*;
-    use crate::{
-        evolution::{fitness::Objectives, model::Check, model::Fidelity},
-        guardian::{
-            guardrails::Violation,
-            proposal::{
-                Approval, GeneChange, GuardrailVerdict, ModelEvidence, Passed, Predicted, Source,
-            },
-        },
+    use crate::guardian::{
+        approval::Decision,
+        guardrails::Violation,
+        proposal::{Approval, GuardrailVerdict},
     };
 
-    fn objectives(goodput: f64) -> Objectives {
-        Objectives {
-            goodput,
-            latency: 0.1,
-            amplification: 1.2,
-            rejected: 0.0,
-            fitness: goodput - 0.1,
-        }
-    }
-
-    fn pending(route: &str, created_at: &str) -> Proposal {
-        Proposal {
-            id: 0,
-            route: route.to_owned(),
-            source: Source::Evolution,
-            author: "rafael".to_owned(),
-            state: ProposalState::Pending,
-            created_at: created_at.to_owned(),
-            expires_at: "2025-01-02T00:00:00Z".to_owned(),
-            base_generation: 3,
-            genome: Genome {
-                retry: Some(RetryGenes {
-                    max_attempts: 2,
-                    ..RetryGenes::default()
-                }),
-                ..Genome::default()
-            },
-            diff: vec![GeneChange {
-                gene: "retry.max_attempts".to_owned(),
-                from: json!(3),
-                to: json!(2),
-            }],
-            predicted: vec![Predicted {
-                scenario: "steady".to_owned(),
-                extrapolated: false,
-                incumbent: objectives(0.95),
-                candidate: objectives(0.97),
-            }],
-            model: ModelEvidence {
-                fitted_at: "2025-01-01T00:00:00Z".to_owned(),
-                fidelity: Some(Fidelity {
-                    goodput: Check::new(0.95, 0.96),
-                    p50_ms: Check::new(20.0, 21.0),
-                    p99_ms: Check::new(200.0, 190.0),
-                    amplification: Check::new(1.2, 1.2),
-                    trusted: true,
-                    reason: None,
-                }),
-                trusted: true,
-            },
-            guardrails: GuardrailVerdict::Passed(Passed::Passed),
-            approvals: Vec::new(),
-            canary: None,
-            watch: None,
-            round_id: Some(1),
-        }
-    }
+    use crate::guardian::proposal::tests::pending;
 
     #[test]
     fn a_proposal_is_stored_whole_and_filtered_by_state_and_route() {
@@ -253,6 +190,7 @@ mod tests {
             by: "alice".to_owned(),
             at: "2025-01-01T00:01:00Z".to_owned(),
             comment: Some("too eager".to_owned()),
+            decision: Decision::Reject,
         });
         rejected.guardrails = GuardrailVerdict::Refused(vec![Violation {
             gene: "retry.max_attempts".to_owned(),

@@ -388,12 +388,20 @@ pub fn local_admin_router(config: &str) -> axum::Router {
 
 /// [`local_admin_router`] over `store`, for tests that put records in it first.
 pub fn admin_router_over(config: &str, store: Arc<rafael_control::store::Store>) -> axum::Router {
+    admin_router_with(config, store, rafael_control::auth::Auth::Local)
+}
+
+/// [`admin_router_over`] with `auth` (a tokens file's) instead of loopback-only admin.
+pub fn admin_router_with(
+    config: &str,
+    store: Arc<rafael_control::store::Store>,
+    auth: rafael_control::auth::Auth,
+) -> axum::Router {
     use std::sync::atomic::AtomicBool;
 
     use rafael_control::{
         admin::{AdminState, router},
         audit::AuditLog,
-        auth::Auth,
         chaos::Chaos,
         evolution::round::Evolution,
     };
@@ -407,7 +415,7 @@ pub fn admin_router_over(config: &str, store: Arc<rafael_control::store::Store>)
         chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
         evolution: Evolution::new(snapshot.clone(), store.clone(), audit.clone()),
         snapshot,
-        auth: Arc::new(Auth::Local),
+        auth: Arc::new(auth),
         audit,
         store,
     })
