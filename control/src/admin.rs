@@ -32,7 +32,7 @@ use crate::{
     chaos::{Chaos, ChaosError, ExperimentSpec},
     evolution::{
         model::{FitError, fit_route},
-        round::{Evolution, RoundError},
+        round::{Evolution, ProposeError, RoundError},
         simulate::SimulateRequest,
     },
     guardian::{
@@ -128,6 +128,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/experiments/{id}/stop", post(experiment_stop))
         .route("/v1/evolution/{route}/run", post(evolution_run))
         .route("/v1/simulate", post(simulate))
+        .route("/v1/proposals", post(proposal_create))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Operate),
             authorize,
@@ -467,6 +468,68 @@ async fn proposal_get(State(state): State<AdminState>, ApiPath(id): ApiPath<i64>
             &format!("no proposal {id}"),
         ),
         Err(response) => response,
+    }
+}
+
+/// The body of `POST /v1/proposals`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandWritten {
+    route: String,
+    genome: rafael_config::Genome,
+}
+
+/// A hand-written proposal: validated (400 with key paths), checked against the guardrails
+/// (422 naming each gene and rule, audited), given evolution's simulated evidence, stored
+/// `pending` (201).
+async fn proposal_create(
+    State(state): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<HandWritten>,
+) -> Response {
+    let mut errors = rafael_config::ConfigErrors::default();
+    request.genome.validate("genome", &mut errors);
+    if !errors.is_empty() {
+        let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return error(StatusCode::BAD_REQUEST, "bad_request", &detail.join("; "));
+    }
+    let evolution = state.evolution.clone();
+    let answer = crate::evolution::low_priority("rafael-propose", move || {
+        evolution.propose_by_hand(&request.route, request.genome, &caller.name)
+    })
+    .await;
+    match answer {
+        Some(Ok(proposal)) => (StatusCode::CREATED, Json(proposal)).into_response(),
+        Some(Err(e @ ProposeError::NoSuchRoute(_))) => {
+            error(StatusCode::NOT_FOUND, "not_found", &e.to_string())
+        }
+        Some(Err(e @ ProposeError::Unchanged(_))) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unchanged",
+            &e.to_string(),
+        ),
+        Some(Err(ProposeError::Refused(violations))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "guardrail_refused",
+                "detail": ProposeError::Refused(violations.clone()).to_string(),
+                "violations": violations,
+            })),
+        )
+            .into_response(),
+        Some(Err(ProposeError::Store(e))) => {
+            tracing::error!("admin API: {e}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            )
+        }
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the proposal thread failed",
+        ),
     }
 }
 

@@ -147,6 +147,13 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "post",
+        path: "/v1/proposals",
+        permission: Some(Permission::Operate),
+        summary: "A hand-written proposal {\"route\": R, \"genome\": {...}} (a [routes.policy] table as JSON): checked against the guardrails and invariants (422 naming each gene's key path and rule, audited as guardrail.refused), given the same simulated evidence as evolution's, stored pending (201)",
+        response: "Proposal",
+    },
+    Operation {
+        method: "post",
         path: "/v1/proposals/{id}/approve",
         permission: Some(Permission::Approve),
         summary: "Approve a pending proposal, with an optional {\"comment\": \"...\"}: it is `approved` once [guardian].approvals_required distinct approvers have (its author never counts; the same approver twice counts once); answers the proposal",
@@ -210,6 +217,28 @@ pub fn document() -> Value {
             }
             responses["400"] = error_response("The body is not {\"seed\": N}");
             responses["409"] = error_response("A round is already running on the route");
+        }
+        if op.method == "post" && op.path == "/v1/proposals" {
+            responses["201"] = responses["200"].take();
+            if let Some(map) = responses.as_object_mut() {
+                map.remove("200");
+            }
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "route": { "type": "string" }, "genome": { "type": "object" } },
+                    "required": ["route", "genome"],
+                    "additionalProperties": false
+                } } }
+            });
+            responses["400"] = error_response(
+                "The body is not {route, genome}, or the genome is invalid (with key paths)",
+            );
+            responses["404"] = error_response("No route of that name");
+            responses["422"] = error_response(
+                "The genome breaks guardrails or invariants (`violations`: each gene's key path and rule), or is the live genome",
+            );
         }
         if op.path.starts_with("/v1/proposals/{id}/") {
             operation["requestBody"] = json!({

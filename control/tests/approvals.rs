@@ -293,3 +293,99 @@ fn the_cli_approves_and_rejects_through_a_running_rafael() {
         "rejected"
     );
 }
+
+#[tokio::test]
+async fn a_hand_written_proposal_is_checked_stored_pending_and_decided_like_evolution_s() {
+    let fixture = Fixture::new();
+    let genome = r#"{"route": "orders", "genome": {"timeout": "2s",
+        "retry": {"max_attempts": 2, "retry_on": ["5xx"]}}}"#;
+    let (status, body) = fixture.post("vic", "/v1/proposals", genome).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, proposal) = fixture.post("olga", "/v1/proposals", genome).await;
+    assert_eq!(status, StatusCode::CREATED, "{proposal}");
+    assert_eq!(proposal["source"], "manual");
+    assert_eq!(proposal["author"], "olga");
+    assert_eq!(proposal["state"], "pending");
+    assert_eq!(proposal["id"], 3);
+    // No telemetry on this route yet: no simulated evidence, and the model says so.
+    assert_eq!(proposal["model"]["trusted"], false);
+    let genes: Vec<&str> = proposal["diff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["gene"].as_str().unwrap())
+        .collect();
+    assert!(
+        genes.contains(&"timeout") && genes.contains(&"retry"),
+        "{genes:?}"
+    );
+    // It supersedes the older pending proposal of its route.
+    assert_eq!(fixture.get("/v1/proposals/1").await["state"], "superseded");
+    // Approved like any other: its author is olga, so alice counts.
+    fixture.post("alice", "/v1/proposals/3/approve", "").await;
+    let (_, approved) = fixture.post("bob", "/v1/proposals/3/approve", "").await;
+    assert_eq!(approved["state"], "approved", "{approved}");
+
+    // Refusals: a guardrail (an invariant here), an invalid genome, an unknown route.
+    let (status, refused) = fixture
+        .post(
+            "olga",
+            "/v1/proposals",
+            r#"{"route": "users", "genome": {"retry": {"max_attempts": 2, "retry_non_idempotent": true}}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"], "guardrail_refused");
+    assert_eq!(
+        refused["violations"][0]["gene"], "retry.retry_non_idempotent",
+        "{refused}"
+    );
+    let (status, invalid) = fixture
+        .post(
+            "olga",
+            "/v1/proposals",
+            r#"{"route": "users", "genome": {"retry": {"max_attempts": 0}}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{invalid}");
+    assert!(
+        invalid["detail"]
+            .as_str()
+            .unwrap()
+            .contains("genome.retry.max_attempts"),
+        "{invalid}"
+    );
+    let (status, _) = fixture
+        .post(
+            "olga",
+            "/v1/proposals",
+            r#"{"route": "nope", "genome": {}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nothing refused was stored; the refusal is in the audit chain, which verifies.
+    assert_eq!(
+        fixture.get("/v1/proposals?route=users").await["proposals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let audit = fixture.get("/v1/audit").await;
+    let refusals: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "guardrail.refused")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{audit}");
+    assert_eq!(refusals[0]["actor"], "olga");
+    let created: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "proposal.created")
+        .collect();
+    assert_eq!(created.last().unwrap()["actor"], "olga");
+    assert_eq!(fixture.get("/v1/audit/verify").await["ok"], true);
+}

@@ -738,3 +738,48 @@ async fn one_slow_endpoint_that_misses_the_slo_is_routed_around_by_the_proposed_
     );
     app.shutdown().await;
 }
+
+/// Issue 10's hand-written proposal gets the evidence a round's would: the same scenarios,
+/// seeds and runs on the route's model fitted now, and the model's fidelity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_written_proposal_gets_the_simulated_evidence_of_evolution_s() {
+    // 8 workers at 10 ms, one attempt in five fails; no retries live.
+    let pool = WorkerPool::new(8, Duration::from_millis(10))
+        .errors(0.2)
+        .seed(5)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = in_process(dir.path(), pool.address, "timeout = \"1s\"").await;
+    let proxy = app.listener_address("in").unwrap();
+    let admin = app.admin_address();
+    open_loop(proxy, "/work", 100.0, 8, Duration::from_secs(5), |_| {}).await;
+    let body = r#"{"route": "main", "genome": {"timeout": "1s",
+        "retry": {"max_attempts": 3, "retry_on": ["5xx"], "budget_ratio": 0.5}}}"#;
+    let (status, answer) =
+        tokio::task::spawn_blocking(move || http_post(admin, "/v1/proposals", body))
+            .await
+            .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let proposal = json_of(&answer);
+    assert_eq!(proposal["source"], "manual");
+    assert_eq!(proposal["author"], "local");
+    assert_eq!(proposal["model"]["trusted"], true, "{}", proposal["model"]);
+    let scenarios: Vec<&str> = proposal["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["observed", "nominal"]);
+    let observed = predicted(&proposal, "observed", "candidate");
+    let incumbent = predicted(&proposal, "observed", "incumbent");
+    eprintln!("hand-written: incumbent {incumbent}, candidate {observed}");
+    // Three attempts on 5xx at a 20% error share: about 0.99 against 0.8.
+    assert!(
+        observed["goodput"].as_f64().unwrap() > incumbent["goodput"].as_f64().unwrap() + 0.1,
+        "{proposal}"
+    );
+    assert!((incumbent["goodput"].as_f64().unwrap() - 0.8).abs() < 0.06);
+    app.shutdown().await;
+}

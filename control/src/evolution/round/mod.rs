@@ -6,8 +6,8 @@ pub mod service;
 
 use serde::{Deserialize, Serialize};
 
-pub use run::{Verdict, evolve};
-pub use service::{Evolution, RoundError};
+pub use run::{Verdict, evolve, predict};
+pub use service::{Evolution, ProposeError, RoundError};
 
 /// A round, as stored and as `GET /v1/evolution/rounds` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -78,58 +78,88 @@ struct Runs<'m> {
     runs: Vec<Vec<Prepared<'m>>>,
 }
 
-/// Searches for a better genome than `incumbent` on `model`, with `config`'s evolution and
-/// guardian settings, seeded by `seed`.
-pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> Verdict {
-    let evolution = &config.evolution;
-    let objectives = &evolution.objectives;
-    let scenarios: Vec<Scenario> = evolution
-        .scenarios
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
-    let duration = evolution.duration.get();
-    let short = (duration / SEARCH_SHARE).max(SEARCH_MIN).min(duration);
-    // The observed scenario's full runs replay the whole window the model was fitted on, so
-    // its regimes weigh what they weighed; a short run replays a segment around them.
-    let window = Duration::from_secs(
-        model
-            .replay_secs(crate::evolution::model::check::MAX_RUN_REQUESTS)
-            .min(600),
-    );
-    let prepare = |seeds: u64, duration: Duration, full: bool| Runs {
-        runs: scenarios
-            .iter()
-            .map(|&scenario| {
-                let duration = if full && scenario == Scenario::Observed {
-                    window
-                } else {
-                    duration
-                };
-                (0..seeds)
-                    .map(|i| {
-                        Prepared::new(Run {
-                            model,
-                            scenario,
-                            duration,
-                            rate: None,
-                            slo_latency: objectives.slo_latency.get(),
-                            client_timeout: objectives.client_timeout.get(),
-                            seed: seed.wrapping_mul(1_000_003).wrapping_add(i),
+/// What a round evaluates on: the model, the configured scenarios and objectives, and the
+/// seed its runs derive from. Both the search and a hand-written proposal's evidence score
+/// genomes through it, so they are judged alike.
+struct Bench<'m> {
+    model: &'m Model,
+    config: &'m Config,
+    scenarios: Vec<Scenario>,
+    seed: u64,
+    aggregate: Aggregate,
+}
+
+// === impl Bench ===
+
+impl<'m> Bench<'m> {
+    fn new(model: &'m Model, config: &'m Config, seed: u64) -> Self {
+        let evolution = &config.evolution;
+        Self {
+            model,
+            config,
+            scenarios: evolution
+                .scenarios
+                .iter()
+                .filter_map(|name| name.parse().ok())
+                .collect(),
+            seed,
+            aggregate: match evolution.aggregate {
+                AggregateMode::Mean => Aggregate::Mean,
+                AggregateMode::Worst => Aggregate::Worst,
+            },
+        }
+    }
+
+    /// Runs of `seeds` seeds and `duration` per scenario; `full`: the observed scenario's run
+    /// replays the whole window the model was fitted on, so its regimes weigh what they
+    /// weighed (a short run replays a segment around them).
+    fn prepare(&self, seeds: u64, duration: Duration, full: bool) -> Runs<'m> {
+        let objectives = &self.config.evolution.objectives;
+        let window = Duration::from_secs(
+            self.model
+                .replay_secs(crate::evolution::model::check::MAX_RUN_REQUESTS)
+                .min(600),
+        );
+        Runs {
+            runs: self
+                .scenarios
+                .iter()
+                .map(|&scenario| {
+                    let duration = if full && scenario == Scenario::Observed {
+                        window
+                    } else {
+                        duration
+                    };
+                    (0..seeds)
+                        .map(|i| {
+                            Prepared::new(Run {
+                                model: self.model,
+                                scenario,
+                                duration,
+                                rate: None,
+                                slo_latency: objectives.slo_latency.get(),
+                                client_timeout: objectives.client_timeout.get(),
+                                seed: self.seed.wrapping_mul(1_000_003).wrapping_add(i),
+                            })
                         })
-                    })
-                    .collect()
-            })
-            .collect(),
-    };
-    let aggregate = match evolution.aggregate {
-        AggregateMode::Mean => Aggregate::Mean,
-        AggregateMode::Worst => Aggregate::Worst,
-    };
-    let slo_secs = objectives.slo_latency.get().as_secs_f64();
-    let score = |runs: &Runs<'_>, genome: &Genome| -> Scored {
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// The full runs a verdict is made on: every seed, the full duration.
+    fn full(&self) -> Runs<'m> {
+        let evolution = &self.config.evolution;
+        self.prepare(u64::from(evolution.seeds), evolution.duration.get(), true)
+    }
+
+    /// `genome`'s objectives on `runs`.
+    fn score(&self, runs: &Runs<'_>, genome: &Genome) -> Scored {
+        let objectives = &self.config.evolution.objectives;
+        let slo_secs = objectives.slo_latency.get().as_secs_f64();
         let mut extrapolated = Vec::new();
-        let objectives = runs
+        let scored = runs
             .runs
             .iter()
             .map(|per_seed| {
@@ -147,13 +177,58 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
             })
             .collect();
         Scored {
-            objectives,
+            objectives: scored,
             extrapolated,
         }
-    };
+    }
+
+    /// Per scenario, the incumbent's (`base`) and the candidate's mean objectives.
+    fn predicted(&self, base: &Scored, scored: &Scored) -> Vec<Predicted> {
+        self.scenarios
+            .iter()
+            .enumerate()
+            .map(|(i, scenario)| Predicted {
+                scenario: scenario.to_string(),
+                extrapolated: base.extrapolated[i] || scored.extrapolated[i],
+                incumbent: Objectives::mean(&base.objectives[i]),
+                candidate: Objectives::mean(&scored.objectives[i]),
+            })
+            .collect()
+    }
+}
+
+/// The evidence a round would give `candidate` against `incumbent` on `model`: the predicted
+/// objectives per configured scenario on the verdict's full runs (every seed, the full
+/// duration), seeded by `seed`. A hand-written proposal gets this, as evolution's do.
+pub fn predict(
+    model: &Model,
+    incumbent: &Genome,
+    candidate: &Genome,
+    config: &Config,
+    seed: u64,
+) -> Vec<Predicted> {
+    let bench = Bench::new(model, config, seed);
+    let runs = bench.full();
+    bench.predicted(
+        &bench.score(&runs, incumbent),
+        &bench.score(&runs, candidate),
+    )
+}
+
+/// Searches for a better genome than `incumbent` on `model`, with `config`'s evolution and
+/// guardian settings, seeded by `seed`.
+pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> Verdict {
+    let evolution = &config.evolution;
+    let objectives = &evolution.objectives;
+    let bench = Bench::new(model, config, seed);
+    let scenarios = &bench.scenarios;
+    let aggregate = bench.aggregate;
+    let duration = evolution.duration.get();
+    let short = (duration / SEARCH_SHARE).max(SEARCH_MIN).min(duration);
+    let score = |runs: &Runs<'_>, genome: &Genome| bench.score(runs, genome);
 
     // Search on short runs.
-    let short_runs = prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short, false);
+    let short_runs = bench.prepare(SEARCH_SEEDS.min(u64::from(evolution.seeds)), short, false);
     let rails = Guardrails::from_config(config);
     let mut seeds_of_search: Vec<Genome> = informed(model, incumbent, objectives.slo_latency.get());
     seeds_of_search.extend(peer_defaults());
@@ -177,7 +252,7 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     );
 
     // Verdict on full runs, paired seeds.
-    let full_runs = prepare(u64::from(evolution.seeds), duration, true);
+    let full_runs = bench.full();
     let base = score(&full_runs, incumbent);
     let base_fitness = fitness(&base, aggregate);
     let mut best: Option<(Genome, Scored, f64)> = None;
@@ -205,16 +280,7 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
             evaluations,
         };
     };
-    let predicted = scenarios
-        .iter()
-        .enumerate()
-        .map(|(i, scenario)| Predicted {
-            scenario: scenario.to_string(),
-            extrapolated: base.extrapolated[i] || scored.extrapolated[i],
-            incumbent: Objectives::mean(&base.objectives[i]),
-            candidate: Objectives::mean(&scored.objectives[i]),
-        })
-        .collect();
+    let predicted = bench.predicted(&base, &scored);
     let margin = evolution.margin;
     let gain = paired_gain(&base, &scored, aggregate);
     let worst_scenario = (0..scenarios.len())

@@ -14,11 +14,12 @@ use rafael_proxy::SnapshotHandle;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Round, RoundResult, RoundState, evolve};
+use super::{Round, RoundResult, RoundState, evolve, run::predict};
 use crate::{
     audit::{AuditLog, action},
     evolution::model::{FitError, Model, fit_route},
     guardian::{
+        guardrails::{Guardrails, Violation, check},
         metrics::proposal_entered,
         proposal::{
             GuardrailVerdict, ModelEvidence, Passed, Proposal, ProposalState, Source, diff,
@@ -55,6 +56,23 @@ pub enum RoundError {
     /// A round is running on the route already.
     #[error("a round is already running on route {0:?}")]
     Busy(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a hand-written proposal was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// No live route has this name.
+    #[error("no route named {0:?}")]
+    NoSuchRoute(String),
+    /// The genome is the route's live one.
+    #[error("the genome is route {0:?}'s live genome: nothing to propose")]
+    Unchanged(String),
+    /// It breaks guardrails or invariants (each with the gene's key path and the rule).
+    #[error("refused by the guardrails: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<Violation>),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -251,6 +269,86 @@ impl Evolution {
         self.record(round);
     }
 
+    /// A hand-written proposal of `genome` for `route` by `author` (a token's name): checked
+    /// against the guardrails and invariants as evolution's are (a refusal is audited as
+    /// `guardrail.refused` and nothing is stored), given the same simulated evidence on the
+    /// route's model fitted now (none, untrusted, when the route lacks telemetry), stored
+    /// `pending`, superseding older pending ones, and audited. Blocking: the evidence takes
+    /// a round's full runs; call it from a low-priority thread.
+    pub fn propose_by_hand(
+        &self,
+        route: &str,
+        genome: rafael_config::Genome,
+        author: &str,
+    ) -> Result<Proposal, ProposeError> {
+        let snapshot = self.snapshots.load();
+        let config = snapshot.config().clone();
+        let live = snapshot
+            .route(route)
+            .ok_or_else(|| ProposeError::NoSuchRoute(route.to_owned()))?;
+        let incumbent = live.policy().clone();
+        let base_generation = live.live().generation();
+        if genome == incumbent {
+            return Err(ProposeError::Unchanged(route.to_owned()));
+        }
+        let violations = check(&genome, &incumbent, &Guardrails::from_config(&config));
+        if !violations.is_empty() {
+            if let Err(error) = self.audit.append(
+                author,
+                action::GUARDRAIL_REFUSED,
+                &format!("route/{route}"),
+                json!({ "source": "manual", "violations": violations, "genome": genome }),
+            ) {
+                warn!(%error, "cannot append to the audit log");
+            }
+            return Err(ProposeError::Refused(violations));
+        }
+        let (predicted, model) = match fit_route(&self.snapshots, route) {
+            Ok(model) => {
+                // Seed 1, as a round without one: the same telemetry gives the same evidence.
+                (
+                    predict(&model, &incumbent, &genome, &config, 1),
+                    evidence(&model),
+                )
+            }
+            Err(error) => {
+                info!(route, %error, "hand-written proposal without simulated evidence");
+                (
+                    Vec::new(),
+                    ModelEvidence {
+                        fitted_at: String::new(),
+                        fidelity: None,
+                        trusted: false,
+                    },
+                )
+            }
+        };
+        let mut proposal = Proposal {
+            id: 0,
+            route: route.to_owned(),
+            source: Source::Manual,
+            author: author.to_owned(),
+            state: ProposalState::Pending,
+            created_at: now(),
+            expires_at: humantime::format_rfc3339_seconds(
+                SystemTime::now() + config.guardian.proposal_ttl.get(),
+            )
+            .to_string(),
+            base_generation,
+            diff: diff(&incumbent, &genome),
+            genome,
+            predicted,
+            model,
+            guardrails: GuardrailVerdict::Passed(Passed::Passed),
+            approvals: Vec::new(),
+            canary: None,
+            watch: None,
+            round_id: None,
+        };
+        proposal.id = self.propose(proposal.clone())?;
+        Ok(proposal)
+    }
+
     /// Stores a proposal, supersedes older pending ones of its route, and audits both.
     fn propose(&self, mut proposal: Proposal) -> Result<i64, StoreError> {
         let id = self.store.insert_proposal(&proposal)?;
@@ -263,17 +361,25 @@ impl Evolution {
                 json!({"by": id}),
             );
         }
-        self.audit_entry(
+        let actor = match proposal.source {
+            Source::Evolution => ACTOR,
+            Source::Manual => proposal.author.as_str(),
+        };
+        let created = self.audit.append(
+            actor,
             action::PROPOSAL_CREATED,
             &format!("proposal/{id}"),
             json!({
                 "route": proposal.route,
-                "source": "evolution",
+                "source": proposal.source,
                 "round": proposal.round_id,
                 "diff": proposal.diff,
                 "base_generation": proposal.base_generation,
             }),
         );
+        if let Err(error) = created {
+            warn!(%error, "cannot append to the audit log");
+        }
         proposal_entered(None, proposal.state);
         Ok(id)
     }
