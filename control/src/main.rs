@@ -232,6 +232,18 @@ enum ProposalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Propose a genome by hand (role operator): checked against the guardrails, given the
+    /// same simulated evidence as evolution's, stored pending for approvers.
+    Create {
+        /// The route.
+        route: String,
+        /// The genome: a TOML file holding a `[routes.policy]` table's keys.
+        #[arg(long)]
+        genome: PathBuf,
+        /// Print the raw JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a pending proposal (role approver). It is approved once
     /// `[guardian].approvals_required` distinct approvers have; its author never counts.
     Approve {
@@ -575,6 +587,7 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
             (format!("{admin}/v1/proposals{query}"), *json)
         }
         ProposalsCommand::Show { id, json } => (format!("{admin}/v1/proposals/{id}"), *json),
+        ProposalsCommand::Create { json, .. } => (format!("{admin}/v1/proposals"), *json),
         ProposalsCommand::Approve { id, json, .. } => {
             (format!("{admin}/v1/proposals/{id}/approve"), *json)
         }
@@ -583,6 +596,18 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
         }
     };
     let (method, request) = match &command {
+        ProposalsCommand::Create { route, genome, .. } => {
+            match rafael_control::cli::simulate::read_genome(genome) {
+                Ok(genome) => (
+                    "POST",
+                    Some(serde_json::json!({ "route": route, "genome": genome }).to_string()),
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         ProposalsCommand::Approve { comment, .. } | ProposalsCommand::Reject { comment, .. } => (
             "POST",
             Some(serde_json::json!({ "comment": comment }).to_string()),
@@ -610,6 +635,7 @@ fn proposals(command: ProposalsCommand, admin: &str, token: Option<&str>) -> Exi
             }
         }
         ProposalsCommand::Show { .. }
+        | ProposalsCommand::Create { .. }
         | ProposalsCommand::Approve { .. }
         | ProposalsCommand::Reject { .. } => match serde_json::from_str::<Proposal>(&body) {
             Ok(proposal) if json => pretty(&mut out, &proposal),

@@ -231,6 +231,7 @@ fn the_cli_approves_and_rejects_through_a_running_rafael() {
     let bob = add_token(&tokens, "bob", Role::Approver).unwrap();
     let carol = add_token(&tokens, "carol", Role::Approver).unwrap();
     let vic = add_token(&tokens, "vic", Role::Viewer).unwrap();
+    let olga = add_token(&tokens, "olga", Role::Operator).unwrap();
     let text =
         support::config_text("127.0.0.1:9".parse().unwrap(), "").replacen(
             "bind = \"127.0.0.1:0\"\n",
@@ -274,6 +275,41 @@ fn the_cli_approves_and_rejects_through_a_running_rafael() {
     let (code, stdout, stderr) = cli(&bob, &["reject", "2", "--comment", "not today"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(state(&stdout), "rejected");
+    // A hand-written one from a genome file; a refused one says why and stores nothing.
+    let file = dir.path().join("genome.toml");
+    std::fs::write(
+        &file,
+        "timeout = \"2s\"\nretry = { max_attempts = 2, retry_on = [\"5xx\"] }\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, stdout, stderr) = cli(&olga, &["create", "main", "--genome", file]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (created["id"].as_i64(), created["author"].as_str()),
+        (Some(3), Some("olga"))
+    );
+    let unsafe_genome = dir.path().join("unsafe.toml");
+    std::fs::write(
+        &unsafe_genome,
+        "retry = { max_attempts = 2, retry_non_idempotent = true }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = cli(
+        &olga,
+        &[
+            "create",
+            "main",
+            "--genome",
+            unsafe_genome.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("422") && stderr.contains("retry.retry_non_idempotent"),
+        "{stderr}"
+    );
     // Kept across a restart: the store has it.
     let mut rafael = rafael;
     rafael.signal("TERM");

@@ -105,7 +105,8 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
 }
 
 /// A genome from a TOML file, checked as the config file's would be.
-fn read_genome(path: &Path) -> Result<Genome, String> {
+/// A genome file (a `[routes.policy]` table as TOML), validated with key paths under `genome`.
+pub fn read_genome(path: &Path) -> Result<Genome, String> {
     let text = crate::config_file::read(path).map_err(|e| e.to_string())?;
     let genome: Genome = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut errors = ConfigErrors::default();
