@@ -37,6 +37,7 @@ use crate::{
     },
     guardian::{
         approval::{Decision, Refusal, decide},
+        expiry::{expire, expiry},
         proposal::ProposalState,
     },
     store::{Store, StoreError},
@@ -592,6 +593,7 @@ async fn proposal_decide(
     }
     let required = state.snapshot.load().config().guardian.approvals_required;
     let audit = state.audit.clone();
+    let snapshots = state.snapshot.clone();
     let outcome = on_store(&state, move |store| {
         let _one_at_a_time = DECISIONS
             .lock()
@@ -599,6 +601,14 @@ async fn proposal_decide(
         let Some(mut proposal) = store.proposal(id)? else {
             return Ok(Err(None));
         };
+        // One that expired since the last sweep is expired now, and no longer decided on.
+        let live = snapshots
+            .load()
+            .route(&proposal.route)
+            .map(|route| route.live().generation());
+        if let Some(why) = expiry(&proposal, std::time::SystemTime::now(), live) {
+            expire(store, &audit, &mut proposal, why)?;
+        }
         let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let before = proposal.state;
         let decided = match decide(

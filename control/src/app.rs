@@ -46,6 +46,7 @@ pub struct App {
     drain_timeout: Duration,
     audit: AuditLog,
     evolution_timer: Option<JoinHandle<()>>,
+    expiry_sweeper: JoinHandle<()>,
 }
 
 // === impl App ===
@@ -131,6 +132,32 @@ impl App {
                 .enabled
                 .then(|| evolution.spawn_timer(settings.interval.get()))
         };
+        let expiry_sweeper = {
+            let (store, audit, snapshots) = (store.clone(), audit.clone(), snapshot.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(crate::guardian::expiry::SWEEP_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let (store, audit, snapshots) =
+                        (store.clone(), audit.clone(), snapshots.clone());
+                    let swept = tokio::task::spawn_blocking(move || {
+                        crate::guardian::expiry::sweep(
+                            &store,
+                            &audit,
+                            &snapshots,
+                            std::time::SystemTime::now(),
+                        )
+                    })
+                    .await;
+                    match swept {
+                        Ok(Ok(ids)) if !ids.is_empty() => info!(?ids, "proposals expired"),
+                        Ok(Err(error)) => warn!(%error, "cannot sweep expired proposals"),
+                        _ => {}
+                    }
+                }
+            })
+        };
         let state = admin::AdminState {
             metrics,
             ready: ready.clone(),
@@ -165,6 +192,7 @@ impl App {
             drain_timeout,
             audit,
             evolution_timer,
+            expiry_sweeper,
         })
     }
 
@@ -203,6 +231,7 @@ impl App {
         if let Some(timer) = &self.evolution_timer {
             timer.abort();
         }
+        self.expiry_sweeper.abort();
         info!(deadline = ?self.drain_timeout, "draining");
         let outcome = self.server.drain(self.drain_timeout).await;
         match outcome {

@@ -425,3 +425,24 @@ async fn a_hand_written_proposal_is_checked_stored_pending_and_decided_like_evol
     assert_eq!(created.last().unwrap()["actor"], "olga");
     assert_eq!(fixture.get("/v1/audit/verify").await["ok"], true);
 }
+
+#[tokio::test]
+async fn a_proposal_past_its_ttl_is_expired_not_approved() {
+    let fixture = Fixture::new();
+    let stale = Proposal {
+        expires_at: "2020-01-01T00:00:00Z".into(),
+        ..sample_proposal("users")
+    };
+    let id = fixture.store.insert_proposal(&stale).unwrap();
+    let (status, body) = fixture
+        .post("bob", &format!("/v1/proposals/{id}/approve"), "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+    let proposal = fixture.get(&format!("/v1/proposals/{id}")).await;
+    assert_eq!(proposal["state"], "expired");
+    assert_eq!(proposal["approvals"], Value::Array(Vec::new()));
+}

@@ -5,9 +5,11 @@
 //!   before evaluating it, so an unacceptable genome is never proposed.
 //! - [`proposal`]: a candidate genome with its evidence, and its states.
 //! - [`approval`]: who counts as an approver, and when a proposal is approved or rejected.
+//! - [`expiry`]: pending proposals past their TTL or their base generation.
 //! - [`metrics`]: the proposal gauge and counter, and the call that keeps them current.
 
 pub mod approval;
+pub mod expiry;
 pub mod guardrails;
 pub mod metrics;
 pub mod proposal;

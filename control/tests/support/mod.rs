@@ -476,7 +476,8 @@ pub fn sample_proposal(route: &str) -> rafael_control::guardian::proposal::Propo
         author: "rafael".to_owned(),
         state: ProposalState::Pending,
         created_at: "2025-01-01T00:00:07Z".to_owned(),
-        expires_at: "2025-01-02T00:00:07Z".to_owned(),
+        // Far ahead: a proposal past its TTL expires at the first look (issue 10).
+        expires_at: "2100-01-02T00:00:07Z".to_owned(),
         base_generation: 1,
         diff: diff(&incumbent, &candidate),
         genome: candidate,
