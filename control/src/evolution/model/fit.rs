@@ -72,6 +72,9 @@ pub const MIN_SATURATED_SAMPLES: usize = 50;
 pub const MAX_SLOPE_ERROR: f64 = 0.2;
 /// One-sided z of a degraded second's failures against the healthy rate.
 pub const BURST_Z: f64 = 4.0;
+/// One-sided z of the failures of a second next to degraded ones, which joins them: the
+/// weaker of the two thresholds of the degraded test's hysteresis.
+pub const EDGE_Z: f64 = 2.0;
 /// Successes this many times slower than their load bucket's median make a brownout second.
 pub const BROWNOUT_FACTOR: f64 = 2.0;
 /// Samples a bucket needs before its median is trusted as a reference.
@@ -943,6 +946,30 @@ impl Seconds {
             }
             seconds = flagged;
         }
+        // Hysteresis, as an edge detector thresholds: a burst's first and last seconds are
+        // partly in it, so a run of degraded seconds grows into neighbours that pass a weaker
+        // test ([`EDGE_Z`]) while a second alone must pass the strong one. Without it the
+        // demo's 3.3 s outage was fitted as 2 s, and replays tripped its breaker too rarely.
+        let edge = edge_tail();
+        loop {
+            let grown: Vec<usize> = seconds
+                .iter()
+                .flat_map(|&s| [s.checked_sub(1), Some(s + 1)])
+                .flatten()
+                .filter(|s| seconds.binary_search(s).is_err())
+                .filter(|s| {
+                    self.counts
+                        .get(s)
+                        .is_some_and(|&(n, f)| degraded_second(n, f, healthy, edge))
+                })
+                .collect();
+            if grown.is_empty() {
+                break;
+            }
+            seconds.extend(grown);
+            seconds.sort_unstable();
+            seconds.dedup();
+        }
         Degraded {
             healthy_rate: healthy,
             seconds,
@@ -978,6 +1005,13 @@ fn degraded_second(n: u64, f: u64, rate: f64, tail: f64) -> bool {
 fn burst_tail() -> f64 {
     use statrs::distribution::{ContinuousCDF, Normal};
     Normal::standard().sf(BURST_Z)
+}
+
+/// The same beyond [`EDGE_Z`]: how unlikely the failures of a second next to degraded ones
+/// must be.
+fn edge_tail() -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    Normal::standard().sf(EDGE_Z)
 }
 
 // === statistics ===

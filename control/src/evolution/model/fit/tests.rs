@@ -291,3 +291,21 @@ fn arrivals_come_from_every_request_and_sampling_is_weighted_back() {
     // 16,000 of 17,000 attempts are in the failing half: about 9.4%, not the 3% of samples.
     assert!((rate - 0.094).abs() < 0.01, "{rate}");
 }
+
+#[test]
+fn a_burst_grows_into_the_partly_failing_seconds_beside_it_and_no_further() {
+    // 20 attempts a second; second 15 fails half of them, the seconds beside it three each
+    // (a burst's partial edges), and second 3, alone, three as well.
+    let mut seconds = Seconds::default();
+    for second in 0..33usize {
+        let failures = match second {
+            15 => 10,
+            14 | 16 | 3 => 3,
+            _ => 0,
+        };
+        for i in 0..20 {
+            seconds.add(second, i < failures);
+        }
+    }
+    assert_eq!(seconds.degraded().seconds, [14, 15, 16]);
+}
