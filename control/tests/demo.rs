@@ -49,9 +49,9 @@ fn demo_prints_its_urls_serves_traffic_and_stops_on_ctrl_c() {
 /// of a run where it tripped): five seeds all missing the trip, one time in thirteen, refused
 /// a model that replays it. A refusal is now looked at on twenty seeds before it stands (all
 /// twenty miss it one time in 27,000); 13 of 13 since, 3 of them beside the evolution tests.
-/// At `--rate 60` it fails still: the slow
-/// phase raises the in-flight count with the latency, the fit reads the slow seconds as
-/// queueing past a knee and finds no brownout (simulated p99 85 ms against 393 ms observed).
+/// At `--rate 60` it fails still: the slow phase raises the in-flight count with the latency,
+/// the fit reads the slow seconds as queueing past a knee and finds no brownout (simulated
+/// p99 85 ms against 393 ms observed).
 #[test]
 fn demo_proposes_a_genome_after_the_service_s_first_bad_day_and_says_how_to_see_it() {
     let (child, lines, _proxy, admin) = spawn_demo(&["--speed", "3"]);
@@ -92,7 +92,7 @@ fn demo_proposes_a_genome_after_the_service_s_first_bad_day_and_says_how_to_see_
 
 /// `rafael demo ARGS...` on ports the kernel picks: the child, the lines it prints as they
 /// come, and its proxy and admin addresses, read from the URLs it prints first.
-fn spawn_demo(args: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr, SocketAddr) {
+fn spawn_demo(args: &[&str]) -> (Demo, mpsc::Receiver<String>, SocketAddr, SocketAddr) {
     let mut child = Command::new(RAFAEL)
         .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(args)
@@ -101,6 +101,7 @@ fn spawn_demo(args: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr, Sock
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
+    let child = Demo(Some(child));
     let (tx, rx) = mpsc::channel();
     // Keep reading until the demo exits, so it never writes into a closed pipe.
     thread::spawn(move || {
@@ -137,8 +138,22 @@ fn spawn_demo(args: &[&str]) -> (Child, mpsc::Receiver<String>, SocketAddr, Sock
     (child, rx, proxy, admin)
 }
 
+/// A running demo, killed if the test ends without stopping it (a failed assertion), so it
+/// does not go on loading the machine under the tests that follow.
+struct Demo(Option<Child>);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Stops the demo with Ctrl-C and waits for it to exit 0.
-fn interrupt_demo(mut child: Child) {
+fn interrupt_demo(mut demo: Demo) {
+    let mut child = demo.0.take().unwrap();
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
