@@ -309,3 +309,34 @@ fn a_burst_grows_into_the_partly_failing_seconds_beside_it_and_no_further() {
     }
     assert_eq!(seconds.degraded().seconds, [14, 15, 16]);
 }
+
+#[test]
+fn a_knee_is_found_when_sparse_buckets_push_its_onset_past_four_workers() {
+    // A 4-worker pool at 21 ms: flat up to 4 in flight, 21 ms more per 4 queued beyond. Few
+    // attempts met 5 to 19 in flight (a queue builds fast), so the first bucket trusted past
+    // the flat ones is 20's, five times the pool.
+    let mut successes = Vec::new();
+    for k in 1..=3u32 {
+        successes.extend((0..200).map(|_| (k, 21.0, 1.0, false)));
+    }
+    for k in 5..=19u32 {
+        successes.extend((0..2).map(|_| (k, 21.0 * f64::from(k) / 4.0, 1.0, false)));
+    }
+    for k in (20..=400u32).step_by(4) {
+        successes.extend((0..10).map(|_| (k, 21.0 * f64::from(k) / 4.0, 1.0, false)));
+    }
+    let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
+    let by_load = buckets(&triples);
+    let onset = by_load
+        .iter()
+        .filter(|b| b.samples >= MIN_BUCKET_SAMPLES)
+        .find(|b| b.in_flight > 3)
+        .unwrap();
+    assert_eq!(onset.in_flight, 20);
+    let capacity = knee(&successes, &by_load).expect("a knee");
+    assert!((capacity.concurrency - 4.0).abs() < 0.3, "{capacity:?}");
+    assert!(
+        (capacity.throughput_per_sec - 4.0 / 0.021).abs() < 10.0,
+        "{capacity:?}"
+    );
+}
