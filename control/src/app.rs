@@ -23,6 +23,7 @@ use crate::{
     auth::Auth,
     chaos::Chaos,
     evolution::round::Evolution,
+    guardian::Guardian,
     reload::Reloader,
     store::{Store, StoreError},
 };
@@ -84,11 +85,13 @@ impl App {
 
         let snapshot = SnapshotHandle::new(config)
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+        let guardian = Guardian::new(snapshot.clone(), store.clone(), audit.clone());
         // The reloader installs its SIGHUP handler now, before any socket is bound: from the
         // moment rafael can be seen running, a SIGHUP reloads it rather than killing it.
         let reloader = options.config_path.map(|path| {
             Reloader::new(path, snapshot.clone())
                 .with_audit(audit.clone())
+                .with_guardian(guardian.clone())
                 .spawn(watch)
         });
         let bound = async {
@@ -111,10 +114,14 @@ impl App {
         let admin_address = admin_socket.local_addr()?;
 
         {
-            let (store, audit) = (store.clone(), audit.clone());
-            tokio::task::spawn_blocking(move || recover_evolution(&store, &audit))
-                .await
-                .context("recovering evolution's state")??;
+            let (store, audit, guardian) = (store.clone(), audit.clone(), guardian.clone());
+            tokio::task::spawn_blocking(move || {
+                recover_evolution(&store, &audit)?;
+                // Before traffic: the lineage's genomes go live before the first request.
+                guardian.restore()
+            })
+            .await
+            .context("recovering evolution's state")??;
         }
         let ready = Arc::new(AtomicBool::new(false));
         let chaos = Chaos::new(snapshot.clone(), store.clone(), audit.clone())?;
@@ -122,7 +129,8 @@ impl App {
             let address = bound.socket.local_addr().ok()?;
             Some((bound.name.to_string(), address))
         }));
-        let evolution = Evolution::new(snapshot.clone(), store.clone(), audit.clone());
+        let evolution = Evolution::new(snapshot.clone(), store.clone(), audit.clone())
+            .with_guardian(guardian.clone());
         // Rounds on a timer when the file asks for them at start-up (a reload does not start
         // or stop the timer; rounds on demand work either way).
         let evolution_timer = {
@@ -167,6 +175,7 @@ impl App {
             chaos,
             store,
             evolution,
+            guardian,
         };
         let admin_task = tokio::spawn(async move {
             if let Err(error) = axum::serve(admin_socket, admin::router(state)).await {

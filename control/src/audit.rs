@@ -48,6 +48,8 @@ pub mod action {
     pub const GENOME_APPLIED: &str = "genome.applied";
     /// The previous genome was swapped back (by the watch, or by hand).
     pub const GENOME_ROLLED_BACK: &str = "genome.rolled_back";
+    /// An applied genome passed its watch.
+    pub const GENOME_KEPT: &str = "genome.kept";
     /// An evolution round ended (proposed, no improvement, skipped, failed or interrupted).
     pub const EVOLUTION_ROUND: &str = "evolution.round";
 }

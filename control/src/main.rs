@@ -100,7 +100,6 @@ enum Command {
         #[arg(long, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Proposals and their evidence, through a running rafael's admin API.
     /// Run one evolution round on ROUTE now, through a running rafael's admin API.
     Evolve {
         /// The route.
@@ -118,6 +117,25 @@ enum Command {
         #[arg(long, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// The genomes ROUTE has run (its lineage), and rollbacks, through a running rafael's
+    /// admin API: `rafael genomes ROUTE`, `rafael genomes rollback ROUTE --to GENERATION`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Genomes {
+        /// The route whose lineage to print.
+        route: Option<String>,
+        #[command(subcommand)]
+        command: Option<GenomesCommand>,
+        /// Print the raw JSON instead.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The admin API's address.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Proposals and their evidence, through a running rafael's admin API.
     Proposals {
         #[command(subcommand)]
         command: ProposalsCommand,
@@ -205,6 +223,21 @@ enum ChaosCommand {
         /// Print the raw JSON answer instead.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenomesCommand {
+    /// Make an earlier generation's genome live again (as a new generation; approver).
+    Rollback {
+        /// The route.
+        route: String,
+        /// The generation whose genome goes live again.
+        #[arg(long)]
+        to: u64,
+        /// Why, for the audit log.
+        #[arg(long)]
+        comment: Option<String>,
     },
 }
 
@@ -360,6 +393,34 @@ fn main() -> ExitCode {
             admin,
             token,
         } => chaos(command, &admin, token.as_deref()),
+        Command::Genomes {
+            route,
+            command,
+            json,
+            admin,
+            token,
+        } => match (command, route) {
+            (Some(GenomesCommand::Rollback { route, to, comment }), _) => {
+                rafael_control::cli::genomes::rollback(
+                    &route,
+                    to,
+                    comment.as_deref(),
+                    json,
+                    &admin,
+                    token.as_deref(),
+                )
+            }
+            (None, Some(route)) => {
+                rafael_control::cli::genomes::list(&route, json, &admin, token.as_deref())
+            }
+            (None, None) => {
+                eprintln!(
+                    "error: name a route (`rafael genomes ROUTE`) or roll one back \
+                     (`rafael genomes rollback ROUTE --to GENERATION`)"
+                );
+                ExitCode::from(2)
+            }
+        },
         Command::Evolve {
             route,
             wait,

@@ -105,6 +105,27 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/v1/routes",
+        permission: Some(Permission::Read),
+        summary: "Every route with its upstream, live genome and generation, and the snapshot version",
+        response: "RouteList",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/routes/{route}/genomes",
+        permission: Some(Permission::Read),
+        summary: "The route's lineage: every genome it has run, newest first (at most `limit`, 1000), each with its generation, source (file, proposal, rollback), when, by whom, the proposal and what a rollback restored; `generation` is the live one",
+        response: "Lineage",
+    },
+    Operation {
+        method: "post",
+        path: "/v1/routes/{route}/rollback",
+        permission: Some(Permission::Approve),
+        summary: "Make an earlier generation's genome live again {\"to\": GENERATION, \"comment\": \"...\"}, as a new generation that says which it restores; audited as genome.rolled_back (404 for an unknown generation, 409 for the live one)",
+        response: "GenomeRecord",
+    },
+    Operation {
+        method: "get",
         path: "/v1/routes/{route}/model",
         permission: Some(Permission::Read),
         summary: "The route's upstream model, fitted now from its telemetry (404 for an unknown route, 409 with the request counts until the window holds [evolution].min_requests)",
@@ -156,7 +177,7 @@ pub const OPERATIONS: &[Operation] = &[
         method: "post",
         path: "/v1/proposals/{id}/approve",
         permission: Some(Permission::Approve),
-        summary: "Approve a pending proposal, with an optional {\"comment\": \"...\"}: it is `approved` once [guardian].approvals_required distinct approvers have (its author never counts; the same approver twice counts once); answers the proposal",
+        summary: "Approve a pending proposal, with an optional {\"comment\": \"...\"}: it is `approved` once [guardian].approvals_required distinct approvers have (its author never counts; the same approver twice counts once), and the approval that completes it applies it (a new generation, then watched: `applied`, or `kept` with no watch; 409 when the route's genome changed under it); answers the proposal",
         response: "Proposal",
     },
     Operation {
@@ -554,6 +575,41 @@ fn proposal_schemas() -> Value {
                 "result": { "enum": ["proposed", "no_improvement", "skipped", "failed"], "description": "Once it ended" }
             },
             "required": ["id", "route", "state", "started_at", "generations", "evaluations"]
+        },
+        "RouteList": {
+            "type": "object",
+            "properties": {
+                "version": { "type": "integer", "description": "The live snapshot's version" },
+                "routes": { "type": "array", "items": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "upstream": { "type": "string" },
+                    "generation": { "type": "integer" }, "genome": { "type": "object" }
+                }, "required": ["name", "upstream", "generation", "genome"] } }
+            },
+            "required": ["version", "routes"]
+        },
+        "GenomeRecord": {
+            "type": "object",
+            "properties": {
+                "route": { "type": "string" },
+                "generation": { "type": "integer" },
+                "genome": { "type": "object" },
+                "source": { "enum": ["file", "proposal", "rollback"] },
+                "applied_at": { "type": "string", "format": "date-time" },
+                "actor": { "type": "string" },
+                "proposal_id": { "type": "integer", "description": "The proposal applied, or the one a rollback undid" },
+                "restores": { "type": "integer", "description": "A rollback: the generation whose genome it restored" },
+                "reason": { "type": "string" }
+            },
+            "required": ["route", "generation", "genome", "source", "applied_at", "actor"]
+        },
+        "Lineage": {
+            "type": "object",
+            "properties": {
+                "route": { "type": "string" },
+                "generation": { "type": ["integer", "null"], "description": "The live generation (null when the route is gone)" },
+                "genomes": { "type": "array", "items": { "$ref": "#/components/schemas/GenomeRecord" } }
+            },
+            "required": ["route", "generation", "genomes"]
         },
         "RoundList": {
             "type": "object",

@@ -24,6 +24,7 @@ pub struct Reloader {
     snapshot: SnapshotHandle,
     last_text: Option<String>,
     audit: Option<AuditLog>,
+    guardian: Option<crate::guardian::Guardian>,
 }
 
 /// Why a reload did not apply.
@@ -56,7 +57,15 @@ impl Reloader {
             snapshot,
             last_text,
             audit: None,
+            guardian: None,
         }
+    }
+
+    /// Reloads through `guardian`, which keeps the genomes it applied on routes whose policy
+    /// the file did not change (and records the ones it did in their lineage).
+    pub fn with_guardian(mut self, guardian: crate::guardian::Guardian) -> Self {
+        self.guardian = Some(guardian);
+        self
     }
 
     /// Records every reload, applied or rejected, in `audit`.
@@ -76,7 +85,11 @@ impl Reloader {
         for warning in config.deprecations() {
             tracing::warn!(%warning, "config key deprecated");
         }
-        let version = self.snapshot.reload(config).map_err(ReloadError::Invalid)?;
+        let version = match &self.guardian {
+            Some(guardian) => guardian.reload(config),
+            None => self.snapshot.reload(config),
+        }
+        .map_err(ReloadError::Invalid)?;
         self.last_text = Some(text);
         Ok(Some(version))
     }

@@ -153,7 +153,20 @@ async fn two_distinct_approvers_approve_and_one_reject_ends_a_proposal() {
     assert_eq!(again["approvals"].as_array().unwrap().len(), 1);
     let (status, second) = fixture.post("carol", "/v1/proposals/1/approve", "").await;
     assert_eq!(status, StatusCode::OK, "{second}");
-    assert_eq!(second["state"], "approved");
+    // The approval that completes it applies it: generation 2 of the route, under watch.
+    assert_eq!(second["state"], "applied");
+    assert_eq!(second["watch"]["state"], "watching", "{second}");
+    assert_eq!(second["watch"]["generation"], 2, "{second}");
+    let lineage = fixture.get("/v1/routes/orders/genomes").await;
+    assert_eq!(lineage["generation"], 2, "{lineage}");
+    assert_eq!(lineage["genomes"][0]["source"], "proposal", "{lineage}");
+    assert_eq!(lineage["genomes"][0]["proposal_id"], 1, "{lineage}");
+    assert_eq!(lineage["genomes"][0]["actor"], "carol", "{lineage}");
+    assert_eq!(
+        lineage["genomes"][0]["genome"], second["genome"],
+        "{lineage}"
+    );
+    assert_eq!(lineage["genomes"][1]["source"], "file", "{lineage}");
     let approvals = second["approvals"].as_array().unwrap();
     assert_eq!(approvals[0]["by"], "bob");
     assert_eq!(approvals[0]["comment"], "predicted +0.17 goodput");
@@ -161,7 +174,7 @@ async fn two_distinct_approvers_approve_and_one_reject_ends_a_proposal() {
     // Settled: a further decision is a conflict, and the store agrees.
     let (status, body) = fixture.post("root", "/v1/proposals/1/reject", "").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(fixture.get("/v1/proposals/1").await["state"], "approved");
+    assert_eq!(fixture.get("/v1/proposals/1").await["state"], "applied");
 
     fixture.post("bob", "/v1/proposals/2/approve", "").await;
     let (status, rejected) = fixture
@@ -266,15 +279,15 @@ fn the_cli_approves_and_rejects_through_a_running_rafael() {
     let (code, stdout, stderr) = cli(&bob, &["approve", "1", "--comment", "looks right"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(state(&stdout), "pending");
-    let (code, stdout, stderr) = cli(&carol, &["approve", "1"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(state(&stdout), "approved");
-    let (code, _, stderr) = cli(&carol, &["reject", "1"]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("409"), "{stderr}");
     let (code, stdout, stderr) = cli(&bob, &["reject", "2", "--comment", "not today"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(state(&stdout), "rejected");
+    let (code, stdout, stderr) = cli(&carol, &["approve", "1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(state(&stdout), "applied");
+    let (code, _, stderr) = cli(&carol, &["reject", "1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("409"), "{stderr}");
     // A hand-written one from a genome file; a refused one says why and stores nothing.
     let file = dir.path().join("genome.toml");
     std::fs::write(
@@ -319,7 +332,11 @@ fn the_cli_approves_and_rejects_through_a_running_rafael() {
     );
     let store = Store::open(&store_path).unwrap();
     let approved = store.proposal(1).unwrap().unwrap();
-    assert_eq!(approved.state.as_str(), "approved");
+    assert_eq!(approved.state.as_str(), "applied");
+    assert_eq!(
+        store.latest_genome("main").unwrap().unwrap().proposal_id,
+        Some(1)
+    );
     assert_eq!(
         approved.approvals[0].comment.as_deref(),
         Some("looks right")
@@ -360,7 +377,7 @@ async fn a_hand_written_proposal_is_checked_stored_pending_and_decided_like_evol
     // Approved like any other: its author is olga, so alice counts.
     fixture.post("alice", "/v1/proposals/3/approve", "").await;
     let (_, approved) = fixture.post("bob", "/v1/proposals/3/approve", "").await;
-    assert_eq!(approved["state"], "approved", "{approved}");
+    assert_eq!(approved["state"], "applied", "{approved}");
 
     // Refusals: a guardrail (an invariant here), an invalid genome, an unknown route.
     let (status, refused) = fixture

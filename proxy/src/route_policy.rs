@@ -217,9 +217,15 @@ impl RoutePolicy {
         &self.genome
     }
 
-    /// How many times this route's genome changed since it was first built, plus one.
+    /// How many times this route's genome changed since it was first built, plus one; or
+    /// the generation the control plane's lineage gave it ([`RoutePolicy::set_generation`]).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Numbers this policy `generation` (before it is activated).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// Admits or refuses one request by the route's rate limit. `key` is the client key when

@@ -82,7 +82,9 @@ pub struct SnapshotHandle {
 /// the admin API) uses to apply a genome. A swap builds a new snapshot that differs in that one
 /// route and stores it atomically: requests in flight finish on the version they loaded, new
 /// ones get the new genome, and the route's engine state is carried over (see
-/// [`RoutePolicy::activate`]). A later config reload applies the file's genomes again.
+/// [`RoutePolicy::activate`]). [`SnapshotHandle::reload`] installs the genomes of the config it
+/// is given; the control plane's guardian gives it the file's policy only for routes whose
+/// policy the file changed, and the live genome elsewhere.
 #[derive(Debug, Clone)]
 pub struct PolicyHandle {
     snapshots: SnapshotHandle,
@@ -225,14 +227,30 @@ impl Snapshot {
         extra_faults: BTreeMap<String, Arc<ExtraFaults>>,
         version: u64,
     ) -> Self {
+        self.with_route_at(index, config, extra_faults, version, None)
+    }
+
+    /// [`Snapshot::with_route`], the rebuilt route at `generation` when given (else one more
+    /// than before when its genome changed).
+    fn with_route_at(
+        &self,
+        index: Option<usize>,
+        config: Config,
+        extra_faults: BTreeMap<String, Arc<ExtraFaults>>,
+        version: u64,
+        generation: Option<u64>,
+    ) -> Self {
         let rebuilt = index.map(|index| {
             let old = &self.routes[index];
-            let policy = RoutePolicy::build(
+            let mut policy = RoutePolicy::build(
                 &old.name,
                 &config.routes[index].policy,
                 &old.upstream,
                 Some(&old.policy),
             );
+            if let Some(generation) = generation {
+                policy.set_generation(generation);
+            }
             policy.activate(layer::now());
             let new = Arc::new(Route {
                 name: old.name.clone(),
@@ -504,6 +522,42 @@ impl PolicyHandle {
             return Err(errors);
         }
         Ok(handle.publish(current.with_genome(index, genome, handle.next_version())))
+    }
+
+    /// Makes `genome` live on `route` as generation `generation` (the control plane's lineage
+    /// numbers generations, and a restart must bring the same numbers back), and returns the
+    /// new snapshot version. Validated like [`PolicyHandle::swap`]; the engine state carries
+    /// over the same way. Installing the live genome at another generation renumbers it
+    /// without touching its state.
+    pub fn install(
+        &self,
+        route: &str,
+        genome: Genome,
+        generation: u64,
+    ) -> Result<u64, ConfigErrors> {
+        let handle = &self.snapshots;
+        let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = handle.load();
+        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
+            let mut errors = ConfigErrors::default();
+            errors.push("routes", format!("no route named {route:?}"));
+            return Err(errors);
+        };
+        let mut errors = ConfigErrors::default();
+        genome.validate(&format!("routes[{index}].policy"), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut config = (*current.config).clone();
+        config.routes[index].policy = genome;
+        let next = current.with_route_at(
+            Some(index),
+            config,
+            (*current.extra_faults).clone(),
+            handle.next_version(),
+            Some(generation),
+        );
+        Ok(handle.publish(next))
     }
 
     /// The live genome of `route`.

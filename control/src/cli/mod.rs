@@ -2,6 +2,7 @@
 //! (DESIGN §1). `main.rs` parses the command line and calls them.
 
 pub mod evolve;
+pub mod genomes;
 pub mod simulate;
 
 use std::process::ExitCode;

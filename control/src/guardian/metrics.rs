@@ -15,8 +15,15 @@ pub const PROPOSALS_PENDING: &str = "rafael_proposals_pending";
 /// Proposals that entered each state, by `state`.
 pub const PROPOSALS_TOTAL: &str = "rafael_proposals_total";
 
+/// Rollbacks, by route and reason (`goodput`, `p99` from the watch; `manual` by hand).
+pub const ROLLBACKS_TOTAL: &str = "rafael_guardian_rollbacks_total";
+
 /// Registers HELP text for the proposal metrics.
 pub fn describe() {
+    describe_counter!(
+        ROLLBACKS_TOTAL,
+        "Genomes rolled back, by route and reason (goodput or p99 from the watch, manual by hand)."
+    );
     describe_gauge!(PROPOSALS_PENDING, "Proposals waiting for approval now.");
     describe_counter!(
         PROPOSALS_TOTAL,

@@ -6,10 +6,19 @@
 //! - [`proposal`]: a candidate genome with its evidence, and its states.
 //! - [`approval`]: who counts as an approver, and when a proposal is approved or rejected.
 //! - [`expiry`]: pending proposals past their TTL or their base generation.
+//! - [`lineage`]: every genome a route has run, and how the config file and the lineage meet
+//!   at start-up and on reload.
+//! - [`service`]: the guardian at run time: apply, watch, rollback, restore, reload.
+//! - [`watch`]: the judge of a genome after its swap.
 //! - [`metrics`]: the proposal gauge and counter, and the call that keeps them current.
 
 pub mod approval;
 pub mod expiry;
 pub mod guardrails;
+pub mod lineage;
 pub mod metrics;
 pub mod proposal;
+pub mod service;
+pub mod watch;
+
+pub use service::{Guardian, GuardianError};

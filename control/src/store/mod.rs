@@ -4,8 +4,9 @@
 //!
 //! rusqlite is synchronous: async callers go through `tokio::task::spawn_blocking`.
 //!
-//! The SQL of each kind of record lives here, one module per kind ([`rounds`], [`proposals`]),
-//! so a second store is one new module rather than a hunt through the domain code.
+//! The SQL of each kind of record lives here, one module per kind ([`rounds`], [`proposals`],
+//! [`genomes`]), so a second store is one new module rather than a hunt through the domain
+//! code.
 //!
 //! Its health is watched two ways, both cheap enough for every readiness probe: `PRAGMA
 //! quick_check` once at open (a pass over every page, milliseconds for a store of a few
@@ -24,6 +25,7 @@ use std::{
 
 use rusqlite::Connection;
 
+pub mod genomes;
 pub mod proposals;
 pub mod rounds;
 
@@ -78,6 +80,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX proposals_route_state ON proposals (route, state);
     CREATE INDEX proposals_state ON proposals (state);",
+    // 4: genome lineage (see `store::genomes`): one row per generation of a route, and the
+    // policy the config file last gave each route.
+    "CREATE TABLE genomes (
+        route      TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        applied_at TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        PRIMARY KEY (route, generation)
+    );
+    CREATE TABLE file_policies (
+        route  TEXT PRIMARY KEY,
+        genome TEXT NOT NULL
+    );",
 ];
 
 /// Most `quick_check` findings kept for the report: the first few say what is wrong.

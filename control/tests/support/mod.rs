@@ -404,16 +404,21 @@ pub fn admin_router_with(
         audit::AuditLog,
         chaos::Chaos,
         evolution::round::Evolution,
+        guardian::Guardian,
     };
 
     let config = rafael_config::parse(config).unwrap();
     let snapshot = rafael_proxy::SnapshotHandle::new(config).unwrap();
     let audit = AuditLog::new(store.clone());
+    let guardian = Guardian::new(snapshot.clone(), store.clone(), audit.clone());
+    guardian.restore().unwrap();
     router(AdminState {
         metrics: None,
         ready: Arc::new(AtomicBool::new(true)),
         chaos: Chaos::new(snapshot.clone(), store.clone(), audit.clone()).unwrap(),
-        evolution: Evolution::new(snapshot.clone(), store.clone(), audit.clone()),
+        evolution: Evolution::new(snapshot.clone(), store.clone(), audit.clone())
+            .with_guardian(guardian.clone()),
+        guardian,
         snapshot,
         auth: Arc::new(auth),
         audit,

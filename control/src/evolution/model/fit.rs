@@ -256,6 +256,17 @@ pub fn fit(telemetry: &Telemetry, min_requests: u64) -> Result<Model, FitError> 
 /// stamped now), and runs the model check of the
 /// route's live genome on it (published as `rafael_model_error`).
 pub fn fit_route(snapshots: &SnapshotHandle, route: &str) -> Result<Model, FitError> {
+    fit_route_since(snapshots, route, 0)
+}
+
+/// [`fit_route`] on the windows since `since` (the data plane clock) only, within the
+/// horizon: the upstream as it behaved since then, which is what the guardian's watch
+/// replays the previous genome on after a swap.
+pub fn fit_route_since(
+    snapshots: &SnapshotHandle,
+    route: &str,
+    since: Nanos,
+) -> Result<Model, FitError> {
     let snapshot = snapshots.load();
     let min_requests = u64::from(snapshot.config().evolution.min_requests);
     let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -264,7 +275,9 @@ pub fn fit_route(snapshots: &SnapshotHandle, route: &str) -> Result<Model, FitEr
         .ok_or_else(|| FitError::NoSuchRoute(route.to_owned()))?;
     let telemetry = live.live().telemetry();
     let now = rafael_proxy::layer::now();
-    let from = now.saturating_sub(WINDOW_SECONDS as u64 * SECOND);
+    let from = now
+        .saturating_sub(WINDOW_SECONDS as u64 * SECOND)
+        .max(since);
     let endpoints = live.upstream().endpoints();
     // With nothing in flight every attempt has reported; otherwise the route's deadline bounds
     // how long the unreported ones can have been running.
@@ -307,7 +320,9 @@ pub fn fit_route(snapshots: &SnapshotHandle, route: &str) -> Result<Model, FitEr
     Ok(model)
 }
 
-/// The windows of whole seconds, from the first with a request to the last before `now`'s.
+/// The windows of whole seconds before `now`'s, from the first with a request to the last
+/// with one: the quiet seconds after the traffic stopped say nothing of the upstream, and
+/// leaving them out keeps a model fitted a few seconds later the same model.
 fn complete_windows(telemetry: &Telemetry) -> &[Window] {
     let complete = telemetry
         .windows
@@ -319,7 +334,11 @@ fn complete_windows(telemetry: &Telemetry) -> &[Window] {
         .iter()
         .position(|w| w.requests > 0)
         .unwrap_or(complete);
-    &windows[first..]
+    let last = windows
+        .iter()
+        .rposition(|w| w.requests > 0)
+        .map_or(first, |last| last + 1);
+    &windows[first..last.max(first)]
 }
 
 fn arrivals(windows: &[Window], samples: &[Nanos]) -> Arrivals {

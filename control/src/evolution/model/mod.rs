@@ -20,7 +20,7 @@ pub mod check;
 pub mod fit;
 
 pub use calibrate::calibrate;
-pub use fit::{FitError, Telemetry, fit, fit_route};
+pub use fit::{FitError, Telemetry, fit, fit_route, fit_route_since};
 
 /// The fitted model of one route's upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

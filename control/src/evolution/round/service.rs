@@ -45,6 +45,8 @@ pub struct Evolution {
     audit: AuditLog,
     /// Routes with a round running: one at a time per route.
     running: Arc<Mutex<BTreeSet<String>>>,
+    /// Told of every proposal made (with `approval = "auto"` it approves and applies it).
+    guardian: Option<crate::guardian::Guardian>,
 }
 
 /// Why a round could not start.
@@ -88,7 +90,14 @@ impl Evolution {
             store,
             audit,
             running: Arc::default(),
+            guardian: None,
         }
+    }
+
+    /// Hands every proposal made to `guardian`.
+    pub fn with_guardian(mut self, guardian: crate::guardian::Guardian) -> Self {
+        self.guardian = Some(guardian);
+        self
     }
 
     /// Starts a round on `route` and returns it as stored (`running`, or `skipped` with the
@@ -346,7 +355,8 @@ impl Evolution {
             round_id: None,
         };
         proposal.id = self.propose(proposal.clone())?;
-        Ok(proposal)
+        // The guardian may have moved it on (approved and applied it) already.
+        Ok(self.store.proposal(proposal.id)?.unwrap_or(proposal))
     }
 
     /// Stores a proposal, supersedes older pending ones of its route, and audits both.
@@ -381,6 +391,11 @@ impl Evolution {
             warn!(%error, "cannot append to the audit log");
         }
         proposal_entered(None, proposal.state);
+        if let Some(guardian) = &self.guardian
+            && let Err(error) = guardian.proposed(id)
+        {
+            warn!(%error, proposal = id, "the guardian could not act on the proposal");
+        }
         Ok(id)
     }
 

@@ -26,6 +26,8 @@ use rafael_proxy::SnapshotHandle;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
+mod genomes;
+
 use crate::{
     audit::{AuditLog, action as audit_action},
     auth::{Auth, Caller, Permission},
@@ -66,6 +68,8 @@ pub struct AdminState {
     pub store: Arc<Store>,
     /// Evolution rounds.
     pub evolution: Evolution,
+    /// Applies approved proposals, rolls back, keeps the lineage.
+    pub guardian: crate::guardian::Guardian,
 }
 
 /// [`Query`], whose rejection is the API's JSON error.
@@ -115,7 +119,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/experiments", get(experiments_list))
         .route("/v1/experiments/{id}", get(experiment_get))
         .route("/v1/experiments/{id}/report", get(experiment_report))
+        .route("/v1/routes", get(genomes::routes_list))
         .route("/v1/routes/{route}/model", get(route_model))
+        .route("/v1/routes/{route}/genomes", get(genomes::route_genomes))
         .route("/v1/proposals", get(proposals_list))
         .route("/v1/proposals/{id}", get(proposal_get))
         .route("/v1/evolution/rounds", get(rounds_list))
@@ -137,6 +143,7 @@ pub fn router(state: AdminState) -> Router {
     let approve = Router::new()
         .route("/v1/proposals/{id}/approve", post(proposal_approve))
         .route("/v1/proposals/{id}/reject", post(proposal_reject))
+        .route("/v1/routes/{route}/rollback", post(genomes::route_rollback))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Approve),
             authorize,
@@ -560,7 +567,7 @@ struct DecisionBody {
 }
 
 /// Most characters of a decision's comment.
-const MAX_COMMENT_CHARS: usize = 2000;
+pub(crate) const MAX_COMMENT_CHARS: usize = 2000;
 
 /// Records `caller`'s `decision` on proposal `id`: stored, audited and counted, answered with
 /// the proposal. One decision at a time, so two approvers at once both count.
@@ -594,6 +601,7 @@ async fn proposal_decide(
     let required = state.snapshot.load().config().guardian.approvals_required;
     let audit = state.audit.clone();
     let snapshots = state.snapshot.clone();
+    let actor = caller.name.clone();
     let outcome = on_store(&state, move |store| {
         let _one_at_a_time = DECISIONS
             .lock()
@@ -647,11 +655,26 @@ async fn proposal_decide(
                 crate::guardian::metrics::proposal_entered(Some(before), decided.state);
             }
         }
-        Ok(Ok(proposal))
+        let approved = proposal.state == ProposalState::Approved && before != proposal.state;
+        Ok(Ok((proposal, approved)))
     })
     .await;
     match outcome {
-        Ok(Ok(proposal)) => Json(proposal).into_response(),
+        // The decision that approved it applies it (its canary first, when one is set).
+        Ok(Ok((proposal, true))) => {
+            let guardian = state.guardian.clone();
+            match tokio::task::spawn_blocking(move || guardian.approved(proposal.id, &actor)).await
+            {
+                Ok(Ok(applied)) => Json(applied).into_response(),
+                Ok(Err(e)) => genomes::guardian_error(&e),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    &e.to_string(),
+                ),
+            }
+        }
+        Ok(Ok((proposal, false))) => Json(proposal).into_response(),
         Ok(Err(None)) => error(
             StatusCode::NOT_FOUND,
             "not_found",

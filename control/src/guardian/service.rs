@@ -1,0 +1,888 @@
+//! The guardian in a running rafael: what happens to a proposal once it is approved, and to a
+//! genome once it is live.
+//!
+//! - **Apply** ([`Guardian::apply`]): the approved genome goes live through `PolicyHandle`
+//!   as a new generation of the route's lineage, recorded in the store *before* the swap (a
+//!   crash between the two restarts on the recorded genome, which is the approved one).
+//! - **Watch** ([`super::watch`]): for `[guardian].watch.duration` after the swap, at
+//!   checkpoints, the route is judged; a confirmed regression rolls back.
+//! - **Rollback** ([`Guardian::rollback`]): an earlier generation's genome goes live again, as
+//!   a new generation that says which one it restores.
+//! - **Restore** and **reload** ([`Guardian::restore`], [`Guardian::reload`]): the lineage and
+//!   the config file reconciled (see [`super::lineage`]).
+//!
+//! Every change of a live genome, by any of these paths, holds one lock, so an apply never
+//! interleaves with a reload or a rollback and each reads the generation the other left.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use metrics::counter;
+use rafael_config::{ApprovalMode, Config, ConfigErrors, Genome};
+use rafael_proxy::{SnapshotHandle, policy::Nanos};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    approval::{Decision, distinct_approvals},
+    expiry::{Expiry, expire},
+    lineage::{self, GenomeRecord, LineageSource},
+    metrics::{ROLLBACKS_TOTAL, proposal_entered},
+    proposal::{Approval, GuardrailVerdict, Proposal, ProposalState},
+    watch::{self, Counterfactual, Figures, Finding},
+};
+use crate::{
+    audit::{AuditLog, action},
+    evolution::model::fit_route_since,
+    store::{Store, StoreError},
+};
+
+/// The actor of the guardian's own steps.
+pub const ACTOR: &str = "rafael";
+/// Most generations a lineage listing returns.
+pub const MAX_LINEAGE: u32 = 1000;
+/// Seconds before the swap the watch's first baseline covers, at least and at most.
+const BASELINE_SECS: (u64, u64) = (60, 600);
+/// Checkpoints per watch, and the shortest and longest time between two.
+const CHECKPOINTS: u32 = 5;
+const CHECKPOINT_EVERY: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
+
+/// The guardian's run-time half.
+#[derive(Debug, Clone)]
+pub struct Guardian {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    snapshots: SnapshotHandle,
+    store: Arc<Store>,
+    audit: AuditLog,
+    /// Held across every change of a live genome.
+    changes: Mutex<()>,
+    /// The watch running on each route.
+    watches: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
+    /// Where watches run (the runtime the guardian was made on).
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Why the guardian did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardianError {
+    /// No live route has this name.
+    #[error("no route named {0:?}")]
+    NoSuchRoute(String),
+    /// No proposal has this id.
+    #[error("no proposal {0}")]
+    NoSuchProposal(i64),
+    /// The lineage holds no such generation.
+    #[error("route {route:?} has no generation {generation}")]
+    NoSuchGeneration {
+        /// The route.
+        route: String,
+        /// The generation asked for.
+        generation: u64,
+    },
+    /// The generation asked for is the one live.
+    #[error("generation {generation} is route {route:?}'s live generation already")]
+    AlreadyLive {
+        /// The route.
+        route: String,
+        /// Its live generation.
+        generation: u64,
+    },
+    /// The proposal is not in a state that can be applied.
+    #[error("proposal {id} is {state}, not approved")]
+    NotApproved {
+        /// The proposal.
+        id: i64,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The route's genome changed under the proposal; it expired.
+    #[error("proposal {id} expired: {reason}")]
+    Expired {
+        /// The proposal.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The genome does not validate (each error with its key path).
+    #[error("the genome is invalid: {0}")]
+    Invalid(ConfigErrors),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The watch after a swap, as the proposal keeps it (`watch` in DESIGN §7.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// `watching`, `kept`, `rolled_back`, or `replaced` (another change made it moot).
+    pub state: String,
+    /// When the genome went live (RFC 3339).
+    pub started_at: String,
+    /// When the watch ends (RFC 3339).
+    pub ends_at: String,
+    /// The generation watched.
+    pub generation: u64,
+    /// The generation it replaced (what a rollback restores).
+    pub previous_generation: u64,
+    /// The route before the swap; `None` when it had no traffic.
+    pub before: Option<Figures>,
+    /// The route since the swap, at the last checkpoint.
+    pub after: Option<Figures>,
+    /// The replay of both genomes since the swap, when a checkpoint needed one.
+    pub counterfactual: Option<Counterfactual>,
+    /// What the checkpoints found, at the last one.
+    pub findings: Vec<Finding>,
+    /// How it ended, in words.
+    pub reason: Option<String>,
+}
+
+/// One watch in progress.
+#[derive(Debug, Clone)]
+struct WatchTask {
+    proposal: i64,
+    route: String,
+    generation: u64,
+    previous: Genome,
+    /// The data plane clock at the swap.
+    since: Nanos,
+    /// The watch's length from the swap.
+    duration: Duration,
+}
+
+/// What a checkpoint decided.
+enum Step {
+    Continue,
+    Done,
+}
+
+// === impl Guardian ===
+
+impl Guardian {
+    /// The guardian of the routes of `snapshots`, keeping its records in `store` and `audit`.
+    /// Watches run on the current tokio runtime (none outside one: then nothing is watched).
+    pub fn new(snapshots: SnapshotHandle, store: Arc<Store>, audit: AuditLog) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                snapshots,
+                store,
+                audit,
+                changes: Mutex::new(()),
+                watches: Mutex::new(BTreeMap::new()),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// At start-up, before traffic: installs on every route the genome its lineage says is
+    /// live (the file's policy where it changed while rafael was down), records what is new,
+    /// and resumes the watches a previous process left running. Blocking.
+    pub fn restore(&self) -> Result<(), StoreError> {
+        let _changes = self.lock();
+        let config = self.inner.snapshots.load().config().clone();
+        let decisions = lineage::restore(&config, &self.inner.store, &now())?;
+        self.install_all(&decisions)?;
+        lineage::remember_file(&config, &self.inner.store)?;
+        drop(_changes);
+        self.resume_watches()
+    }
+
+    /// Reloads `config` (a new config file) keeping every genome the file did not change (see
+    /// [`lineage::reconcile`]); returns the new snapshot version. Blocking.
+    pub fn reload(&self, config: Config) -> Result<u64, ConfigErrors> {
+        let _changes = self.lock();
+        let store_error = |e: StoreError| {
+            let mut errors = ConfigErrors::default();
+            errors.push("store", format!("cannot reconcile the lineage: {e}"));
+            errors
+        };
+        let policies = self.inner.snapshots.policies();
+        let decisions = lineage::reconcile(
+            &config,
+            &self.inner.store,
+            |route| Some((policies.genome(route)?, policies.generation(route)?)),
+            &now(),
+        )
+        .map_err(store_error)?;
+        let mut kept = config.clone();
+        for (route, decision) in kept.routes.iter_mut().zip(&decisions) {
+            route.policy = decision.genome.clone();
+        }
+        let version = self.inner.snapshots.reload(kept)?;
+        self.install_all(&decisions).map_err(store_error)?;
+        lineage::remember_file(&config, &self.inner.store).map_err(store_error)?;
+        Ok(version)
+    }
+
+    /// Makes each decision's genome and generation live where they are not, and records the
+    /// generations that are new. Callers hold the lock.
+    fn install_all(&self, decisions: &[lineage::Decision]) -> Result<(), StoreError> {
+        let policies = self.inner.snapshots.policies();
+        for decision in decisions {
+            if let Some(record) = &decision.record {
+                self.inner.store.insert_genome(record)?;
+                // The first generation is the file at first start: not a change worth an entry.
+                if record.generation > 1 {
+                    self.audit(
+                        ACTOR,
+                        action::GENOME_APPLIED,
+                        &decision.route,
+                        json!({ "generation": record.generation, "source": "file" }),
+                    );
+                }
+                self.end_watch(
+                    &decision.route,
+                    "the config file changed the route's policy",
+                );
+            }
+            let live = (
+                policies.genome(&decision.route),
+                policies.generation(&decision.route),
+            );
+            if live != (Some(decision.genome.clone()), Some(decision.generation)) {
+                if let Err(errors) = policies.install(
+                    &decision.route,
+                    decision.genome.clone(),
+                    decision.generation,
+                ) {
+                    warn!(route = decision.route, %errors, "cannot install the lineage's genome");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After proposal `id` is stored: with `approval = "auto"`, approves it as `rafael` when it
+    /// passed every guardrail, and applies it. Blocking.
+    pub fn proposed(&self, id: i64) -> Result<Option<Proposal>, GuardianError> {
+        let config = self.inner.snapshots.load().config().clone();
+        if config.approval() != ApprovalMode::Auto {
+            return Ok(None);
+        }
+        let store = &self.inner.store;
+        let mut proposal = store
+            .proposal(id)?
+            .ok_or(GuardianError::NoSuchProposal(id))?;
+        if proposal.state != ProposalState::Pending
+            || !matches!(proposal.guardrails, GuardrailVerdict::Passed(_))
+        {
+            return Ok(None);
+        }
+        proposal.approvals.push(Approval {
+            by: ACTOR.to_owned(),
+            at: now(),
+            comment: Some("approval = \"auto\": within every guardrail".to_owned()),
+            decision: Decision::Approve,
+        });
+        proposal.state = ProposalState::Approved;
+        store.update_proposal(&proposal)?;
+        self.audit(
+            ACTOR,
+            action::PROPOSAL_APPROVED,
+            &format!("proposal/{id}"),
+            json!({
+                "route": proposal.route,
+                "decision": "approve",
+                "approval": "auto",
+                "approvals": distinct_approvals(&proposal),
+                "state": proposal.state.as_str(),
+            }),
+        );
+        proposal_entered(Some(ProposalState::Pending), ProposalState::Approved);
+        self.approved(id, ACTOR).map(Some)
+    }
+
+    /// Proposal `id` was just approved (by `actor`, the last approver): applies it. Blocking.
+    pub fn approved(&self, id: i64, actor: &str) -> Result<Proposal, GuardianError> {
+        self.apply(id, actor)
+    }
+
+    /// Applies approved proposal `id`: a new generation, recorded, swapped in, audited
+    /// (`genome.applied`), and watched when `[guardian].watch` is on. Blocking.
+    pub fn apply(&self, id: i64, actor: &str) -> Result<Proposal, GuardianError> {
+        let _changes = self.lock();
+        let (store, snapshots) = (&self.inner.store, &self.inner.snapshots);
+        let mut proposal = store
+            .proposal(id)?
+            .ok_or(GuardianError::NoSuchProposal(id))?;
+        if proposal.state != ProposalState::Approved {
+            return Err(GuardianError::NotApproved {
+                id,
+                state: proposal.state.as_str(),
+            });
+        }
+        let policies = snapshots.policies();
+        let route = proposal.route.clone();
+        let (Some(previous), Some(live)) = (policies.genome(&route), policies.generation(&route))
+        else {
+            return Err(GuardianError::NoSuchRoute(route));
+        };
+        if live != proposal.base_generation {
+            // Approved against a genome that is no longer live: applying its diff would apply
+            // something nobody looked at.
+            let why = Expiry::Generation {
+                base: proposal.base_generation,
+                live,
+            };
+            proposal.state = ProposalState::Pending;
+            expire(store, &self.inner.audit, &mut proposal, why)?;
+            return Err(GuardianError::Expired {
+                id,
+                reason: why.reason(),
+            });
+        }
+        let config = snapshots.load().config().clone();
+        let mut errors = ConfigErrors::default();
+        let index = config.routes.iter().position(|r| r.name == route);
+        proposal.genome.validate(
+            &format!("routes[{}].policy", index.unwrap_or_default()),
+            &mut errors,
+        );
+        if !errors.is_empty() {
+            return Err(GuardianError::Invalid(errors));
+        }
+        let generation = store
+            .latest_genome(&route)?
+            .map_or(live, |l| l.generation.max(live))
+            + 1;
+        let record = GenomeRecord {
+            route: route.clone(),
+            generation,
+            genome: proposal.genome.clone(),
+            source: LineageSource::Proposal,
+            applied_at: now(),
+            actor: actor.to_owned(),
+            proposal_id: Some(id),
+            restores: None,
+            reason: None,
+        };
+        let before = self.baseline(&route, &config);
+        store.insert_genome(&record)?;
+        self.end_watch(&route, &format!("proposal {id} replaced it"));
+        policies
+            .install(&route, proposal.genome.clone(), generation)
+            .map_err(GuardianError::Invalid)?;
+        // From the next whole second: the one running now is partly the previous genome's.
+        let since = next_second(rafael_proxy::layer::now());
+        let settings = config.guardian.watch;
+        let watching = !settings.duration.get().is_zero();
+        let ends = SystemTime::now() + settings.duration.get();
+        proposal.state = if watching {
+            ProposalState::Applied
+        } else {
+            ProposalState::Kept
+        };
+        proposal.watch = watching.then(|| {
+            json_value(&WatchRecord {
+                state: "watching".to_owned(),
+                started_at: record.applied_at.clone(),
+                ends_at: humantime::format_rfc3339_seconds(ends).to_string(),
+                generation,
+                previous_generation: live,
+                before,
+                after: None,
+                counterfactual: None,
+                findings: Vec::new(),
+                reason: None,
+            })
+        });
+        store.update_proposal(&proposal)?;
+        proposal_entered(Some(ProposalState::Approved), proposal.state);
+        self.audit(
+            actor,
+            action::GENOME_APPLIED,
+            &route,
+            json!({
+                "generation": generation,
+                "previous_generation": live,
+                "proposal": id,
+                "source": "proposal",
+                "diff": proposal.diff,
+                "watch": watching.then(|| settings.duration.to_string()),
+            }),
+        );
+        info!(route, generation, proposal = id, "genome applied");
+        // Pending proposals of the route were made against the generation just replaced.
+        for mut pending in store.proposals(Some(ProposalState::Pending), Some(&route), 1000)? {
+            let why = Expiry::Generation {
+                base: pending.base_generation,
+                live: generation,
+            };
+            expire(store, &self.inner.audit, &mut pending, why)?;
+        }
+        if watching {
+            self.spawn_watch(WatchTask {
+                proposal: id,
+                route,
+                generation,
+                previous,
+                since,
+                duration: settings.duration.get(),
+            });
+        }
+        Ok(proposal)
+    }
+
+    /// Makes generation `to`'s genome live again on `route`, as a new generation, by `actor`
+    /// (an approver, by hand). Blocking.
+    pub fn rollback(
+        &self,
+        route: &str,
+        to: u64,
+        actor: &str,
+        comment: Option<String>,
+    ) -> Result<GenomeRecord, GuardianError> {
+        let _changes = self.lock();
+        let reason = comment.unwrap_or_else(|| "by hand".to_owned());
+        self.roll_back_locked(route, to, actor, &reason, "manual", json!({}))
+    }
+
+    /// The rollback itself; callers hold the lock. `metric` is the rollback counter's reason.
+    fn roll_back_locked(
+        &self,
+        route: &str,
+        to: u64,
+        actor: &str,
+        reason: &str,
+        metric: &'static str,
+        figures: serde_json::Value,
+    ) -> Result<GenomeRecord, GuardianError> {
+        let store = &self.inner.store;
+        let policies = self.inner.snapshots.policies();
+        let live = policies
+            .generation(route)
+            .ok_or_else(|| GuardianError::NoSuchRoute(route.to_owned()))?;
+        if to == live {
+            return Err(GuardianError::AlreadyLive {
+                route: route.to_owned(),
+                generation: live,
+            });
+        }
+        let target =
+            store
+                .genome_at(route, to)?
+                .ok_or_else(|| GuardianError::NoSuchGeneration {
+                    route: route.to_owned(),
+                    generation: to,
+                })?;
+        let current = store.genome_at(route, live)?;
+        let generation = store
+            .latest_genome(route)?
+            .map_or(live, |l| l.generation.max(live))
+            + 1;
+        let record = GenomeRecord {
+            route: route.to_owned(),
+            generation,
+            genome: target.genome.clone(),
+            source: LineageSource::Rollback,
+            applied_at: now(),
+            actor: actor.to_owned(),
+            proposal_id: current.as_ref().and_then(|c| c.proposal_id),
+            restores: Some(to),
+            reason: Some(reason.to_owned()),
+        };
+        store.insert_genome(&record)?;
+        policies
+            .install(route, target.genome, generation)
+            .map_err(GuardianError::Invalid)?;
+        counter!(ROLLBACKS_TOTAL, "route" => route.to_owned(), "reason" => metric).increment(1);
+        // The proposal that made the generation rolled back ends `rolled_back`.
+        if let Some(id) = record.proposal_id
+            && let Some(mut proposal) = store.proposal(id)?
+            && matches!(proposal.state, ProposalState::Applied | ProposalState::Kept)
+        {
+            let before = proposal.state;
+            proposal.state = ProposalState::RolledBack;
+            if let Some(watch) = proposal.watch.as_mut().and_then(|w| w.as_object_mut()) {
+                watch.insert("state".into(), json!("rolled_back"));
+                watch.insert("reason".into(), json!(reason));
+            }
+            store.update_proposal(&proposal)?;
+            proposal_entered(Some(before), ProposalState::RolledBack);
+        }
+        self.audit(
+            actor,
+            action::GENOME_ROLLED_BACK,
+            route,
+            json!({
+                "generation": generation,
+                "from_generation": live,
+                "restores": to,
+                "proposal": record.proposal_id,
+                "reason": reason,
+                "figures": figures,
+            }),
+        );
+        warn!(
+            route,
+            generation,
+            restores = to,
+            reason,
+            "genome rolled back"
+        );
+        self.abort_watch(route);
+        Ok(record)
+    }
+
+    /// `route`'s lineage, newest first, at most `limit` generations.
+    pub fn lineage(&self, route: &str, limit: u32) -> Result<Vec<GenomeRecord>, StoreError> {
+        self.inner.store.lineage(route, limit.min(MAX_LINEAGE))
+    }
+
+    /// The route's traffic before now, as the watch's first baseline.
+    fn baseline(&self, route: &str, config: &Config) -> Option<Figures> {
+        let snapshot = self.inner.snapshots.load();
+        let live = snapshot.route(route)?;
+        let secs = config
+            .guardian
+            .watch
+            .duration
+            .get()
+            .as_secs()
+            .clamp(BASELINE_SECS.0, BASELINE_SECS.1);
+        let now = rafael_proxy::layer::now();
+        let windows = complete(
+            live.live()
+                .telemetry()
+                .windows(now.saturating_sub(secs * SECOND), now),
+            now,
+        );
+        Figures::of(&windows, config.evolution.objectives.slo_latency.get())
+    }
+
+    fn spawn_watch(&self, task: WatchTask) {
+        let Some(runtime) = &self.inner.runtime else {
+            warn!(
+                route = task.route,
+                "no runtime to watch the new genome on; it is kept unwatched"
+            );
+            return;
+        };
+        let route = task.route.clone();
+        let this = self.clone();
+        let handle = runtime.spawn(async move { this.watch(task).await });
+        let previous = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(route, handle.abort_handle());
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    fn abort_watch(&self, route: &str) {
+        let running = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(route);
+        if let Some(running) = running {
+            running.abort();
+        }
+    }
+
+    /// Ends the watch on `route`, if one runs, because another change replaced its genome:
+    /// its proposal ends `kept` (it was not rolled back), with `why`. Callers hold the lock.
+    fn end_watch(&self, route: &str, why: &str) {
+        self.abort_watch(route);
+        let watched = self
+            .inner
+            .store
+            .proposals(Some(ProposalState::Applied), Some(route), 10);
+        for mut proposal in watched.unwrap_or_default() {
+            self.finish(&mut proposal, "replaced", why);
+        }
+    }
+
+    /// Marks applied `proposal` `kept`, its watch in `state` with `reason`.
+    fn finish(&self, proposal: &mut Proposal, state: &str, reason: &str) {
+        proposal.state = ProposalState::Kept;
+        if let Some(watch) = proposal.watch.as_mut().and_then(|w| w.as_object_mut()) {
+            watch.insert("state".into(), json!(state));
+            watch.insert("reason".into(), json!(reason));
+        }
+        match self.inner.store.update_proposal(proposal) {
+            Ok(()) => proposal_entered(Some(ProposalState::Applied), ProposalState::Kept),
+            Err(error) => warn!(%error, proposal = proposal.id, "cannot store the watch's end"),
+        }
+    }
+
+    /// The watch loop: checkpoints until the end, a rollback, or another change.
+    async fn watch(self, task: WatchTask) {
+        let every = (task.duration / CHECKPOINTS).clamp(CHECKPOINT_EVERY.0, CHECKPOINT_EVERY.1);
+        let started = tokio::time::Instant::now();
+        // Resumed after a restart, the watch has only what is left of its duration.
+        let elapsed = Duration::from_nanos(rafael_proxy::layer::now().saturating_sub(task.since));
+        let end = started + task.duration.saturating_sub(elapsed);
+        loop {
+            let next = (tokio::time::Instant::now() + every).min(end);
+            tokio::time::sleep_until(next).await;
+            let last = next >= end;
+            let (this, task) = (self.clone(), task.clone());
+            let step = crate::evolution::low_priority("rafael-watch", move || {
+                this.checkpoint(&task, last)
+            })
+            .await;
+            match step {
+                Some(Step::Continue) => {}
+                Some(Step::Done) | None => break,
+            }
+        }
+    }
+
+    /// One checkpoint of `task`; `last` at the watch's end.
+    fn checkpoint(&self, task: &WatchTask, last: bool) -> Step {
+        let store = &self.inner.store;
+        let Ok(Some(mut proposal)) = store.proposal(task.proposal) else {
+            return Step::Done;
+        };
+        if proposal.state != ProposalState::Applied {
+            return Step::Done;
+        }
+        let snapshot = self.inner.snapshots.load();
+        let config = snapshot.config().clone();
+        let limits = config.guardian.watch;
+        let Some(route) = snapshot.route(&task.route) else {
+            let _changes = self.lock();
+            self.finish(&mut proposal, "replaced", "the route was removed");
+            return Step::Done;
+        };
+        if route.live().generation() != task.generation {
+            let _changes = self.lock();
+            self.finish(
+                &mut proposal,
+                "replaced",
+                "another change replaced the genome",
+            );
+            return Step::Done;
+        }
+        let mut record: WatchRecord = match proposal
+            .watch
+            .clone()
+            .and_then(|w| serde_json::from_value(w).ok())
+        {
+            Some(record) => record,
+            None => return Step::Done,
+        };
+        let now = rafael_proxy::layer::now();
+        let after = complete(route.live().telemetry().windows(task.since, now), now);
+        let slo = config.evolution.objectives.slo_latency.get();
+        record.after = Figures::of(&after, slo);
+        let findings = match (&record.before, &record.after) {
+            (Some(before), Some(after)) => watch::suspect(before, after, &limits),
+            _ => Vec::new(),
+        };
+        record.findings = findings.clone();
+        let mut verdict = None;
+        if !findings.is_empty() {
+            match fit_route_since(&self.inner.snapshots, &task.route, task.since) {
+                Ok(model) => {
+                    let cf = watch::counterfactual(&model, &task.previous, route.policy(), &config);
+                    record.counterfactual = Some(cf);
+                    verdict = findings
+                        .iter()
+                        .find(|f| f.confirmed_by(&cf, &limits))
+                        .map(|f| {
+                            (
+                                *f,
+                                format!(
+                                    "{}; the previous genome, replayed on the upstream as it \
+                                     behaved since the swap, would have done better (goodput \
+                                     {:.3} against {:.3}, p99 {:.1} ms against {:.1} ms)",
+                                    f.describe(&limits),
+                                    cf.previous.goodput,
+                                    cf.current.goodput,
+                                    cf.previous.p99_ms,
+                                    cf.current.p99_ms
+                                ),
+                            )
+                        });
+                }
+                // No model yet: wait for more windows, and at the end err on the side of the
+                // genome that ran before.
+                Err(error) if last => {
+                    verdict = Some((
+                        findings[0],
+                        format!(
+                            "{}; no counterfactual could be made ({error})",
+                            findings[0].describe(&limits)
+                        ),
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        let _changes = self.lock();
+        // A change may have come while this checkpoint worked without the lock.
+        if self.inner.snapshots.policies().generation(&task.route) != Some(task.generation) {
+            self.finish(
+                &mut proposal,
+                "replaced",
+                "another change replaced the genome",
+            );
+            return Step::Done;
+        }
+        if let Some((finding, reason)) = verdict {
+            proposal.watch = Some(json_value(&record));
+            if let Err(error) = store.update_proposal(&proposal) {
+                warn!(%error, "cannot store the watch's figures");
+            }
+            let figures = json!({
+                "before": record.before,
+                "after": record.after,
+                "counterfactual": record.counterfactual,
+                "finding": finding,
+            });
+            if let Err(error) = self.roll_back_locked(
+                &task.route,
+                record.previous_generation,
+                ACTOR,
+                &reason,
+                finding.metric(),
+                figures,
+            ) {
+                warn!(%error, route = task.route, "the watch cannot roll back");
+            }
+            return Step::Done;
+        }
+        if last {
+            record.state = "kept".to_owned();
+            record.reason = Some(if findings.is_empty() {
+                "no significant regression against the windows before the swap".to_owned()
+            } else {
+                "the previous genome would have done no better in the same windows".to_owned()
+            });
+            proposal.watch = Some(json_value(&record));
+            proposal.state = ProposalState::Kept;
+            match store.update_proposal(&proposal) {
+                Ok(()) => proposal_entered(Some(ProposalState::Applied), ProposalState::Kept),
+                Err(error) => warn!(%error, "cannot store the watch's end"),
+            }
+            self.audit(
+                ACTOR,
+                action::GENOME_KEPT,
+                &task.route,
+                json!({
+                    "generation": task.generation,
+                    "proposal": task.proposal,
+                    "before": record.before,
+                    "after": record.after,
+                    "counterfactual": record.counterfactual,
+                }),
+            );
+            info!(
+                route = task.route,
+                generation = task.generation,
+                "genome kept"
+            );
+            self.inner
+                .watches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&task.route);
+            return Step::Done;
+        }
+        proposal.watch = Some(json_value(&record));
+        if let Err(error) = store.update_proposal(&proposal) {
+            warn!(%error, "cannot store the watch's figures");
+        }
+        Step::Continue
+    }
+
+    /// Watches that a previous process left running: resumed for what is left of them (their
+    /// first baseline is stored with them; the windows since the restart are the new ones).
+    fn resume_watches(&self) -> Result<(), StoreError> {
+        let policies = self.inner.snapshots.policies();
+        for mut proposal in
+            self.inner
+                .store
+                .proposals(Some(ProposalState::Applied), None, MAX_LINEAGE)?
+        {
+            let record: Option<WatchRecord> = proposal
+                .watch
+                .clone()
+                .and_then(|w| serde_json::from_value(w).ok());
+            let Some(record) = record else { continue };
+            if policies.generation(&proposal.route) != Some(record.generation) {
+                self.finish(
+                    &mut proposal,
+                    "replaced",
+                    "another change replaced the genome",
+                );
+                continue;
+            }
+            let ends = humantime::parse_rfc3339_weak(&record.ends_at).unwrap_or(SystemTime::now());
+            let left = ends
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            let Some(previous) = self
+                .inner
+                .store
+                .genome_at(&proposal.route, record.previous_generation)?
+            else {
+                continue;
+            };
+            self.spawn_watch(WatchTask {
+                proposal: proposal.id,
+                route: proposal.route.clone(),
+                generation: record.generation,
+                previous: previous.genome,
+                since: next_second(rafael_proxy::layer::now()),
+                duration: left.max(Duration::from_secs(1)),
+            });
+        }
+        Ok(())
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, details: serde_json::Value) {
+        let target = if target.contains('/') {
+            target.to_owned()
+        } else {
+            format!("route/{target}")
+        };
+        if let Err(error) = self.inner.audit.append(actor, action, &target, details) {
+            warn!(%error, "cannot append to the audit log");
+        }
+    }
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+/// The start of the second after `at`'s.
+fn next_second(at: Nanos) -> Nanos {
+    (at / SECOND + 1) * SECOND
+}
+
+/// The whole seconds of `windows` (the one still running at `now` left out).
+fn complete(
+    mut windows: Vec<rafael_proxy::telemetry::Window>,
+    now: Nanos,
+) -> Vec<rafael_proxy::telemetry::Window> {
+    windows.retain(|w| w.start + SECOND <= now);
+    windows
+}
+
+fn json_value(value: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
