@@ -1,0 +1,500 @@
+//! The guardian end to end (issue 10), on the real binary and real traffic: an approved
+//! proposal goes live as a new generation that survives SIGKILL and reloads by the rule, is
+//! rolled back by hand; and the watch after a swap rolls back a genome that does worse than the
+//! previous one would have, keeps one that is fine, and keeps one whose upstream turns bad
+//! during the watch when the previous genome would have suffered as much. The upstream is a
+//! worker pool whose error share the test sets, and the test's own client measures goodput.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rafael_control::auth::{Role, add_token};
+use serde_json::{Value, json};
+use support::{
+    RAFAEL, Rafael, audit_actions, eventually, http_get, http_get_with, http_post, http_post_with,
+    json_of,
+    load::{Answer, goodput, open_loop},
+    metric_value,
+    worker_pool::WorkerPool,
+};
+
+const SLO: Duration = Duration::from_millis(300);
+
+/// A config with routes `main` and `other` on `upstream`, `main` with `policy` (TOML lines of
+/// `[routes.policy]`), and `extra` at the end.
+fn config(upstream: std::net::SocketAddr, policy: &str, extra: &str) -> String {
+    support::config_text(
+        upstream,
+        &format!(
+            "match = {{ path_prefix = \"/work\" }}\n[routes.policy]\n{policy}\n\n[[routes]]\nname = \"other\"\nlistener = \"in\"\nupstream = \"app\"\nmatch = {{ path_prefix = \"/other\" }}\n{extra}"
+        ),
+    )
+}
+
+fn routes(admin: std::net::SocketAddr) -> Value {
+    json_of(&http_get(admin, "/v1/routes").2)
+}
+
+fn route<'a>(routes: &'a Value, name: &str) -> &'a Value {
+    routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Authorization: Bearer {secret}\r\n")
+}
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(RAFAEL).args(args).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn with_tokens(text: &str, tokens: &Path) -> String {
+    text.replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\ntokens_file = {tokens:?}\n"),
+        1,
+    )
+}
+
+#[test]
+fn an_applied_genome_survives_sigkill_reloads_keep_it_unless_the_file_changed_it_and_any_generation_can_be_restored()
+ {
+    let upstream = support::upstream("ok", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let olga = add_token(&tokens, "olga", Role::Operator).unwrap();
+    let bob = add_token(&tokens, "bob", Role::Approver).unwrap();
+    let vic = add_token(&tokens, "vic", Role::Viewer).unwrap();
+    let store = dir.path().join("rafael.db");
+    let extra =
+        format!("\n[store]\npath = {store:?}\n\n[guardian]\nwatch = {{ duration = \"0s\" }}\n");
+    let file = |policy: &str, other: &str| {
+        with_tokens(&config(upstream, policy, &extra), &tokens).replace(
+            "match = { path_prefix = \"/other\" }\n",
+            &format!("match = {{ path_prefix = \"/other\" }}\n{other}"),
+        )
+    };
+    let path = dir.path().join("rafael.toml");
+    std::fs::write(&path, file("timeout = \"2s\"", "")).unwrap();
+    let mut rafael = Rafael::start(&path);
+
+    // Olga writes a genome, Bob approves it: generation 2, live at once (no watch here).
+    let candidate = json!({"timeout": "2s", "retry": {"max_attempts": 2, "retry_on": ["5xx"]}});
+    let (status, created) = http_post_with(
+        rafael.admin,
+        "/v1/proposals",
+        &json!({"route": "main", "genome": candidate}).to_string(),
+        &bearer(&olga),
+    );
+    assert_eq!(status, 201, "{created}");
+    let (status, applied) =
+        http_post_with(rafael.admin, "/v1/proposals/1/approve", "", &bearer(&bob));
+    assert_eq!(status, 200, "{applied}");
+    let applied = json_of(&applied);
+    assert_eq!(applied["state"], "kept", "{applied}");
+    let live = |rafael: &Rafael| {
+        let routes = json_of(&http_get_with(rafael.admin, "/v1/routes", &bearer(&vic)).2);
+        let main = route(&routes, "main");
+        (main["generation"].as_u64().unwrap(), main["genome"].clone())
+    };
+    let (generation, genome) = live(&rafael);
+    assert_eq!(generation, 2);
+    assert_eq!(genome["retry"]["max_attempts"], 2, "{genome}");
+    assert!(
+        rafael
+            .metrics()
+            .contains("rafael_genome_generation{route=\"main\"} 2")
+    );
+    // A second proposal waits, made against generation 2.
+    let second = json!({"timeout": "2s", "retry": {"max_attempts": 3, "retry_on": ["5xx"]}});
+    let (status, body) = http_post_with(
+        rafael.admin,
+        "/v1/proposals",
+        &json!({"route": "main", "genome": second}).to_string(),
+        &bearer(&olga),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // SIGKILL: no drain, no goodbye. The same generation comes back, lineage and all.
+    rafael.child.kill().unwrap();
+    rafael.child.wait().unwrap();
+    let rafael = Rafael::start(&path);
+    assert_eq!(live(&rafael), (2, genome.clone()));
+    let lineage = json_of(&http_get_with(rafael.admin, "/v1/routes/main/genomes", &bearer(&vic)).2);
+    let sources: Vec<(u64, &str)> = lineage["genomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["generation"].as_u64().unwrap(),
+                g["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sources, [(2, "proposal"), (1, "file")], "{lineage}");
+    let pending = json_of(&http_get_with(rafael.admin, "/v1/proposals/2", &bearer(&vic)).2);
+    assert_eq!(pending["state"], "pending", "{pending}");
+    // Traffic flows on the restored genome.
+    assert_eq!(http_get(rafael.proxy, "/work").0, 200);
+
+    // A reload that changes only the other route keeps main's swapped genome.
+    std::fs::write(
+        &path,
+        file("timeout = \"2s\"", "[routes.policy]\ntimeout = \"3s\"\n"),
+    )
+    .unwrap();
+    rafael.signal("HUP");
+    assert!(eventually(Duration::from_secs(20), || {
+        route(
+            &json_of(&http_get_with(rafael.admin, "/v1/routes", &bearer(&vic)).2),
+            "other",
+        )["generation"]
+            == 2
+    }));
+    assert_eq!(live(&rafael), (2, genome.clone()));
+    // One that changes main's own policy: the file wins, as generation 3 with source file.
+    std::fs::write(
+        &path,
+        file("timeout = \"4s\"", "[routes.policy]\ntimeout = \"3s\"\n"),
+    )
+    .unwrap();
+    rafael.signal("HUP");
+    assert!(eventually(Duration::from_secs(20), || live(&rafael).0 == 3));
+    let from_file = live(&rafael).1;
+    assert_eq!(
+        (&from_file["timeout"], &from_file["retry"]),
+        (&json!("4s"), &Value::Null),
+        "{from_file}"
+    );
+    let lineage = json_of(&http_get_with(rafael.admin, "/v1/routes/main/genomes", &bearer(&vic)).2);
+    assert_eq!(lineage["genomes"][0]["source"], "file", "{lineage}");
+    // The pending proposal's base moved: it expires (the sweeper runs every 5 s).
+    assert!(eventually(Duration::from_secs(20), || {
+        json_of(&http_get_with(rafael.admin, "/v1/proposals/2", &bearer(&vic)).2)["state"]
+            == "expired"
+    }));
+
+    // Back to generation 2's genome by hand: a viewer may not, an approver may.
+    let admin = format!("http://{}", rafael.admin);
+    let (code, _, stderr) = cli(&[
+        "genomes", "rollback", "main", "--to", "2", "--admin", &admin, "--token", &vic,
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    let (code, stdout, stderr) = cli(&[
+        "genomes",
+        "rollback",
+        "main",
+        "--to",
+        "2",
+        "--comment",
+        "the file's timeout was a mistake",
+        "--admin",
+        &admin,
+        "--token",
+        &bob,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("generation 4"), "{stdout}");
+    assert_eq!(live(&rafael), (4, genome.clone()));
+    let (code, stdout, stderr) = cli(&["genomes", "main", "--admin", &admin, "--token", &vic]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let first_row = stdout.lines().nth(1).unwrap_or_default();
+    assert!(
+        first_row.starts_with("live")
+            && first_row.contains("rollback")
+            && first_row.contains("restores 2"),
+        "{stdout}"
+    );
+    // Rolling back to the live generation, or to one that never was, is refused.
+    let (status, body) = http_post_with(
+        rafael.admin,
+        "/v1/routes/main/rollback",
+        r#"{"to": 4}"#,
+        &bearer(&bob),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = http_post_with(
+        rafael.admin,
+        "/v1/routes/main/rollback",
+        r#"{"to": 99}"#,
+        &bearer(&bob),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        rafael
+            .metrics()
+            .contains("rafael_guardian_rollbacks_total{route=\"main\",reason=\"manual\"} 1")
+    );
+
+    // Every step is in the audit chain, and the chain verifies.
+    let (code, stdout, stderr) = cli(&["audit", "verify", "--admin", &admin, "--token", &vic]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let audit = json_of(&http_get_with(rafael.admin, "/v1/audit", &bearer(&vic)).2);
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "proposal.created",
+        "proposal.approved",
+        "genome.applied",
+        "proposal.expired",
+        "genome.rolled_back",
+    ] {
+        assert!(actions.contains(&action), "{action} missing: {actions:?}");
+    }
+}
+
+/// Watch settings for the live watch tests: 12 s, checkpoints every 2.4 s.
+const WATCH: &str = r#"
+[evolution]
+min_requests = 300
+
+[guardian]
+approval = "auto"
+watch = { duration = "12s", max_goodput_drop = 0.02, max_p99_increase = 0.5 }
+"#;
+
+/// Drives `rate` requests a second at `rafael` for `secs` seconds in the background.
+fn traffic(
+    proxy: std::net::SocketAddr,
+    rate: f64,
+    secs: u64,
+) -> tokio::task::JoinHandle<Vec<Answer>> {
+    tokio::spawn(open_loop(
+        proxy,
+        "/work",
+        rate,
+        secs,
+        Duration::from_secs(5),
+        |_| {},
+    ))
+}
+
+/// Proposes `genome` for `main` (approved and applied at once: `approval = "auto"`), and
+/// returns the proposal.
+fn propose(admin: std::net::SocketAddr, genome: Value) -> Value {
+    let (status, body) = http_post(
+        admin,
+        "/v1/proposals",
+        &json!({"route": "main", "genome": genome}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let proposal = json_of(&body);
+    assert_eq!(proposal["state"], "applied", "{proposal}");
+    proposal
+}
+
+/// Waits for proposal `id` to leave `applied`, and returns it.
+async fn watched(admin: std::net::SocketAddr, id: i64, limit: Duration) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + limit;
+        loop {
+            let proposal = json_of(&http_get(admin, &format!("/v1/proposals/{id}")).2);
+            if proposal["state"] != "applied" || Instant::now() > deadline {
+                return proposal;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genome_that_does_worse_than_the_previous_one_would_have_is_rolled_back_within_the_watch()
+{
+    // One attempt in five fails: the incumbent's retries hide it, the candidate has none.
+    let pool = WorkerPool::new(8, Duration::from_millis(5))
+        .errors(0.2)
+        .seed(11)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rafael.toml");
+    let policy = "timeout = \"2s\"\nretry = { max_attempts = 3, retry_on = [\"5xx\"], budget_ratio = 1.0, budget_min_per_sec = 100 }";
+    std::fs::write(&path, config(pool.address, policy, WATCH)).unwrap();
+    let rafael = tokio::task::spawn_blocking(move || Rafael::start(&path))
+        .await
+        .unwrap();
+    let rate = 100.0;
+    let load = traffic(rafael.proxy, rate, 26);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let admin = rafael.admin;
+    let proposal = tokio::task::spawn_blocking(move || propose(admin, json!({"timeout": "2s"})))
+        .await
+        .unwrap();
+    let applied_at = Instant::now();
+    let id = proposal["id"].as_i64().unwrap();
+    let ended = watched(admin, id, Duration::from_secs(30)).await;
+    let rolled_back_after = applied_at.elapsed();
+    assert_eq!(ended["state"], "rolled_back", "{ended}");
+    assert!(
+        rolled_back_after < Duration::from_secs(12),
+        "rolled back after {rolled_back_after:?}, past the 12 s watch"
+    );
+    let watch = &ended["watch"];
+    assert_eq!(watch["state"], "rolled_back", "{watch}");
+    let cf = &watch["counterfactual"];
+    assert!(
+        cf["previous"]["goodput"].as_f64().unwrap()
+            > cf["current"]["goodput"].as_f64().unwrap() + 0.1,
+        "{watch}"
+    );
+    let answers = load.await.unwrap();
+    let (lineage, metrics, actions) = tokio::task::spawn_blocking(move || {
+        (
+            json_of(&http_get(admin, "/v1/routes/main/genomes").2),
+            rafael.metrics(),
+            audit_actions(admin),
+        )
+    })
+    .await
+    .unwrap();
+    let newest = &lineage["genomes"][0];
+    assert_eq!(
+        (newest["source"].as_str(), newest["restores"].as_u64()),
+        (Some("rollback"), Some(1)),
+        "{lineage}"
+    );
+    assert_eq!(newest["genome"]["retry"]["max_attempts"], 3, "{lineage}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "rafael_guardian_rollbacks_total{route=\"main\",reason=\"goodput\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        actions.contains(&"genome.rolled_back".to_owned()),
+        "{actions:?}"
+    );
+    // What the client saw: the retries' goodput before, the candidate's while it was live, and
+    // the retries' again once it was rolled back (the last 4 s of traffic).
+    let before = goodput(&answers[..(5.0 * rate) as usize], SLO);
+    let after = goodput(&answers[answers.len() - (4.0 * rate) as usize..], SLO);
+    eprintln!(
+        "watch rollback: before {before:.3}, after the rollback {after:.3}, rolled back after {rolled_back_after:?}; {watch}"
+    );
+    assert!(
+        before > 0.97 && after > 0.97,
+        "before {before}, after {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genome_that_is_fine_is_kept_and_so_is_one_whose_upstream_turns_bad_during_the_watch() {
+    // Two routes, two pools, one rafael: `main` gets a harmless change on a steady upstream;
+    // `other` gets a harmless change, then its upstream starts failing a third of its requests.
+    let steady = WorkerPool::new(8, Duration::from_millis(5))
+        .errors(0.05)
+        .seed(5)
+        .start()
+        .await;
+    let turning = WorkerPool::new(8, Duration::from_millis(5))
+        .seed(6)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rafael.toml");
+    let policy = "timeout = \"2s\"\nretry = { max_attempts = 3, retry_on = [\"5xx\"], budget_ratio = 1.0, budget_min_per_sec = 100 }";
+    let text = config(steady.address, policy, WATCH)
+        .replace(
+            "upstream = \"app\"\nmatch = { path_prefix = \"/other\" }",
+            "upstream = \"turning\"\nmatch = { path_prefix = \"/other\" }\n[routes.policy]\ntimeout = \"2s\"",
+        )
+        .replacen(
+            "[[routes]]",
+            &format!("[[upstreams]]\nname = \"turning\"\nendpoints = [\"{}\"]\n\n[[routes]]", turning.address),
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let rafael = tokio::task::spawn_blocking(move || Rafael::start(&path))
+        .await
+        .unwrap();
+    let rate = 100.0;
+    let main = traffic(rafael.proxy, rate, 24);
+    let other = tokio::spawn(open_loop(
+        rafael.proxy,
+        "/other/work",
+        rate,
+        24,
+        Duration::from_secs(5),
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let admin = rafael.admin;
+    let (fine, turned) = tokio::task::spawn_blocking(move || {
+        let fine = propose(
+            admin,
+            json!({"timeout": "2s", "retry": {"max_attempts": 4, "retry_on": ["5xx"], "budget_ratio": 1.0, "budget_min_per_sec": 100}}),
+        );
+        let (status, body) = http_post(
+            admin,
+            "/v1/proposals",
+            &json!({"route": "other", "genome": {"timeout": "3s"}}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+        (fine, json_of(&body))
+    })
+    .await
+    .unwrap();
+    assert_eq!(turned["state"], "applied", "{turned}");
+    // The bad period begins a second into the watch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    turning.set_errors(0.35);
+    let fine = watched(admin, fine["id"].as_i64().unwrap(), Duration::from_secs(40)).await;
+    let turned = watched(
+        admin,
+        turned["id"].as_i64().unwrap(),
+        Duration::from_secs(40),
+    )
+    .await;
+    let (main, other) = (main.await.unwrap(), other.await.unwrap());
+    eprintln!("fine: {}\nturned: {}", fine["watch"], turned["watch"]);
+    assert_eq!(fine["state"], "kept", "{fine}");
+    assert_eq!(fine["watch"]["state"], "kept", "{fine}");
+    assert_eq!(turned["state"], "kept", "{turned}");
+    // The bad period was seen: the route's goodput fell well past the limit, and the replay of
+    // the previous genome in the same windows fell as far.
+    let watch = &turned["watch"];
+    let after = watch["after"]["goodput"].as_f64().unwrap();
+    assert!(after < 0.8, "{watch}");
+    let cf = &watch["counterfactual"];
+    assert!(cf["previous"]["goodput"].as_f64().unwrap() < 0.8, "{watch}");
+    // The client saw it too, on `other` only.
+    let late = |answers: &[Answer]| goodput(&answers[answers.len() - (8.0 * rate) as usize..], SLO);
+    assert!(
+        late(&other) < 0.8 && late(&main) > 0.97,
+        "{} {}",
+        late(&other),
+        late(&main)
+    );
+    let metrics = tokio::task::spawn_blocking(move || rafael.metrics())
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("rafael_guardian_rollbacks_total"),
+        "{metrics}"
+    );
+}
