@@ -37,10 +37,6 @@ fn config(upstream: std::net::SocketAddr, policy: &str, extra: &str) -> String {
     )
 }
 
-fn routes(admin: std::net::SocketAddr) -> Value {
-    json_of(&http_get(admin, "/v1/routes").2)
-}
-
 fn route<'a>(routes: &'a Value, name: &str) -> &'a Value {
     routes["routes"]
         .as_array()
