@@ -46,6 +46,8 @@ pub mod action {
     pub const CANARY_INCONCLUSIVE: &str = "canary.inconclusive";
     /// A genome was swapped in, with its new generation.
     pub const GENOME_APPLIED: &str = "genome.applied";
+    /// A canary lost to a restart (the stable genome came back live).
+    pub const CANARY_INTERRUPTED: &str = "canary.interrupted";
     /// The previous genome was swapped back (by the watch, or by hand).
     pub const GENOME_ROLLED_BACK: &str = "genome.rolled_back";
     /// An applied genome passed its watch.

@@ -494,3 +494,317 @@ async fn a_genome_that_is_fine_is_kept_and_so_is_one_whose_upstream_turns_bad_du
         "{metrics}"
     );
 }
+
+/// A canary on a third of the route's requests for 8 s; no watch after (judged here alone).
+const CANARY: &str = r#"
+[guardian]
+approval = "auto"
+canary = { percent = 30, duration = "8s", min_requests = 100 }
+watch = { duration = "0s" }
+"#;
+
+/// Each cohort as the client saw it (goodput, requests) and as the upstream saw it (distinct
+/// request ids, attempts), for the requests in `range` of `answers` (request `i` was sent as
+/// `{prefix}-{i}` by [`support::load::open_loop_ids`]).
+fn cohorts(
+    answers: &[Answer],
+    range: std::ops::Range<usize>,
+    prefix: &str,
+    upstream: &std::collections::HashMap<String, u32>,
+    percent: f64,
+) -> [(f64, usize, usize, u32); 2] {
+    [false, true].map(|canary| {
+        let picked: Vec<(String, Answer)> = range
+            .clone()
+            .map(|i| (format!("{prefix}-{i}"), answers[i]))
+            .filter(|(id, _)| rafael_proxy::canary_takes(id.as_bytes(), percent) == canary)
+            .collect();
+        let mine: Vec<Answer> = picked.iter().map(|(_, a)| *a).collect();
+        let seen: Vec<u32> = picked
+            .iter()
+            .filter_map(|(id, _)| upstream.get(id).copied())
+            .collect();
+        (
+            goodput(&mine, SLO),
+            mine.len(),
+            seen.len(),
+            seen.into_iter().sum(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_better_canary_passes_and_is_promoted_and_a_worse_one_fails_without_touching_the_stable_cohort()
+ {
+    // One attempt in five fails. Route `main` runs without retries and is offered retries
+    // (better); route `other` runs with retries and is offered none (worse).
+    let pool = WorkerPool::new(8, Duration::from_millis(5))
+        .errors(0.2)
+        .seed(21)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rafael.toml");
+    let retries = "timeout = \"2s\"\nretry = { max_attempts = 3, retry_on = [\"5xx\"], budget_ratio = 1.0, budget_min_per_sec = 100 }";
+    let text = config(pool.address, "timeout = \"2s\"", CANARY).replace(
+        "match = { path_prefix = \"/other\" }",
+        &format!("match = {{ path_prefix = \"/other\" }}\n[routes.policy]\n{retries}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let rafael = tokio::task::spawn_blocking(move || Rafael::start(&path))
+        .await
+        .unwrap();
+    let rate = 100.0;
+    let main = tokio::spawn(support::load::open_loop_ids(
+        rafael.proxy,
+        "/work",
+        rate,
+        14,
+        Duration::from_secs(5),
+        Some("c"),
+        |_| {},
+    ));
+    let other = tokio::spawn(support::load::open_loop_ids(
+        rafael.proxy,
+        "/other/work",
+        rate,
+        14,
+        Duration::from_secs(5),
+        Some("o"),
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin = rafael.admin;
+    let (better, worse) = tokio::task::spawn_blocking(move || {
+        let post = |route: &str, genome: Value| {
+            let (status, body) = http_post(
+                admin,
+                "/v1/proposals",
+                &json!({"route": route, "genome": genome}).to_string(),
+            );
+            assert_eq!(status, 201, "{body}");
+            json_of(&body)
+        };
+        let better = post(
+            "main",
+            json!({"timeout": "2s", "retry": {"max_attempts": 3, "retry_on": ["5xx"], "budget_ratio": 1.0, "budget_min_per_sec": 100}}),
+        );
+        let worse = post("other", json!({"timeout": "2s"}));
+        (better, worse)
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    assert_eq!(better["state"], "canary", "{better}");
+    assert_eq!(better["canary"]["state"], "running", "{better}");
+    assert_eq!(worse["state"], "canary", "{worse}");
+    let metrics = tokio::task::spawn_blocking(move || {
+        let (_, _, text) = http_get(admin, "/metrics");
+        text
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("rafael_canary_active{route=\"main\"} 1"),
+        "{metrics}"
+    );
+
+    // The worse one fails within its duration; the better one passes at its end.
+    let worse = wait_state(
+        admin,
+        worse["id"].as_i64().unwrap(),
+        "canary",
+        Duration::from_secs(30),
+    )
+    .await;
+    let worse_after = started.elapsed();
+    let better = wait_state(
+        admin,
+        better["id"].as_i64().unwrap(),
+        "canary",
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!(
+        "worse after {worse_after:?}: {}\nbetter: {}",
+        worse["canary"], better["canary"]
+    );
+    assert_eq!(worse["state"], "rejected", "{worse}");
+    assert_eq!(worse["canary"]["state"], "failed", "{worse}");
+    assert!(
+        worse_after < Duration::from_secs(8),
+        "failed after {worse_after:?}"
+    );
+    assert_eq!(better["canary"]["state"], "passed", "{better}");
+    assert_eq!(better["state"], "kept", "{better}");
+
+    let (main, other) = (main.await.unwrap(), other.await.unwrap());
+    let upstream = pool.attempts_by_id();
+    let (routes, metrics) = tokio::task::spawn_blocking(move || {
+        (json_of(&http_get(admin, "/v1/routes").2), rafael.metrics())
+    })
+    .await
+    .unwrap();
+    // The better genome is live on main (generation 2); the worse never reached other.
+    assert_eq!(route(&routes, "main")["generation"], 2, "{routes}");
+    assert_eq!(route(&routes, "other")["generation"], 1, "{routes}");
+    assert_eq!(
+        route(&routes, "other")["genome"]["retry"]["max_attempts"],
+        3
+    );
+    assert!(
+        metrics.contains("rafael_canary_active{route=\"main\"} 0"),
+        "{metrics}"
+    );
+    let counted = |route: &str, cohort: &str| -> f64 {
+        ["success", "client_error", "server_error"]
+            .iter()
+            .filter_map(|class| {
+                metric_value(
+                    &metrics,
+                    &format!("rafael_canary_requests_total{{route=\"{route}\",cohort=\"{cohort}\",class=\"{class}\"}}"),
+                )
+            })
+            .sum()
+    };
+    assert!(counted("main", "canary") >= 100.0, "{metrics}");
+
+    // Each cohort counted from the upstream's side too, over the first two seconds of the
+    // canaries (requests sent from 3.5 s to 5.5 s: `other`'s verdict came about 3 s in).
+    let first = (3.5 * rate) as usize..(5.5 * rate) as usize;
+    let [stable, canary] = cohorts(&other, first.clone(), "o", &upstream, 30.0);
+    eprintln!("other during its canary: stable {stable:?}, canary {canary:?}");
+    // The upstream saw every request of both cohorts: the canary's with one attempt each (no
+    // retries), the stable's with its retries.
+    assert_eq!(stable.1, stable.2, "{stable:?}");
+    assert_eq!(canary.1, canary.2, "{canary:?}");
+    assert_eq!(canary.3 as usize, canary.2, "{canary:?}");
+    assert!(stable.3 as usize > stable.2, "{stable:?}");
+    // The stable cohort was unaffected throughout: the retries' goodput over the whole run.
+    let [stable_all, _] = cohorts(&other, 0..other.len(), "o", &upstream, 30.0);
+    assert!(stable_all.0 > 0.97, "{stable_all:?}");
+    // Main's cohorts over its canary: the candidate (retries) did better than the stable
+    // cohort (none), and only its requests were retried.
+    let trial = (3.5 * rate) as usize..(10.0 * rate) as usize;
+    let [main_stable, main_canary] = cohorts(&main, trial, "c", &upstream, 30.0);
+    eprintln!("main during its canary: stable {main_stable:?}, canary {main_canary:?}");
+    assert!(
+        main_canary.0 > main_stable.0 + 0.1,
+        "{main_stable:?} {main_canary:?}"
+    );
+    assert!(main_canary.3 as usize > main_canary.2, "{main_canary:?}");
+    assert_eq!(main_stable.3 as usize, main_stable.2, "{main_stable:?}");
+}
+
+/// Waits for proposal `id` to leave `state`, and returns it.
+async fn wait_state(
+    admin: std::net::SocketAddr,
+    id: i64,
+    state: &'static str,
+    limit: Duration,
+) -> Value {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + limit;
+        loop {
+            let proposal = json_of(&http_get(admin, &format!("/v1/proposals/{id}")).2);
+            if proposal["state"] != state || Instant::now() > deadline {
+                return proposal;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn a_canary_running_when_rafael_is_killed_comes_back_interrupted_and_an_approver_promotes_it() {
+    let upstream = support::upstream("ok", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let olga = add_token(&tokens, "olga", Role::Operator).unwrap();
+    let bob = add_token(&tokens, "bob", Role::Approver).unwrap();
+    let store = dir.path().join("rafael.db");
+    let extra = format!(
+        "\n[store]\npath = {store:?}\n\n[guardian]\ncanary = {{ percent = 10, duration = \"10m\", min_requests = 100 }}\nwatch = {{ duration = \"0s\" }}\n"
+    );
+    let path = dir.path().join("rafael.toml");
+    std::fs::write(
+        &path,
+        with_tokens(&config(upstream, "timeout = \"2s\"", &extra), &tokens),
+    )
+    .unwrap();
+    let mut rafael = Rafael::start(&path);
+    let genome = json!({"timeout": "3s"});
+    let (status, body) = http_post_with(
+        rafael.admin,
+        "/v1/proposals",
+        &json!({"route": "main", "genome": genome}).to_string(),
+        &bearer(&olga),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http_post_with(rafael.admin, "/v1/proposals/1/approve", "", &bearer(&bob));
+    assert_eq!(status, 200, "{body}");
+    let running = json_of(&body);
+    assert_eq!(
+        (
+            running["state"].as_str(),
+            running["canary"]["state"].as_str()
+        ),
+        (Some("canary"), Some("running")),
+        "{running}"
+    );
+    assert!(
+        rafael
+            .metrics()
+            .contains("rafael_canary_active{route=\"main\"} 1")
+    );
+
+    rafael.child.kill().unwrap();
+    rafael.child.wait().unwrap();
+    let rafael = Rafael::start(&path);
+    let get = |path: &str| json_of(&http_get_with(rafael.admin, path, &bearer(&bob)).2);
+    let back = get("/v1/proposals/1");
+    assert_eq!(
+        (back["state"].as_str(), back["canary"]["state"].as_str()),
+        (Some("canary"), Some("interrupted")),
+        "{back}"
+    );
+    let routes = get("/v1/routes");
+    assert_eq!(route(&routes, "main")["generation"], 1, "{routes}");
+    assert_eq!(
+        route(&routes, "main")["genome"]["timeout"],
+        "2s",
+        "{routes}"
+    );
+    // Requests all run on the stable genome: no canary cohort is counted.
+    for _ in 0..20 {
+        assert_eq!(http_get(rafael.proxy, "/work").0, 200);
+    }
+    assert!(!rafael.metrics().contains("cohort=\"canary\""));
+    // Its author may not promote it; an approver may, and it is applied.
+    let (status, body) =
+        http_post_with(rafael.admin, "/v1/proposals/1/approve", "", &bearer(&olga));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http_post_with(
+        rafael.admin,
+        "/v1/proposals/1/approve",
+        r#"{"comment": "seen enough before the restart"}"#,
+        &bearer(&bob),
+    );
+    assert_eq!(status, 200, "{body}");
+    let promoted = json_of(&body);
+    assert_eq!(promoted["state"], "kept", "{promoted}");
+    assert_eq!(promoted["canary"]["state"], "promoted", "{promoted}");
+    assert_eq!(route(&get("/v1/routes"), "main")["generation"], 2);
+    let actions: Vec<String> = get("/v1/audit")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in ["canary.started", "canary.interrupted", "genome.applied"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    assert_eq!(get("/v1/audit/verify")["ok"], true);
+}

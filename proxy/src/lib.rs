@@ -26,5 +26,5 @@ pub use body::Body;
 pub use error::ProxyError;
 pub use rafael_policy as policy;
 pub use server::{BoundListener, Server, bind_listeners};
-pub use snapshot::{PolicyHandle, Snapshot, SnapshotHandle};
+pub use snapshot::{CanarySpec, PolicyHandle, Snapshot, SnapshotHandle, canary_takes};
 pub use telemetry::TelemetryHandle;

@@ -90,6 +90,12 @@ pub(crate) async fn proxy(
         upgrade,
     );
     let request_id = added.request_id().clone();
+    // A canary on the route takes its share of requests by their id.
+    let (route, cohort) = match route.cohort(request_id.as_bytes()) {
+        None => (route, None),
+        Some((Some(canary), counters)) => (canary, Some(counters)),
+        Some((None, counters)) => (route, Some(counters)),
+    };
 
     let arrived = started;
     let telemetry = route.live().telemetry();
@@ -146,6 +152,9 @@ pub(crate) async fn proxy(
         Err(ProxyError::InjectedReset) => {
             let now = layer::now();
             telemetry.complete(now, Outcome::ServerError, now.saturating_sub(started));
+            if let Some(counters) = &cohort {
+                counters[2].increment(1);
+            }
             return Err(ProxyError::InjectedReset);
         }
         Err(error) => {
@@ -177,6 +186,16 @@ pub(crate) async fn proxy(
     };
     let elapsed = finished.saturating_sub(started);
     telemetry.complete(finished, outcome, elapsed);
+    if let Some(counters) = &cohort {
+        let class = if status.is_server_error() {
+            2
+        } else if status.is_client_error() {
+            1
+        } else {
+            0
+        };
+        counters[class].increment(1);
+    }
     Ok(finish(
         metrics,
         response,

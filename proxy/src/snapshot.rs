@@ -41,6 +41,32 @@ pub struct Snapshot {
     active_faults: Arc<ActiveFaults>,
     /// Run-time fault rules by route (experiments'), kept across reloads.
     extra_faults: Arc<BTreeMap<String, Arc<ExtraFaults>>>,
+    /// Canaries by route (the guardian's), kept across reloads until it stops them.
+    canaries: Arc<BTreeMap<String, CanarySpec>>,
+}
+
+/// A canary: the genome a share of a route's requests runs on, with engine state of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySpec {
+    /// The candidate genome.
+    pub genome: Genome,
+    /// Share of the route's requests it serves, percent (0 to 100).
+    pub percent: f64,
+}
+
+/// One cohort's `rafael_canary_requests_total` counters: success, client_error, server_error.
+pub(crate) type CohortCounters = Arc<[metrics::Counter; 3]>;
+
+/// How a route with a canary splits its requests, and counts each cohort's.
+#[derive(Debug)]
+pub struct Split {
+    /// The canary's route (`None` on the canary's own route).
+    canary: Option<Arc<Route>>,
+    /// Requests whose id hashes below this go to the canary.
+    threshold: u64,
+    /// `rafael_canary_requests_total{route,cohort,class}` for this cohort, by class
+    /// (success, client_error, server_error).
+    counters: Arc<[metrics::Counter; 3]>,
 }
 
 /// A listener's live settings and its routes in match order.
@@ -66,6 +92,43 @@ pub struct Route {
     faults: Option<Arc<FaultSet>>,
     /// Protocols an HTTP/1.1 upgrade may switch to (`upgrades`; never `h2c`).
     upgrades: Box<[String]>,
+    /// Set while a canary runs on the route (on its stable and its canary route alike).
+    split: Option<Box<Split>>,
+}
+
+/// Whether a canary serving `percent` of a route's requests takes the request with this
+/// `x-request-id`: the split is a pure function of the id, so a client (or a test) that sets
+/// its own ids knows each request's cohort.
+pub fn canary_takes(request_id: &[u8], percent: f64) -> bool {
+    request_hash(request_id) < canary_threshold(percent)
+}
+
+/// `percent` of the hash space, exactly none and all of it at the ends.
+fn canary_threshold(percent: f64) -> u64 {
+    let share = (percent / 100.0).clamp(0.0, 1.0);
+    if share >= 1.0 {
+        u64::MAX
+    } else {
+        (share * u64::MAX as f64) as u64
+    }
+}
+
+/// FNV-1a over the request id, finalized by murmur3's mix: stable across processes and versions, so one id always lands
+/// in the same cohort, and a few instructions a byte.
+#[inline]
+fn request_hash(id: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in id {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV alone leaves ids that differ in their last bytes close together in the high bits
+    // the threshold compares; murmur3's finalizer spreads them.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 /// The shared handle to the live snapshot.
@@ -116,6 +179,7 @@ impl Snapshot {
 
         let active_faults = previous.map_or_else(Arc::default, |p| p.active_faults.clone());
         let extra_faults = previous.map_or_else(Arc::default, |p| p.extra_faults.clone());
+        let canaries = previous.map_or_else(Arc::default, |p| p.canaries.clone());
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let Some(upstream) = upstreams.iter().find(|u| u.name() == route.upstream) else {
@@ -129,7 +193,7 @@ impl Snapshot {
                 upstream,
                 before.map(|r| &r.policy),
             );
-            routes.push(Arc::new(Route {
+            let built = Route {
                 name: Arc::from(route.name.as_str()),
                 matcher: Matcher::new(&route.match_),
                 upstream: upstream.clone(),
@@ -143,7 +207,11 @@ impl Snapshot {
                 )
                 .map(Arc::new),
                 upgrades: route.upgrades.clone().into(),
-            }));
+                split: None,
+            };
+            routes.push(Arc::new(
+                built.with_canary(canaries.get(&route.name), before.map(|r| &**r)),
+            ));
         }
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -182,6 +250,7 @@ impl Snapshot {
             unmatched: RouteMetrics::unmatched(),
             active_faults,
             extra_faults,
+            canaries,
         })
     }
 
@@ -218,6 +287,43 @@ impl Snapshot {
         self.with_route(Some(index), config, (*self.extra_faults).clone(), version)
     }
 
+    /// A copy in which route `index` runs `canary` (`None`: none), everything else shared.
+    fn with_canary(&self, index: usize, canary: Option<CanarySpec>, version: u64) -> Self {
+        let mut canaries = (*self.canaries).clone();
+        let name = self.routes[index].name.to_string();
+        match canary {
+            Some(canary) => canaries.insert(name, canary),
+            None => canaries.remove(&name),
+        };
+        let mut next = Self {
+            canaries: Arc::new(canaries),
+            ..self.shallow_copy(version)
+        };
+        next = next.with_route_at(
+            Some(index),
+            (*self.config).clone(),
+            (*self.extra_faults).clone(),
+            version,
+            None,
+        );
+        next
+    }
+
+    /// This snapshot again at `version`, sharing everything.
+    fn shallow_copy(&self, version: u64) -> Self {
+        Self {
+            version,
+            config: self.config.clone(),
+            listeners: self.listeners.clone(),
+            routes: self.routes.clone(),
+            upstreams: self.upstreams.clone(),
+            unmatched: RouteMetrics::unmatched(),
+            active_faults: self.active_faults.clone(),
+            extra_faults: self.extra_faults.clone(),
+            canaries: self.canaries.clone(),
+        }
+    }
+
     /// A copy with route `index` (if any) rebuilt from `config` and `extra_faults` (its policy
     /// state carried over); everything else is shared.
     fn with_route(
@@ -252,7 +358,7 @@ impl Snapshot {
                 policy.set_generation(generation);
             }
             policy.activate(layer::now());
-            let new = Arc::new(Route {
+            let new = Route {
                 name: old.name.clone(),
                 matcher: old.matcher.clone(),
                 upstream: old.upstream.clone(),
@@ -266,7 +372,12 @@ impl Snapshot {
                 )
                 .map(Arc::new),
                 upgrades: old.upgrades.clone(),
-            });
+                split: None,
+            };
+            let new = Arc::new(new.with_canary(self.canaries.get(&*old.name), Some(old)));
+            if let Some(canary) = new.canary() {
+                canary.policy.activate(layer::now());
+            }
             (old, new)
         });
         let replace = |route: &Arc<Route>| match &rebuilt {
@@ -289,6 +400,7 @@ impl Snapshot {
             unmatched: RouteMetrics::unmatched(),
             active_faults: self.active_faults.clone(),
             extra_faults: Arc::new(extra_faults),
+            canaries: self.canaries.clone(),
         }
     }
 
@@ -298,6 +410,9 @@ impl Snapshot {
         let now = layer::now();
         for route in self.routes.iter() {
             route.policy.activate(now);
+            if let Some(canary) = route.canary() {
+                canary.policy.activate(now);
+            }
         }
     }
 
@@ -330,7 +445,78 @@ impl ListenerState {
 
 // === impl Route ===
 
+/// `rafael_canary_requests_total{route,cohort,class}`.
+pub const CANARY_REQUESTS_TOTAL: &str = "rafael_canary_requests_total";
+
 impl Route {
+    /// This route with `canary` split off it (or none), the canary's engine state carried
+    /// over from `before`'s canary when it had the same one running.
+    fn with_canary(mut self, canary: Option<&CanarySpec>, before: Option<&Route>) -> Self {
+        let Some(spec) = canary else {
+            return self;
+        };
+        let name = self.name.to_string();
+        let counters = |cohort: &'static str| {
+            Arc::new(["success", "client_error", "server_error"].map(|class| {
+                metrics::counter!(CANARY_REQUESTS_TOTAL, "route" => name.clone(), "cohort" => cohort, "class" => class)
+            }))
+        };
+        // The canary's engines report under `ROUTE:canary`, so its limits, breakers and
+        // generation never overwrite the stable cohort's gauges.
+        let previous = before
+            .and_then(Route::canary)
+            .filter(|c| c.policy.genome() == &spec.genome);
+        let policy = RoutePolicy::build(
+            &format!("{name}:canary"),
+            &spec.genome,
+            &self.upstream,
+            previous.map(|c| &c.policy),
+        );
+        let canary = Route {
+            name: self.name.clone(),
+            matcher: self.matcher.clone(),
+            upstream: self.upstream.clone(),
+            policy,
+            metrics: RouteMetrics::new(&name),
+            faults: self.faults.clone(),
+            upgrades: self.upgrades.clone(),
+            split: Some(Box::new(Split {
+                canary: None,
+                threshold: 0,
+                counters: counters("canary"),
+            })),
+        };
+        let threshold = canary_threshold(spec.percent);
+        self.split = Some(Box::new(Split {
+            canary: Some(Arc::new(canary)),
+            threshold,
+            counters: counters("stable"),
+        }));
+        self
+    }
+
+    /// The canary's route, while a canary runs on this one.
+    pub fn canary(&self) -> Option<&Arc<Route>> {
+        self.split.as_ref().and_then(|split| split.canary.as_ref())
+    }
+
+    /// While a canary runs on this route: the route a request with this id runs on (this one,
+    /// or its canary's) and the counters of that cohort. `None` without a canary: the one
+    /// branch a request pays for the feature.
+    #[inline]
+    pub(crate) fn cohort(&self, request_id: &[u8]) -> Option<(Option<Arc<Route>>, CohortCounters)> {
+        let split = self.split.as_ref()?;
+        Some(match &split.canary {
+            Some(canary) if request_hash(request_id) < split.threshold => (
+                Some(canary.clone()),
+                canary
+                    .split
+                    .as_ref()
+                    .map_or_else(|| split.counters.clone(), |s| s.counters.clone()),
+            ),
+            _ => (None, split.counters.clone()),
+        })
+    }
     /// Route name.
     pub fn name(&self) -> &str {
         &self.name
@@ -560,6 +746,41 @@ impl PolicyHandle {
         Ok(handle.publish(next))
     }
 
+    /// Starts (`Some`) or stops (`None`) a canary on `route` and returns the new snapshot
+    /// version: `percent` of the route's requests, chosen by a stable hash of their request
+    /// id, run on the canary's genome with engine state of its own (budget, breakers,
+    /// limits, telemetry), the rest on the route's own. The genome is validated first.
+    pub fn set_canary(&self, route: &str, canary: Option<CanarySpec>) -> Result<u64, ConfigErrors> {
+        let handle = &self.snapshots;
+        let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = handle.load();
+        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
+            let mut errors = ConfigErrors::default();
+            errors.push("routes", format!("no route named {route:?}"));
+            return Err(errors);
+        };
+        if let Some(spec) = &canary {
+            let mut errors = ConfigErrors::default();
+            spec.genome
+                .validate(&format!("routes[{index}].policy"), &mut errors);
+            if !(0.0..=100.0).contains(&spec.percent) {
+                errors.push(
+                    "canary.percent",
+                    format!("must be 0..=100, got {}", spec.percent),
+                );
+            }
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+        Ok(handle.publish(current.with_canary(index, canary, handle.next_version())))
+    }
+
+    /// The canary running on `route`, if any.
+    pub fn canary(&self, route: &str) -> Option<CanarySpec> {
+        self.snapshots.load().canaries.get(route).cloned()
+    }
+
     /// The live genome of `route`.
     pub fn genome(&self, route: &str) -> Option<Genome> {
         let snapshot = self.snapshots.load();
@@ -570,5 +791,31 @@ impl PolicyHandle {
     pub fn generation(&self, route: &str) -> Option<u64> {
         let snapshot = self.snapshots.load();
         snapshot.route(route).map(|r| r.live().generation())
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::request_hash;
+
+    #[test]
+    fn the_request_hash_splits_ids_evenly_and_stably() {
+        // Ids as rafael makes them (hex) and as clients send them (counters): a 10% threshold
+        // takes close to 10% of either.
+        let threshold = (0.1 * u64::MAX as f64) as u64;
+        for ids in [
+            (0..20_000u64)
+                .map(|i| format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .collect::<Vec<_>>(),
+            (0..20_000u64).map(|i| format!("req-{i}")).collect(),
+        ] {
+            let taken = ids
+                .iter()
+                .filter(|id| request_hash(id.as_bytes()) < threshold)
+                .count();
+            let share = taken as f64 / ids.len() as f64;
+            assert!((share - 0.1).abs() < 0.01, "{share}");
+        }
+        assert_eq!(request_hash(b"abc"), request_hash(b"abc"));
     }
 }

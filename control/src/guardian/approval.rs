@@ -5,7 +5,9 @@
 //! none of them its author: the same approver approving twice counts once, and a second call
 //! changes nothing. One reject by anyone who may approve ends it. The author may not approve
 //! their own proposal, but may reject it (withdraw it). Only a `pending` proposal can be
-//! decided on. Every decision is kept on the proposal with its comment.
+//! decided on, or one whose canary ended without a verdict (`inconclusive`, `interrupted`):
+//! then one approver promotes it, or rejects it. Every decision is kept on the proposal with
+//! its comment.
 //!
 //! This is the pure part, a function of the proposal and the decision; the admin API stores
 //! the result and audits it (`proposal.approved`, `proposal.rejected`).
@@ -82,7 +84,10 @@ pub fn decide(
     at: String,
     required: u32,
 ) -> Result<Decided, Refusal> {
-    if proposal.state != ProposalState::Pending {
+    // A canary that ended short of evidence (or with a restart) waits for one person to
+    // promote or reject it: it was approved already, by as many as it needed.
+    let waiting = canary_waiting(proposal);
+    if proposal.state != ProposalState::Pending && !waiting {
         return Err(Refusal::NotPending {
             id: proposal.id,
             state: proposal.state.as_str(),
@@ -94,12 +99,13 @@ pub fn decide(
             by: by.to_owned(),
         });
     }
-    let required = required.max(1);
+    let required = if waiting { 1 } else { required.max(1) };
     let already = proposal
         .approvals
         .iter()
         .any(|a| a.by == by && a.decision == Decision::Approve);
-    let counted = !(decision == Decision::Approve && already);
+    // Promoting a waiting canary is a new decision, by whoever approved it before too.
+    let counted = waiting || !(decision == Decision::Approve && already);
     if counted {
         proposal.approvals.push(Approval {
             by: by.to_owned(),
@@ -111,6 +117,7 @@ pub fn decide(
     let approvals = distinct_approvals(proposal);
     proposal.state = match decision {
         Decision::Reject => ProposalState::Rejected,
+        Decision::Approve if waiting => ProposalState::Approved,
         Decision::Approve if approvals >= required => ProposalState::Approved,
         Decision::Approve => ProposalState::Pending,
     };
@@ -120,6 +127,17 @@ pub fn decide(
         approvals,
         required,
     })
+}
+
+/// Whether `proposal`'s canary ended without a verdict (`inconclusive`, or `interrupted` by
+/// a restart) and waits for a person to promote or reject it.
+pub fn canary_waiting(proposal: &Proposal) -> bool {
+    proposal.state == ProposalState::Canary
+        && proposal
+            .canary
+            .as_ref()
+            .and_then(|c| c["state"].as_str())
+            .is_some_and(|s| s == "inconclusive" || s == "interrupted")
 }
 
 /// Distinct people who approved `proposal`, its author never among them.

@@ -25,6 +25,14 @@ pub fn describe() {
         "Genomes rolled back, by route and reason (goodput or p99 from the watch, manual by hand)."
     );
     describe_gauge!(PROPOSALS_PENDING, "Proposals waiting for approval now.");
+    describe_gauge!(
+        super::service::CANARY_ACTIVE,
+        "1 while a canary runs on the route, else 0."
+    );
+    describe_counter!(
+        rafael_proxy::snapshot::CANARY_REQUESTS_TOTAL,
+        "Requests of a route with a canary, by cohort (stable, canary) and class (success, client_error, server_error)."
+    );
     describe_counter!(
         PROPOSALS_TOTAL,
         "Proposals that entered each state (pending when made, then approved, applied, kept, rolled_back, rejected, expired or superseded)."

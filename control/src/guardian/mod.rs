@@ -9,10 +9,12 @@
 //! - [`lineage`]: every genome a route has run, and how the config file and the lineage meet
 //!   at start-up and on reload.
 //! - [`service`]: the guardian at run time: apply, watch, rollback, restore, reload.
+//! - [`canary`]: the judge of a candidate against the stable cohort, live.
 //! - [`watch`]: the judge of a genome after its swap.
 //! - [`metrics`]: the proposal gauge and counter, and the call that keeps them current.
 
 pub mod approval;
+pub mod canary;
 pub mod expiry;
 pub mod guardrails;
 pub mod lineage;

@@ -20,15 +20,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use metrics::counter;
+use metrics::{counter, gauge};
 use rafael_config::{ApprovalMode, Config, ConfigErrors, Genome};
-use rafael_proxy::{SnapshotHandle, policy::Nanos};
+use rafael_proxy::{CanarySpec, SnapshotHandle, policy::Nanos};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
     approval::{Decision, distinct_approvals},
+    canary::{Cohort, CohortFigures, TestResult, compare},
     expiry::{Expiry, expire},
     lineage::{self, GenomeRecord, LineageSource},
     metrics::{ROLLBACKS_TOTAL, proposal_entered},
@@ -47,6 +48,12 @@ pub const ACTOR: &str = "rafael";
 pub const MAX_LINEAGE: u32 = 1000;
 /// Seconds before the swap the watch's first baseline covers, at least and at most.
 const BASELINE_SECS: (u64, u64) = (60, 600);
+/// `rafael_canary_active{route}`.
+pub const CANARY_ACTIVE: &str = "rafael_canary_active";
+/// Checkpoints per canary, and the shortest and longest time between two.
+const CANARY_CHECKPOINTS: u32 = 10;
+const CANARY_CHECKPOINT_EVERY: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(10));
 /// Checkpoints per watch, and the shortest and longest time between two.
 const CHECKPOINTS: u32 = 5;
 const CHECKPOINT_EVERY: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(60));
@@ -142,6 +149,50 @@ pub struct WatchRecord {
     pub findings: Vec<Finding>,
     /// How it ended, in words.
     pub reason: Option<String>,
+}
+
+/// A canary, as the proposal keeps it (`canary` in DESIGN §7.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    /// `running`, `passed`, `failed`, `inconclusive`, or `interrupted` (a restart, or the
+    /// route's genome changed under it).
+    pub state: String,
+    /// Share of the route's requests it served, percent.
+    pub percent: f64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When its duration ends (RFC 3339).
+    pub ends_at: String,
+    /// Canary requests it needs for a verdict.
+    pub min_requests: u32,
+    /// The stable cohort, at the last checkpoint.
+    pub stable: Option<CohortFigures>,
+    /// The canary cohort, at the last checkpoint.
+    pub canary: Option<CohortFigures>,
+    /// The error-share test.
+    pub errors: Option<TestResult>,
+    /// The latency test (Mann-Whitney U).
+    pub latency: Option<TestResult>,
+    /// The verdict, in words.
+    pub reason: Option<String>,
+}
+
+/// One canary in progress.
+#[derive(Debug, Clone)]
+struct CanaryTask {
+    proposal: i64,
+    route: String,
+    generation: u64,
+    since: Nanos,
+    duration: Duration,
+    min_requests: u64,
+}
+
+fn canary_record(proposal: &Proposal) -> Option<CanaryRecord> {
+    proposal
+        .canary
+        .clone()
+        .and_then(|c| serde_json::from_value(c).ok())
 }
 
 /// One watch in progress.
@@ -306,17 +357,29 @@ impl Guardian {
         self.approved(id, ACTOR).map(Some)
     }
 
-    /// Proposal `id` was just approved (by `actor`, the last approver): applies it. Blocking.
+    /// Proposal `id` was just approved (by `actor`, the last approver): starts its canary when
+    /// `[guardian].canary` is set, else applies it. A proposal whose canary already ran and
+    /// waited for a person is applied: approving it promoted it. Blocking.
     pub fn approved(&self, id: i64, actor: &str) -> Result<Proposal, GuardianError> {
-        self.apply(id, actor)
+        let config = self.inner.snapshots.load().config().clone();
+        let ran = self
+            .inner
+            .store
+            .proposal(id)?
+            .is_some_and(|p| p.canary.is_some());
+        match config.guardian.canary {
+            Some(canary) if !ran => self.start_canary(id, actor, canary),
+            _ => self.apply(id, actor),
+        }
     }
 
     /// Applies approved proposal `id`: a new generation, recorded, swapped in, audited
     /// (`genome.applied`), and watched when `[guardian].watch` is on. Blocking.
     pub fn apply(&self, id: i64, actor: &str) -> Result<Proposal, GuardianError> {
         let _changes = self.lock();
-        let (store, snapshots) = (&self.inner.store, &self.inner.snapshots);
-        let mut proposal = store
+        let mut proposal = self
+            .inner
+            .store
             .proposal(id)?
             .ok_or(GuardianError::NoSuchProposal(id))?;
         if proposal.state != ProposalState::Approved {
@@ -325,26 +388,59 @@ impl Guardian {
                 state: proposal.state.as_str(),
             });
         }
-        let policies = snapshots.policies();
+        self.apply_locked(&mut proposal, actor)?;
+        Ok(proposal)
+    }
+
+    /// The genome and generation live on `proposal`'s route, when that generation is still
+    /// the proposal's base; otherwise the proposal expires (approved against a genome that is
+    /// no longer live, applying its diff would apply something nobody looked at).
+    fn live_base(&self, proposal: &mut Proposal) -> Result<(Genome, u64), GuardianError> {
+        let policies = self.inner.snapshots.policies();
         let route = proposal.route.clone();
-        let (Some(previous), Some(live)) = (policies.genome(&route), policies.generation(&route))
+        let (Some(genome), Some(live)) = (policies.genome(&route), policies.generation(&route))
         else {
             return Err(GuardianError::NoSuchRoute(route));
         };
         if live != proposal.base_generation {
-            // Approved against a genome that is no longer live: applying its diff would apply
-            // something nobody looked at.
             let why = Expiry::Generation {
                 base: proposal.base_generation,
                 live,
             };
+            let before = proposal.state;
             proposal.state = ProposalState::Pending;
-            expire(store, &self.inner.audit, &mut proposal, why)?;
+            expire(&self.inner.store, &self.inner.audit, proposal, why)?;
+            if before != ProposalState::Pending {
+                // `expire` moved the pending gauge for a proposal that was not pending.
+                super::metrics::set_pending(
+                    self.inner.store.proposal_count(ProposalState::Pending)?,
+                );
+            }
             return Err(GuardianError::Expired {
-                id,
+                id: proposal.id,
                 reason: why.reason(),
             });
         }
+        Ok((genome, live))
+    }
+
+    /// [`Guardian::apply`] of a proposal that is `approved` (or whose canary passed); callers
+    /// hold the lock.
+    fn apply_locked(&self, proposal: &mut Proposal, actor: &str) -> Result<(), GuardianError> {
+        let (store, snapshots) = (&self.inner.store, &self.inner.snapshots);
+        let id = proposal.id;
+        let before_state = proposal.state;
+        let (previous, live) = self.live_base(proposal)?;
+        // A canary that waited for a person was promoted by this approval.
+        if let Some(mut record) = canary_record(proposal)
+            && (record.state == "inconclusive" || record.state == "interrupted")
+        {
+            record.state = "promoted".to_owned();
+            record.reason = Some(format!("promoted by {actor}"));
+            proposal.canary = Some(json_value(&record));
+        }
+        let policies = snapshots.policies();
+        let route = proposal.route.clone();
         let config = snapshots.load().config().clone();
         let mut errors = ConfigErrors::default();
         let index = config.routes.iter().position(|r| r.name == route);
@@ -400,8 +496,8 @@ impl Guardian {
                 reason: None,
             })
         });
-        store.update_proposal(&proposal)?;
-        proposal_entered(Some(ProposalState::Approved), proposal.state);
+        store.update_proposal(proposal)?;
+        proposal_entered(Some(before_state), proposal.state);
         self.audit(
             actor,
             action::GENOME_APPLIED,
@@ -434,7 +530,287 @@ impl Guardian {
                 duration: settings.duration.get(),
             });
         }
+        Ok(())
+    }
+
+    /// Starts proposal `id`'s canary: the candidate serves `canary.percent` of the route's
+    /// requests with engine state of its own, judged at checkpoints until `canary.duration`
+    /// (see [`super::canary`]). Audited as `canary.started`. Blocking.
+    fn start_canary(
+        &self,
+        id: i64,
+        actor: &str,
+        settings: rafael_config::CanaryConfig,
+    ) -> Result<Proposal, GuardianError> {
+        let _changes = self.lock();
+        let store = &self.inner.store;
+        let mut proposal = store
+            .proposal(id)?
+            .ok_or(GuardianError::NoSuchProposal(id))?;
+        if proposal.state != ProposalState::Approved {
+            return Err(GuardianError::NotApproved {
+                id,
+                state: proposal.state.as_str(),
+            });
+        }
+        let (_, live) = self.live_base(&mut proposal)?;
+        let route = proposal.route.clone();
+        self.end_watch(&route, &format!("proposal {id}'s canary started"));
+        self.inner
+            .snapshots
+            .policies()
+            .set_canary(
+                &route,
+                Some(CanarySpec {
+                    genome: proposal.genome.clone(),
+                    percent: settings.percent,
+                }),
+            )
+            .map_err(GuardianError::Invalid)?;
+        gauge!(CANARY_ACTIVE, "route" => route.clone()).set(1.0);
+        let started = SystemTime::now();
+        let record = CanaryRecord {
+            state: "running".to_owned(),
+            percent: settings.percent,
+            started_at: humantime::format_rfc3339_seconds(started).to_string(),
+            ends_at: humantime::format_rfc3339_seconds(started + settings.duration.get())
+                .to_string(),
+            min_requests: settings.min_requests,
+            stable: None,
+            canary: None,
+            errors: None,
+            latency: None,
+            reason: None,
+        };
+        proposal.state = ProposalState::Canary;
+        proposal.canary = Some(json_value(&record));
+        store.update_proposal(&proposal)?;
+        proposal_entered(Some(ProposalState::Approved), ProposalState::Canary);
+        self.audit(
+            actor,
+            action::CANARY_STARTED,
+            &format!("proposal/{id}"),
+            json!({
+                "route": route,
+                "generation": live,
+                "percent": settings.percent,
+                "duration": settings.duration.to_string(),
+                "min_requests": settings.min_requests,
+            }),
+        );
+        info!(
+            route,
+            proposal = id,
+            percent = settings.percent,
+            "canary started"
+        );
+        if let Some(runtime) = &self.inner.runtime {
+            let this = self.clone();
+            let task = CanaryTask {
+                proposal: id,
+                route: route.clone(),
+                generation: live,
+                since: next_second(rafael_proxy::layer::now()),
+                duration: settings.duration.get(),
+                min_requests: u64::from(settings.min_requests),
+            };
+            let handle = runtime.spawn(async move { this.canary(task).await });
+            let previous = self
+                .inner
+                .watches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(route, handle.abort_handle());
+            if let Some(previous) = previous {
+                previous.abort();
+            }
+        }
         Ok(proposal)
+    }
+
+    /// The canary loop: checkpoints until a verdict.
+    async fn canary(self, task: CanaryTask) {
+        let every = (task.duration / CANARY_CHECKPOINTS)
+            .clamp(CANARY_CHECKPOINT_EVERY.0, CANARY_CHECKPOINT_EVERY.1);
+        let end = tokio::time::Instant::now() + task.duration;
+        loop {
+            let next = (tokio::time::Instant::now() + every).min(end);
+            tokio::time::sleep_until(next).await;
+            let last = next >= end;
+            let (this, task) = (self.clone(), task.clone());
+            let step = crate::evolution::low_priority("rafael-canary", move || {
+                this.canary_checkpoint(&task, last)
+            })
+            .await;
+            match step {
+                Some(Step::Continue) => {}
+                Some(Step::Done) | None => break,
+            }
+        }
+    }
+
+    /// One checkpoint of a canary; `last` at the end of its duration.
+    fn canary_checkpoint(&self, task: &CanaryTask, last: bool) -> Step {
+        let _changes = self.lock();
+        let store = &self.inner.store;
+        let Ok(Some(mut proposal)) = store.proposal(task.proposal) else {
+            return Step::Done;
+        };
+        let Some(mut record) = canary_record(&proposal) else {
+            return Step::Done;
+        };
+        if proposal.state != ProposalState::Canary || record.state != "running" {
+            return Step::Done;
+        }
+        let snapshot = self.inner.snapshots.load();
+        let config = snapshot.config().clone();
+        let route = snapshot.route(&task.route);
+        let canary = route.and_then(|r| r.canary());
+        let (Some(route), Some(canary)) = (route, canary) else {
+            self.end_canary(
+                &mut proposal,
+                &mut record,
+                "interrupted",
+                "the canary was stopped",
+            );
+            return Step::Done;
+        };
+        if route.live().generation() != task.generation {
+            self.stop_split(&task.route);
+            record.state = "interrupted".to_owned();
+            record.reason = Some("the route's genome changed under the canary".to_owned());
+            proposal.canary = Some(json_value(&record));
+            let why = Expiry::Generation {
+                base: task.generation,
+                live: route.live().generation(),
+            };
+            proposal.state = ProposalState::Pending;
+            if let Err(error) = expire(store, &self.inner.audit, &mut proposal, why) {
+                warn!(%error, "cannot expire the canary's proposal");
+            }
+            return Step::Done;
+        }
+        let now = rafael_proxy::layer::now();
+        let stable = Cohort::of(&complete(
+            route.live().telemetry().windows(task.since, now),
+            now,
+        ));
+        let trial = Cohort::of(&complete(
+            canary.live().telemetry().windows(task.since, now),
+            now,
+        ));
+        let comparison = compare(&stable, &trial, config.guardian.watch.max_goodput_drop);
+        record.stable = Some(comparison.stable);
+        record.canary = Some(comparison.canary);
+        record.errors = comparison.errors;
+        record.latency = comparison.latency;
+        let figures = json!({
+            "route": task.route,
+            "stable": comparison.stable,
+            "canary": comparison.canary,
+            "errors": comparison.errors,
+            "latency": comparison.latency,
+        });
+        if comparison.worse() {
+            let what = if comparison.errors.is_some_and(|t| t.worse) {
+                format!(
+                    "error share {:.3} against the stable cohort's {:.3}",
+                    comparison.canary.error_share, comparison.stable.error_share
+                )
+            } else {
+                format!(
+                    "slower than the stable cohort (p99 {:.1} ms against {:.1} ms, a canary request slower {:.0}% of the time)",
+                    comparison.canary.p99_ms,
+                    comparison.stable.p99_ms,
+                    comparison.latency.map_or(0.0, |t| t.effect * 100.0)
+                )
+            };
+            self.stop_split(&task.route);
+            record.state = "failed".to_owned();
+            record.reason = Some(format!("the canary did worse: {what}"));
+            proposal.canary = Some(json_value(&record));
+            proposal.state = ProposalState::Rejected;
+            match store.update_proposal(&proposal) {
+                Ok(()) => proposal_entered(Some(ProposalState::Canary), ProposalState::Rejected),
+                Err(error) => warn!(%error, "cannot store the canary's verdict"),
+            }
+            self.audit(
+                ACTOR,
+                action::CANARY_FAILED,
+                &format!("proposal/{}", task.proposal),
+                figures,
+            );
+            warn!(
+                route = task.route,
+                proposal = task.proposal,
+                "canary failed: {what}"
+            );
+            return Step::Done;
+        }
+        if !last {
+            proposal.canary = Some(json_value(&record));
+            if let Err(error) = store.update_proposal(&proposal) {
+                warn!(%error, "cannot store the canary's figures");
+            }
+            return Step::Continue;
+        }
+        self.stop_split(&task.route);
+        if comparison.canary.requests < task.min_requests {
+            record.state = "inconclusive".to_owned();
+            record.reason = Some(format!(
+                "{} canary requests in its duration, {} needed: an approver promotes or rejects it",
+                comparison.canary.requests, task.min_requests
+            ));
+            proposal.canary = Some(json_value(&record));
+            if let Err(error) = store.update_proposal(&proposal) {
+                warn!(%error, "cannot store the canary's verdict");
+            }
+            self.audit(
+                ACTOR,
+                action::CANARY_INCONCLUSIVE,
+                &format!("proposal/{}", task.proposal),
+                figures,
+            );
+            return Step::Done;
+        }
+        record.state = "passed".to_owned();
+        record.reason = Some("no worse than the stable cohort on errors and latency".to_owned());
+        proposal.canary = Some(json_value(&record));
+        self.audit(
+            ACTOR,
+            action::CANARY_PASSED,
+            &format!("proposal/{}", task.proposal),
+            figures,
+        );
+        if let Err(error) = self.apply_locked(&mut proposal, ACTOR) {
+            warn!(%error, proposal = task.proposal, "cannot promote the canary");
+        }
+        Step::Done
+    }
+
+    /// Takes the canary split off `route` (the stable genome serves everything again).
+    fn stop_split(&self, route: &str) {
+        if let Err(errors) = self.inner.snapshots.policies().set_canary(route, None) {
+            warn!(route, %errors, "cannot stop the canary");
+        }
+        gauge!(CANARY_ACTIVE, "route" => route.to_owned()).set(0.0);
+    }
+
+    /// Ends a canary that lost its split without a verdict: `state`, waiting for a person.
+    fn end_canary(
+        &self,
+        proposal: &mut Proposal,
+        record: &mut CanaryRecord,
+        state: &str,
+        why: &str,
+    ) {
+        record.state = state.to_owned();
+        record.reason = Some(why.to_owned());
+        proposal.canary = Some(json_value(record));
+        if let Err(error) = self.inner.store.update_proposal(proposal) {
+            warn!(%error, "cannot store the canary's end");
+        }
+        gauge!(CANARY_ACTIVE, "route" => proposal.route.clone()).set(0.0);
     }
 
     /// Makes generation `to`'s genome live again on `route`, as a new generation, by `actor`
@@ -809,6 +1185,30 @@ impl Guardian {
     /// Watches that a previous process left running: resumed for what is left of them (their
     /// first baseline is stored with them; the windows since the restart are the new ones).
     fn resume_watches(&self) -> Result<(), StoreError> {
+        // A canary ran in the previous process's memory: the stable genome is what restarted.
+        for mut proposal in
+            self.inner
+                .store
+                .proposals(Some(ProposalState::Canary), None, MAX_LINEAGE)?
+        {
+            let Some(mut record) = canary_record(&proposal) else {
+                continue;
+            };
+            if record.state == "running" {
+                self.end_canary(
+                    &mut proposal,
+                    &mut record,
+                    "interrupted",
+                    "rafael restarted while the canary ran; the stable genome is live: an approver promotes or rejects it",
+                );
+                self.audit(
+                    ACTOR,
+                    action::CANARY_INTERRUPTED,
+                    &format!("proposal/{}", proposal.id),
+                    json!({ "route": proposal.route }),
+                );
+            }
+        }
         let policies = self.inner.snapshots.policies();
         for mut proposal in
             self.inner

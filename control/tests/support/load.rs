@@ -27,6 +27,19 @@ pub async fn open_loop(
     rate: f64,
     secs: u64,
     patience: Duration,
+    at_second: impl FnMut(u64),
+) -> Vec<Answer> {
+    open_loop_ids(proxy, path, rate, secs, patience, None, at_second).await
+}
+
+/// [`open_loop`], request `i` sent with `x-request-id: {ids}-{i}` when `ids` is given.
+pub async fn open_loop_ids(
+    proxy: SocketAddr,
+    path: &str,
+    rate: f64,
+    secs: u64,
+    patience: Duration,
+    ids: Option<&str>,
     mut at_second: impl FnMut(u64),
 ) -> Vec<Answer> {
     let client = Client::builder(TokioExecutor::new())
@@ -45,10 +58,15 @@ pub async fn open_loop(
         tokio::time::sleep_until(start + at).await;
         let client = client.clone();
         let uri: hyper::Uri = format!("http://{proxy}{path}").parse().unwrap();
+        let mut request = hyper::Request::get(uri);
+        if let Some(prefix) = ids {
+            request = request.header("x-request-id", format!("{prefix}-{i}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
         requests.push(tokio::spawn(async move {
             let sent = Instant::now();
             let answered = tokio::time::timeout(patience, async {
-                let response = client.get(uri).await.ok()?;
+                let response = client.request(request).await.ok()?;
                 let status = response.status().as_u16();
                 response.into_body().collect().await.ok()?;
                 Some(status)

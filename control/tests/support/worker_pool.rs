@@ -41,6 +41,8 @@ pub struct PoolCounters {
     pub abandoned: AtomicU64,
     /// Time workers were busy, nanoseconds.
     pub busy_nanos: AtomicU64,
+    /// Attempts by `x-request-id` (requests without one are not kept).
+    pub by_id: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// A started pool.
@@ -134,8 +136,21 @@ struct Shared {
 impl Shared {
     async fn serve(
         self: Arc<Self>,
-        _request: Request<Incoming>,
+        request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        if let Some(id) = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            *self
+                .counters
+                .by_id
+                .lock()
+                .unwrap()
+                .entry(id.to_owned())
+                .or_default() += 1;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The work is its own task: dropping this future (the client left) does not stop it.
         tokio::spawn(async move {
@@ -188,6 +203,11 @@ impl RunningPool {
     pub fn mean_service(&self) -> Duration {
         let served = self.counters.served.load(Ordering::Relaxed).max(1);
         Duration::from_nanos(self.counters.busy_nanos.load(Ordering::Relaxed) / served)
+    }
+
+    /// Attempts it saw for each `x-request-id`.
+    pub fn attempts_by_id(&self) -> std::collections::HashMap<String, u32> {
+        self.counters.by_id.lock().unwrap().clone()
     }
 
     /// Requests it finished, and the share it failed.
