@@ -90,6 +90,18 @@ pub fn phase_at(elapsed: Duration) -> Phase {
     CYCLE[0].1
 }
 
+/// The demo guardian's canary and watch at `--speed 1` (shortened with the cycle).
+pub const CANARY: Duration = Duration::from_secs(15);
+/// See [`CANARY`].
+pub const WATCH: Duration = Duration::from_secs(30);
+/// A request answered 2xx within this counts as goodput (the demo config's `slo_latency`).
+const SLO: Duration = Duration::from_millis(300);
+
+/// One whole cycle of the demo service's day.
+pub fn cycle() -> Duration {
+    Duration::from_secs(CYCLE.iter().map(|(secs, _)| secs).sum())
+}
+
 /// How long after the start the first bad day (slow, then failing) is over.
 pub fn first_bad_day_ends() -> Duration {
     let until_recovering: u64 = CYCLE
@@ -157,14 +169,28 @@ async fn answer(
 }
 
 /// Runs one evolution round on `route` through the admin API at `admin` once `delay` has
-/// passed (the end of the first bad day), waits for it, and prints what it found and how to
-/// see it. Polling a round twice a second is what a person at the terminal would do.
-pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Duration) {
+/// passed (the end of the first bad day), waits for it, and prints what it found; then follows
+/// its proposal through the guardian (approval, canary, swap, watch) and, one `cycle` of the
+/// service's day after the swap, prints the goodput the traffic saw before and after it, and
+/// how to inspect each step. Polling twice a second is what a person at the terminal would do.
+pub async fn evolve_after_the_bad_day(
+    admin: SocketAddr,
+    route: &str,
+    delay: Duration,
+    cycle: Duration,
+    stats: Arc<TrafficStats>,
+) {
     tokio::time::sleep(delay).await;
     let base = format!("http://{admin}");
     let print = |line: String| {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    };
+    let get = |url: String| async move {
+        match crate::client::call("GET", &url, None, None).await {
+            Ok((200, text)) => serde_json::from_str::<serde_json::Value>(&text).ok(),
+            _ => None,
+        }
     };
     let run = format!("{base}/v1/evolution/{route}/run");
     let round = match crate::client::call("POST", &run, None, None).await {
@@ -188,22 +214,112 @@ pub async fn evolve_after_the_bad_day(admin: SocketAddr, route: &str, delay: Dur
     let deadline = Instant::now() + Duration::from_secs(600);
     while round["state"] == "running" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let url = format!("{base}/v1/evolution/rounds/{id}");
-        if let Ok((200, text)) = crate::client::call("GET", &url, None, None).await {
-            round = serde_json::from_str(&text).unwrap_or(round);
+        if let Some(now) = get(format!("{base}/v1/evolution/rounds/{id}")).await {
+            round = now;
         }
     }
     let reason = round["reason"].as_str().unwrap_or_default();
-    match round["proposal_id"].as_i64() {
-        Some(proposal) => print(format!(
-            "  evolution      proposal {proposal} for {route} is pending ({reason})\n  \
-             see it         rafael proposals show {proposal} --admin {base}\n  \
-             or             {base}/v1/proposals/{proposal}\n"
-        )),
-        None => print(format!(
+    let Some(proposal) = round["proposal_id"].as_i64() else {
+        print(format!(
             "  evolution      round {id} ended {}: {reason}\n",
             round["result"].as_str().unwrap_or("without a proposal")
-        )),
+        ));
+        return;
+    };
+    print(format!(
+        "  evolution      proposal {proposal} for {route} ({reason})\n  \
+         see it         rafael proposals show {proposal} --admin {base}\n  \
+         or             {base}/v1/proposals/{proposal}"
+    ));
+    // Follow it through the guardian, printing each state once.
+    let (mut last, mut swapped) = (String::new(), None);
+    let deadline = Instant::now() + cycle * 2 + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let Some(now) = get(format!("{base}/v1/proposals/{proposal}")).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let state = now["state"].as_str().unwrap_or_default().to_owned();
+        if state != last {
+            print(describe(&now, &state, route));
+            if swapped.is_none() && matches!(state.as_str(), "applied" | "kept") {
+                swapped = Some((Instant::now(), stats.counts()));
+            }
+            last = state.clone();
+        }
+        let waiting = state == "canary"
+            && matches!(
+                now["canary"]["state"].as_str(),
+                Some("inconclusive" | "interrupted")
+            );
+        let settled = !matches!(
+            state.as_str(),
+            "pending" | "approved" | "canary" | "applied"
+        );
+        if waiting || settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let Some((at, before)) = swapped else {
+        print(format!(
+            "  inspect        rafael audit list --admin {base}   (every step, hash-chained)\n"
+        ));
+        return;
+    };
+    // A whole day of the service on the new genome, bad part included.
+    tokio::time::sleep(cycle.saturating_sub(at.elapsed())).await;
+    let after = stats.counts();
+    let share = |good: u64, sent: u64| {
+        if sent == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * good as f64 / sent as f64)
+        }
+    };
+    print(format!(
+        "\n  goodput        before the swap {} ({} requests); one service day after it {} ({} requests)\n  \
+         inspect        rafael proposals show {proposal} --admin {base}\n                 \
+         rafael genomes {route} --admin {base}\n                 \
+         rafael audit verify --admin {base}\n",
+        share(before.0, before.1),
+        before.1,
+        share(after.0 - before.0, after.1 - before.1),
+        after.1 - before.1,
+    ));
+}
+
+/// One line on `proposal` entering `state`.
+fn describe(proposal: &serde_json::Value, state: &str, route: &str) -> String {
+    let id = proposal["id"].as_i64().unwrap_or_default();
+    let canary = &proposal["canary"];
+    let watch = &proposal["watch"];
+    let reason = |value: &serde_json::Value| value["reason"].as_str().unwrap_or("").to_owned();
+    match state {
+        "pending" => format!("  guardian       proposal {id} waits for approval"),
+        "approved" => format!("  guardian       proposal {id} approved"),
+        "canary" => format!(
+            "  guardian       approved by rafael (approval = auto); canary on {}% of {route}'s requests until {}",
+            canary["percent"],
+            canary["ends_at"].as_str().unwrap_or("its end")
+        ),
+        "applied" => format!(
+            "  guardian       {}generation {} is live on {route}; watched until {}",
+            if canary.is_object() {
+                "the canary passed: "
+            } else {
+                ""
+            },
+            watch["generation"],
+            watch["ends_at"].as_str().unwrap_or("its end")
+        ),
+        "kept" => format!("  guardian       proposal {id} kept: {}", reason(watch)),
+        "rolled_back" => format!("  guardian       rolled back: {}", reason(watch)),
+        "rejected" => format!(
+            "  guardian       proposal {id} rejected: {}",
+            reason(canary)
+        ),
+        other => format!("  guardian       proposal {id} is {other}"),
     }
 }
 
@@ -221,6 +337,10 @@ fn log_normal(median: f64, p99: f64) -> Duration {
 /// What the traffic generator saw.
 #[derive(Debug, Default)]
 pub struct TrafficStats {
+    /// Requests sent.
+    pub sent: AtomicU64,
+    /// Responses with 2xx within the SLO (300 ms).
+    pub good: AtomicU64,
     /// Responses with 2xx.
     pub ok: AtomicU64,
     /// Responses with 4xx or 5xx.
@@ -229,10 +349,25 @@ pub struct TrafficStats {
     pub errors: AtomicU64,
 }
 
-/// Sends `rate` requests per second to `target` for at most `duration`, printing a summary every
-/// ten seconds. Bounded in rate, in duration and in concurrency (at most `rate` in flight).
-pub async fn run_traffic(target: SocketAddr, rate: u32, duration: Duration) -> Arc<TrafficStats> {
-    let stats = Arc::new(TrafficStats::default());
+impl TrafficStats {
+    /// (good, sent) so far: the requests still unanswered count as sent and not yet good.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.good.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Sends `rate` requests per second to `target` for at most `duration`, counting into `stats`
+/// and logging a summary every ten seconds. Bounded in rate, in duration and in concurrency
+/// (at most `rate` in flight; a request the bound refuses counts as sent and not good).
+pub async fn run_traffic(
+    target: SocketAddr,
+    rate: u32,
+    duration: Duration,
+    stats: Arc<TrafficStats>,
+) -> Arc<TrafficStats> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(rate.max(1) as usize));
     let deadline = Instant::now() + duration;
@@ -241,6 +376,7 @@ pub async fn run_traffic(target: SocketAddr, rate: u32, duration: Duration) -> A
     let mut sent: u64 = 0;
     while Instant::now() < deadline {
         tick.tick().await;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             continue;
         };
@@ -258,12 +394,16 @@ pub async fn run_traffic(target: SocketAddr, rate: u32, duration: Duration) -> A
             let Ok(request) = Request::get(uri).body(Empty::new()) else {
                 return;
             };
+            let sent = Instant::now();
             match client.request(request).await {
                 Ok(response) => {
                     let success = response.status().is_success();
                     let _ = response.into_body().collect().await;
                     let counter = if success { &seen.ok } else { &seen.failed };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if success && sent.elapsed() <= SLO {
+                        seen.good.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(_) => {
                     seen.errors.fetch_add(1, Ordering::Relaxed);
@@ -294,7 +434,10 @@ mod tests {
             .replace("{upstream}", "127.0.0.1:8080")
             .replace("{listen}", "127.0.0.1:15001")
             .replace("{admin}", "127.0.0.1:9901")
-            .replace("{min_requests}", "1000");
+            .replace("{min_requests}", "1000")
+            .replace("{canary}", "15s")
+            .replace("{canary_requests}", "50")
+            .replace("{watch}", "30s");
         let demo = rafael_config::parse(&demo).expect("the demo config is valid");
         assert_eq!(demo.routes.len(), 2);
         let example = include_str!("../../deploy/rafael.toml");

@@ -1324,8 +1324,17 @@ async fn run_demo(
     let min_requests = ((f64::from(rate.max(1)) * demo::first_bad_day_ends().as_secs_f64() / speed)
         * 0.7)
         .clamp(100.0, 10_000.0) as u32;
+    // The canary and the watch run in real time: shortened with the cycle, and the canary
+    // needs a sixth of what a quarter of the traffic brings in its duration.
+    let canary = demo::CANARY.div_f64(speed).max(Duration::from_secs(3));
+    let canary_requests =
+        ((f64::from(rate) * 0.25 * canary.as_secs_f64() * 0.6) as u32).clamp(10, 10_000);
+    let watch = demo::WATCH.div_f64(speed).max(Duration::from_secs(5));
     let text = demo::DEMO_CONFIG
         .replace("{min_requests}", &min_requests.to_string())
+        .replace("{canary}", &format!("{}ms", canary.as_millis()))
+        .replace("{canary_requests}", &canary_requests.to_string())
+        .replace("{watch}", &format!("{}ms", watch.as_millis()))
         .replace("{upstream}", &upstream_address.to_string())
         .replace("{listen}", &listen.to_string())
         .replace("{admin}", &admin.to_string());
@@ -1346,7 +1355,8 @@ async fn run_demo(
          admin          http://{admin}/healthz\n  \
          metrics        http://{admin}/metrics\n  \
          evolution      after the service's first bad day (about {bad_day} s) a round evolves\n                 \
-         orders-read's genome; then: rafael proposals list --admin http://{admin}\n",
+         orders-read's genome; the demo's guardian approves what it proposes, tries it as a\n                 \
+         canary, applies it and watches it; then: rafael proposals list --admin http://{admin}\n",
         bad_day = (demo::first_bad_day_ends().as_secs_f64() / speed).round()
     );
     let mut stdout = std::io::stdout().lock();
@@ -1354,10 +1364,12 @@ async fn run_demo(
     drop(stdout);
     if rate > 0 {
         info!(rate, duration = ?traffic, "starting demo traffic");
-        tokio::spawn(demo::run_traffic(proxy, rate, traffic));
+        let stats = std::sync::Arc::new(demo::TrafficStats::default());
+        tokio::spawn(demo::run_traffic(proxy, rate, traffic, stats.clone()));
         let after = demo::first_bad_day_ends().div_f64(speed) + Duration::from_secs(2);
+        let cycle = demo::cycle().div_f64(speed);
         tokio::spawn(async move {
-            demo::evolve_after_the_bad_day(admin, "orders-read", after).await;
+            demo::evolve_after_the_bad_day(admin, "orders-read", after, cycle, stats).await;
         });
     }
     shutdown.recv().await;
