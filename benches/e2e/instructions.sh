@@ -4,6 +4,7 @@
 #
 #   benches/e2e/instructions.sh rafael      # target/release/rafael, one listener, one route
 #   benches/e2e/instructions.sh rafael-policies   # the same route with every policy on
+#   benches/e2e/instructions.sh rafael-canary     # rafael with a 10% canary running on the route
 #   benches/e2e/instructions.sh nginx       # Debian's nginx, 1 worker, upstream keep-alive
 #
 # The proxy runs under valgrind on cpu 1 (so rafael picks its one-CPU scheduler, as in the
@@ -11,8 +12,8 @@
 # no load, is subtracted. Kernel work (the larger part of a proxy's CPU) is not counted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-peer=${1:?usage: instructions.sh rafael|rafael-policies|nginx}
-for tool in valgrind wrk; do
+peer=${1:?usage: instructions.sh rafael|rafael-policies|rafael-canary|nginx}
+for tool in valgrind wrk curl; do
     command -v $tool >/dev/null || apt-get install -y -q $tool >/dev/null
 done
 cargo build --release -q -p rafael-control -p rafael-benches
@@ -23,7 +24,7 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 upstream_port=18180 proxy_port=18181 admin_port=18182
 taskset -c 0 target/release/bench-upstream 127.0.0.1:$upstream_port &
 case $peer in
-rafael|rafael-policies)
+rafael|rafael-policies|rafael-canary)
     cat > "$work/rafael.toml" <<TOML
 [admin]
 bind = "127.0.0.1:$admin_port"
@@ -43,6 +44,18 @@ upstream = "app"
 TOML
     if [ "$peer" = rafael-policies ]; then
         cat benches/e2e/rafael-policies.toml >> "$work/rafael.toml"
+    fi
+    if [ "$peer" = rafael-canary ]; then
+        # A canary that runs for the whole measurement: approved by rafael as soon as it is
+        # proposed, judged after a day, on a genome that differs only in its timeout.
+        cat >> "$work/rafael.toml" <<TOML
+[routes.policy]
+timeout = "30s"
+[guardian]
+approval = "auto"
+canary = { percent = 10, duration = "1day", min_requests = 1000000 }
+watch = { duration = "0s" }
+TOML
     fi
     cmd=(target/release/rafael run --config "$work/rafael.toml") ;;
 nginx)
@@ -77,11 +90,18 @@ measure() {
         (exec 3<>/dev/tcp/127.0.0.1/$proxy_port) 2>/dev/null && break
         sleep 0.1
     done
+    if [ "$peer" = rafael-canary ]; then
+        # In the idle run too, so its cost is subtracted with the start-up's.
+        curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+            -d '{"route": "all", "genome": {"timeout": "31s"}}' \
+            http://127.0.0.1:$admin_port/v1/proposals
+    fi
     if [ "$seconds" != 0 ]; then
         requests=$(taskset -c 0 wrk -t1 -c8 -d${seconds}s http://127.0.0.1:$proxy_port/ \
             | awk '/requests in/ {print $1}')
     fi
     kill -INT $pid; wait $pid 2>/dev/null || true
+    rm -f "$work"/rafael.db*
     # nginx's worker outlives its master by a moment; wait for its report.
     if [ "$peer" = nginx ]; then
         for _ in $(seq 100); do

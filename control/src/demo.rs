@@ -252,6 +252,14 @@ pub async fn evolve_after_the_bad_day(
                 now["canary"]["state"].as_str(),
                 Some("inconclusive" | "interrupted")
             );
+        if waiting {
+            print(format!(
+                "  guardian       the canary is {}: {}\n  \
+                 promote it     rafael proposals approve {proposal} --admin {base}",
+                now["canary"]["state"].as_str().unwrap_or_default(),
+                now["canary"]["reason"].as_str().unwrap_or_default()
+            ));
+        }
         let settled = !matches!(
             state.as_str(),
             "pending" | "approved" | "canary" | "applied"

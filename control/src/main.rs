@@ -1324,11 +1324,13 @@ async fn run_demo(
     let min_requests = ((f64::from(rate.max(1)) * demo::first_bad_day_ends().as_secs_f64() / speed)
         * 0.7)
         .clamp(100.0, 10_000.0) as u32;
-    // The canary and the watch run in real time: shortened with the cycle, and the canary
-    // needs a sixth of what a quarter of the traffic brings in its duration.
-    let canary = demo::CANARY.div_f64(speed).max(Duration::from_secs(3));
-    let canary_requests =
-        ((f64::from(rate) * 0.25 * canary.as_secs_f64() * 0.6) as u32).clamp(10, 10_000);
+    // The canary and the watch run in real time: shortened with the cycle. The canary needs
+    // half of what its quarter of orders-read's traffic (four requests in five) brings in the
+    // whole seconds of its duration (its first and last are partly outside it).
+    let canary = demo::CANARY.div_f64(speed).max(Duration::from_secs(8));
+    let canary_requests = ((f64::from(rate) * 0.8 * 0.25 * (canary.as_secs_f64() - 2.0) * 0.5)
+        as u32)
+        .clamp(10, 10_000);
     let watch = demo::WATCH.div_f64(speed).max(Duration::from_secs(5));
     let text = demo::DEMO_CONFIG
         .replace("{min_requests}", &min_requests.to_string())
