@@ -140,32 +140,8 @@ impl App {
                 .enabled
                 .then(|| evolution.spawn_timer(settings.interval.get()))
         };
-        let expiry_sweeper = {
-            let (store, audit, snapshots) = (store.clone(), audit.clone(), snapshot.clone());
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(crate::guardian::expiry::SWEEP_EVERY);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    every.tick().await;
-                    let (store, audit, snapshots) =
-                        (store.clone(), audit.clone(), snapshots.clone());
-                    let swept = tokio::task::spawn_blocking(move || {
-                        crate::guardian::expiry::sweep(
-                            &store,
-                            &audit,
-                            &snapshots,
-                            std::time::SystemTime::now(),
-                        )
-                    })
-                    .await;
-                    match swept {
-                        Ok(Ok(ids)) if !ids.is_empty() => info!(?ids, "proposals expired"),
-                        Ok(Err(error)) => warn!(%error, "cannot sweep expired proposals"),
-                        _ => {}
-                    }
-                }
-            })
-        };
+        let (expiry_sweeper, _) =
+            crate::guardian::expiry::spawn_sweeper(store.clone(), audit.clone(), snapshot.clone());
         let state = admin::AdminState {
             metrics,
             ready: ready.clone(),

@@ -122,10 +122,92 @@ pub fn sweep(
     Ok(expired)
 }
 
+/// Sweeps every [`SWEEP_EVERY`] until aborted, on the blocking pool; the receiver counts the
+/// sweeps done. Its clock is the wall clock at the start advanced by tokio's: the same in a
+/// running rafael, and on paused time in a test, where a day of TTL passes in an instant.
+pub fn spawn_sweeper(
+    store: std::sync::Arc<Store>,
+    audit: AuditLog,
+    snapshots: SnapshotHandle,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let (wall, started) = (SystemTime::now(), tokio::time::Instant::now());
+    let (done, swept) = tokio::sync::watch::channel(0);
+    let task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = wall + started.elapsed();
+            let (store, audit, snapshots) = (store.clone(), audit.clone(), snapshots.clone());
+            let swept =
+                tokio::task::spawn_blocking(move || sweep(&store, &audit, &snapshots, now)).await;
+            match swept {
+                Ok(Ok(ids)) if !ids.is_empty() => tracing::info!(?ids, "proposals expired"),
+                Ok(Err(error)) => tracing::warn!(%error, "cannot sweep expired proposals"),
+                _ => {}
+            }
+            done.send_modify(|n| *n += 1);
+        }
+    });
+    (task, swept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::guardian::proposal::tests::pending;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_expires_a_proposal_within_a_sweep_of_its_ttl_on_paused_time() {
+        let config = rafael_config::parse(
+            r#"
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+[[upstreams]]
+name = "app"
+endpoints = ["127.0.0.1:9"]
+[[routes]]
+name = "orders"
+listener = "in"
+upstream = "app"
+"#,
+        )
+        .unwrap();
+        let snapshots = SnapshotHandle::new(config).unwrap();
+        let store = std::sync::Arc::new(Store::in_memory().unwrap());
+        let audit = AuditLog::new(store.clone());
+        // A day to live, from now.
+        let ttl = Duration::from_secs(24 * 3600);
+        let expires = humantime::format_rfc3339_seconds(SystemTime::now() + ttl).to_string();
+        let id = store
+            .insert_proposal(&Proposal {
+                base_generation: 1,
+                expires_at: expires,
+                ..pending("orders", "2025-01-01T00:00:00Z")
+            })
+            .unwrap();
+        let (sweeper, mut swept) = spawn_sweeper(store.clone(), audit, snapshots);
+        let state = |store: &Store| store.proposal(id).unwrap().unwrap().state;
+        // The first sweep runs at once; ten minutes before the TTL it is still pending.
+        swept.changed().await.unwrap();
+        tokio::time::advance(ttl - Duration::from_secs(600)).await;
+        swept.changed().await.unwrap();
+        assert_eq!(state(&store), ProposalState::Pending);
+        // A sweep past the TTL expires it (one that began before the jump may finish first).
+        tokio::time::advance(Duration::from_secs(600) + SWEEP_EVERY).await;
+        for _ in 0..3 {
+            swept.changed().await.unwrap();
+            if state(&store) == ProposalState::Expired {
+                break;
+            }
+        }
+        assert_eq!(state(&store), ProposalState::Expired);
+        sweeper.abort();
+    }
 
     fn at(rfc3339: &str) -> SystemTime {
         humantime::parse_rfc3339(rfc3339).unwrap()
