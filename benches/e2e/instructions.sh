@@ -5,6 +5,7 @@
 #   benches/e2e/instructions.sh rafael      # target/release/rafael, one listener, one route
 #   benches/e2e/instructions.sh rafael-policies   # the same route with every policy on
 #   benches/e2e/instructions.sh rafael-canary     # rafael with a 10% canary running on the route
+#   benches/e2e/instructions.sh rafael-canary-off # the same config, no canary started (its baseline)
 #   benches/e2e/instructions.sh nginx       # Debian's nginx, 1 worker, upstream keep-alive
 #
 # The proxy runs under valgrind on cpu 1 (so rafael picks its one-CPU scheduler, as in the
@@ -12,7 +13,7 @@
 # no load, is subtracted. Kernel work (the larger part of a proxy's CPU) is not counted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-peer=${1:?usage: instructions.sh rafael|rafael-policies|rafael-canary|nginx}
+peer=${1:?usage: instructions.sh rafael|rafael-policies|rafael-canary|rafael-canary-off|nginx}
 for tool in valgrind wrk curl; do
     command -v $tool >/dev/null || apt-get install -y -q $tool >/dev/null
 done
@@ -24,7 +25,7 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 upstream_port=18180 proxy_port=18181 admin_port=18182
 taskset -c 0 target/release/bench-upstream 127.0.0.1:$upstream_port &
 case $peer in
-rafael|rafael-policies|rafael-canary)
+rafael|rafael-policies|rafael-canary|rafael-canary-off)
     cat > "$work/rafael.toml" <<TOML
 [admin]
 bind = "127.0.0.1:$admin_port"
@@ -45,7 +46,7 @@ TOML
     if [ "$peer" = rafael-policies ]; then
         cat benches/e2e/rafael-policies.toml >> "$work/rafael.toml"
     fi
-    if [ "$peer" = rafael-canary ]; then
+    if [ "$peer" = rafael-canary ] || [ "$peer" = rafael-canary-off ]; then
         # A canary that runs for the whole measurement: approved by rafael as soon as it is
         # proposed, judged after a day, on a genome that differs only in its timeout.
         cat >> "$work/rafael.toml" <<TOML
