@@ -77,6 +77,19 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
 
     let admin = format!("http://{}", rafael.admin);
     let admin_address = rafael.admin;
+    // The round fits whole seconds: wait until the second of the last request has ended and
+    // the model holds every request sent, so both rounds below see the same telemetry.
+    let sent = answers.len() as u64;
+    let settled = tokio::task::spawn_blocking(move || {
+        support::eventually(Duration::from_secs(10), || {
+            let (_, _, body) = http_get(admin_address, "/v1/routes/main/model");
+            serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|model| model["requests"].as_u64() == Some(sent))
+        })
+    })
+    .await
+    .unwrap();
+    assert!(settled, "the model never held all {sent} requests");
     let (code, out, err) =
         rafael_cli(&["evolve", "main", "--wait", "--seed", "7", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{out}{err}");
