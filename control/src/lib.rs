@@ -18,5 +18,6 @@ pub mod openapi;
 pub mod reload;
 pub mod store;
 pub mod surge;
+pub mod vault;
 
 pub use app::{App, AppOptions};

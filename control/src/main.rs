@@ -135,6 +135,21 @@ enum Command {
         #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// The pattern vault, through a running rafael's admin API: `rafael vault search [QUERY]
+    /// [--category C] [--tag T] [--stack S]`, `rafael vault show NAME`.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+        /// Print the raw JSON instead.
+        #[arg(long, global = true)]
+        json: bool,
+        /// The admin API's address.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// A bearer token (needed when the admin API has a tokens file).
+        #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Proposals and their evidence, through a running rafael's admin API.
     Proposals {
         #[command(subcommand)]
@@ -223,6 +238,30 @@ enum ChaosCommand {
         /// Print the raw JSON answer instead.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Patterns whose name, description, tags or stacks hold every word of QUERY.
+    Search {
+        /// Words to look for (any case).
+        query: Vec<String>,
+        /// Only this category (retry, circuit-breaker, rate-limit, concurrency, timeout,
+        /// protection, composite).
+        #[arg(long)]
+        category: Option<String>,
+        /// Only patterns with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only patterns for this stack (grpc, node, python-wsgi, jvm, postgrest, ...).
+        #[arg(long)]
+        stack: Option<String>,
+    },
+    /// One pattern: when to use it, and its genome as `[routes.policy]`.
+    Show {
+        /// The pattern's name.
+        name: String,
     },
 }
 
@@ -393,6 +432,30 @@ fn main() -> ExitCode {
             admin,
             token,
         } => chaos(command, &admin, token.as_deref()),
+        Command::Vault {
+            command,
+            json,
+            admin,
+            token,
+        } => match command {
+            VaultCommand::Search {
+                query,
+                category,
+                tag,
+                stack,
+            } => rafael_control::cli::vault::search(
+                &query,
+                category.as_deref(),
+                tag.as_deref(),
+                stack.as_deref(),
+                json,
+                &admin,
+                token.as_deref(),
+            ),
+            VaultCommand::Show { name } => {
+                rafael_control::cli::vault::show(&name, json, &admin, token.as_deref())
+            }
+        },
         Command::Genomes {
             route,
             command,
@@ -517,7 +580,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         }
         ExitCode::from(2)
     };
-    let config = rafael_config::parse(&text).map_err(|errors| report(&errors))?;
+    let mut config = rafael_config::parse(&text).map_err(|errors| report(&errors))?;
+    rafael_control::vault::resolve(&mut config).map_err(|errors| report(&errors))?;
     for warning in config.deprecations() {
         eprintln!("{}: warning: {warning}", path.display());
     }

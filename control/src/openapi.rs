@@ -126,6 +126,20 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/v1/vault/patterns",
+        permission: Some(Permission::Read),
+        summary: "Vault patterns matching every filter given: `q` (words in the name, description, tags or stacks), `category`, `tag`, `stack` (patterns for `any` stack match every stack); 400 naming an unknown category",
+        response: "PatternList",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/vault/patterns/{name}",
+        permission: Some(Permission::Read),
+        summary: "One vault pattern: category, tags, stacks, when to use it, its genome (404 for an unknown name)",
+        response: "Pattern",
+    },
+    Operation {
+        method: "get",
         path: "/v1/routes/{route}/model",
         permission: Some(Permission::Read),
         summary: "The route's upstream model, fitted now from its telemetry (404 for an unknown route, 409 with the request counts until the window holds [evolution].min_requests)",
@@ -575,6 +589,25 @@ fn proposal_schemas() -> Value {
                 "result": { "enum": ["proposed", "no_improvement", "skipped", "failed"], "description": "Once it ended" }
             },
             "required": ["id", "route", "state", "started_at", "generations", "evaluations"]
+        },
+        "Pattern": {
+            "type": "object",
+            "properties": {
+                "name": { "type": "string" },
+                "category": { "enum": ["retry", "circuit-breaker", "rate-limit", "concurrency", "timeout", "protection", "composite"] },
+                "tags": { "type": "array", "items": { "type": "string" } },
+                "stacks": { "type": "array", "items": { "type": "string" } },
+                "description": { "type": "string" },
+                "genome": { "type": "object" },
+                "source": { "enum": ["builtin", "learned"] },
+                "learned_from": { "type": ["object", "null"] }
+            },
+            "required": ["name", "category", "tags", "stacks", "description", "genome", "source"]
+        },
+        "PatternList": {
+            "type": "object",
+            "properties": { "patterns": { "type": "array", "items": { "$ref": "#/components/schemas/Pattern" } } },
+            "required": ["patterns"]
         },
         "RouteList": {
             "type": "object",

@@ -81,7 +81,8 @@ impl Reloader {
         if self.last_text.as_deref() == Some(text.as_str()) {
             return Ok(None);
         }
-        let config = rafael_config::parse(&text).map_err(ReloadError::Invalid)?;
+        let mut config = rafael_config::parse(&text).map_err(ReloadError::Invalid)?;
+        crate::vault::resolve(&mut config).map_err(ReloadError::Invalid)?;
         for warning in config.deprecations() {
             tracing::warn!(%warning, "config key deprecated");
         }

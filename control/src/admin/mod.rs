@@ -27,6 +27,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 mod genomes;
+mod vault;
 
 use crate::{
     audit::{AuditLog, action as audit_action},
@@ -122,6 +123,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/routes", get(genomes::routes_list))
         .route("/v1/routes/{route}/model", get(route_model))
         .route("/v1/routes/{route}/genomes", get(genomes::route_genomes))
+        .route("/v1/vault/patterns", get(vault::patterns))
+        .route("/v1/vault/patterns/{name}", get(vault::pattern))
         .route("/v1/proposals", get(proposals_list))
         .route("/v1/proposals/{id}", get(proposal_get))
         .route("/v1/evolution/rounds", get(rounds_list))

@@ -4,6 +4,7 @@
 pub mod evolve;
 pub mod genomes;
 pub mod simulate;
+pub mod vault;
 
 use std::process::ExitCode;
 

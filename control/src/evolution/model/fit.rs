@@ -321,8 +321,9 @@ pub fn fit_route_since(
 }
 
 /// The windows of whole seconds before `now`'s, from the first with a request to the last
-/// with one: the quiet seconds after the traffic stopped say nothing of the upstream, and
-/// leaving them out keeps a model fitted a few seconds later the same model.
+/// with any traffic (a request, an answer or an attempt): the quiet seconds after the traffic
+/// stopped say nothing of the upstream, and leaving them out keeps a model fitted a few
+/// seconds later the same model.
 fn complete_windows(telemetry: &Telemetry) -> &[Window] {
     let complete = telemetry
         .windows
@@ -334,9 +335,11 @@ fn complete_windows(telemetry: &Telemetry) -> &[Window] {
         .iter()
         .position(|w| w.requests > 0)
         .unwrap_or(complete);
+    // A second that answered a request or started an attempt is part of the traffic (a
+    // queue drains after the last arrival).
     let last = windows
         .iter()
-        .rposition(|w| w.requests > 0)
+        .rposition(|w| w.requests > 0 || w.responses() > 0 || w.attempts > 0)
         .map_or(first, |last| last + 1);
     &windows[first..last.max(first)]
 }
