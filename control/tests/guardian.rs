@@ -808,3 +808,74 @@ fn a_canary_running_when_rafael_is_killed_comes_back_interrupted_and_an_approver
     }
     assert_eq!(get("/v1/audit/verify")["ok"], true);
 }
+
+#[test]
+fn every_kind_of_guardrail_violation_is_refused_with_its_key_path_and_never_goes_live() {
+    let upstream = support::upstream("ok", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[guardian]
+approval = "auto"
+max_step = 0.5
+frozen = ["circuit_breaker"]
+guardrails = { "retry.max_attempts" = { max = 4 } }
+watch = { duration = "0s" }
+"#;
+    let policy = "timeout = \"2s\"\nretry = { max_attempts = 2, retry_on = [\"5xx\"] }\ncircuit_breaker = { consecutive_failures = 5 }";
+    let path = dir.path().join("rafael.toml");
+    std::fs::write(&path, config(upstream, policy, extra)).unwrap();
+    let rafael = Rafael::start(&path);
+    let refused = |genome: Value, gene: &str, rule: &str| {
+        let (status, body) = http_post(
+            rafael.admin,
+            "/v1/proposals",
+            &json!({"route": "main", "genome": genome}).to_string(),
+        );
+        assert_eq!(status, 422, "{body}");
+        let violations = json_of(&body)["violations"].clone();
+        let found = violations.as_array().into_iter().flatten().any(|v| {
+            v["gene"].as_str().is_some_and(|g| g.starts_with(gene))
+                && v["rule"].as_str().is_some_and(|r| r.contains(rule))
+        });
+        assert!(found, "{gene} / {rule}: {body}");
+    };
+    let breaker = json!({"consecutive_failures": 5});
+    // Out of bounds: 5 attempts against a max of 4 (and a step of 2.5x).
+    refused(
+        json!({"timeout": "2s", "retry": {"max_attempts": 5, "retry_on": ["5xx"]}, "circuit_breaker": breaker}),
+        "retry.max_attempts",
+        "4",
+    );
+    // A step larger than max_step: the timeout from 2 s to 5 s.
+    refused(
+        json!({"timeout": "5s", "retry": {"max_attempts": 2, "retry_on": ["5xx"]}, "circuit_breaker": breaker}),
+        "timeout",
+        "max_step",
+    );
+    // A frozen section.
+    refused(
+        json!({"timeout": "2s", "retry": {"max_attempts": 2, "retry_on": ["5xx"]}, "circuit_breaker": {"consecutive_failures": 3}}),
+        "circuit_breaker",
+        "frozen",
+    );
+    // An invariant: never retry non-idempotent requests.
+    refused(
+        json!({"timeout": "2s", "retry": {"max_attempts": 2, "retry_on": ["5xx"], "retry_non_idempotent": true}, "circuit_breaker": breaker}),
+        "retry.retry_non_idempotent",
+        "never turned on",
+    );
+    // None of them became live or was stored, and each refusal is audited.
+    let routes = json_of(&http_get(rafael.admin, "/v1/routes").2);
+    assert_eq!(route(&routes, "main")["generation"], 1, "{routes}");
+    let proposals = json_of(&http_get(rafael.admin, "/v1/proposals").2);
+    assert_eq!(
+        proposals["proposals"].as_array().unwrap().len(),
+        0,
+        "{proposals}"
+    );
+    let refusals = audit_actions(rafael.admin)
+        .into_iter()
+        .filter(|a| a == "guardrail.refused")
+        .count();
+    assert_eq!(refusals, 4);
+}

@@ -113,6 +113,24 @@ fn canary_threshold(percent: f64) -> u64 {
     }
 }
 
+/// The index of `route` in `snapshot`, with `genome` (when given) validated at its key path;
+/// every error otherwise.
+fn checked(
+    snapshot: &Snapshot,
+    route: &str,
+    genome: Option<&Genome>,
+) -> Result<usize, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let Some(index) = snapshot.routes.iter().position(|r| &*r.name == route) else {
+        errors.push("routes", format!("no route named {route:?}"));
+        return Err(errors);
+    };
+    if let Some(genome) = genome {
+        genome.validate(&format!("routes[{index}].policy"), &mut errors);
+    }
+    errors.into_result(index)
+}
+
 /// FNV-1a over the request id, finalized by murmur3's mix: stable across processes and versions, so one id always lands
 /// in the same cohort, and a few instructions a byte.
 #[inline]
@@ -277,14 +295,6 @@ impl Snapshot {
     /// Route named `name`.
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| &*r.name == name)
-    }
-
-    /// A copy of this snapshot in which route `index` has `genome`; listeners, TLS material,
-    /// upstreams and every other route are shared, not rebuilt.
-    fn with_genome(&self, index: usize, genome: Genome, version: u64) -> Self {
-        let mut config = (*self.config).clone();
-        config.routes[index].policy = genome;
-        self.with_route(Some(index), config, (*self.extra_faults).clone(), version)
     }
 
     /// A copy in which route `index` runs `canary` (`None`: none), everything else shared.
@@ -694,20 +704,7 @@ impl PolicyHandle {
     /// validated first; an invalid one changes nothing and comes back with its errors, each
     /// under `routes[i].policy`.
     pub fn swap(&self, route: &str, genome: Genome) -> Result<u64, ConfigErrors> {
-        let handle = &self.snapshots;
-        let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = handle.load();
-        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
-            let mut errors = ConfigErrors::default();
-            errors.push("routes", format!("no route named {route:?}"));
-            return Err(errors);
-        };
-        let mut errors = ConfigErrors::default();
-        genome.validate(&format!("routes[{index}].policy"), &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(handle.publish(current.with_genome(index, genome, handle.next_version())))
+        self.replace(route, genome, None)
     }
 
     /// Makes `genome` live on `route` as generation `generation` (the control plane's lineage
@@ -721,19 +718,21 @@ impl PolicyHandle {
         genome: Genome,
         generation: u64,
     ) -> Result<u64, ConfigErrors> {
+        self.replace(route, genome, Some(generation))
+    }
+
+    /// [`PolicyHandle::swap`] and [`PolicyHandle::install`]: `generation` when given, else one
+    /// more than before when the genome changed.
+    fn replace(
+        &self,
+        route: &str,
+        genome: Genome,
+        generation: Option<u64>,
+    ) -> Result<u64, ConfigErrors> {
         let handle = &self.snapshots;
         let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = handle.load();
-        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
-            let mut errors = ConfigErrors::default();
-            errors.push("routes", format!("no route named {route:?}"));
-            return Err(errors);
-        };
-        let mut errors = ConfigErrors::default();
-        genome.validate(&format!("routes[{index}].policy"), &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        let index = checked(&current, route, Some(&genome))?;
         let mut config = (*current.config).clone();
         config.routes[index].policy = genome;
         let next = current.with_route_at(
@@ -741,7 +740,7 @@ impl PolicyHandle {
             config,
             (*current.extra_faults).clone(),
             handle.next_version(),
-            Some(generation),
+            generation,
         );
         Ok(handle.publish(next))
     }
@@ -754,15 +753,9 @@ impl PolicyHandle {
         let handle = &self.snapshots;
         let _writer = handle.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = handle.load();
-        let Some(index) = current.routes.iter().position(|r| &*r.name == route) else {
-            let mut errors = ConfigErrors::default();
-            errors.push("routes", format!("no route named {route:?}"));
-            return Err(errors);
-        };
+        let index = checked(&current, route, canary.as_ref().map(|c| &c.genome))?;
         if let Some(spec) = &canary {
             let mut errors = ConfigErrors::default();
-            spec.genome
-                .validate(&format!("routes[{index}].policy"), &mut errors);
             if !(0.0..=100.0).contains(&spec.percent) {
                 errors.push(
                     "canary.percent",

@@ -633,15 +633,27 @@ impl Guardian {
         let every = (task.duration / CANARY_CHECKPOINTS)
             .clamp(CANARY_CHECKPOINT_EVERY.0, CANARY_CHECKPOINT_EVERY.1);
         let end = tokio::time::Instant::now() + task.duration;
+        self.checkpoints("rafael-canary", every, end, move |this, last| {
+            this.canary_checkpoint(&task, last)
+        })
+        .await;
+    }
+
+    /// Runs `checkpoint` every `every` until `end` (`last` at it) on a low-priority thread,
+    /// until it says it is done.
+    async fn checkpoints(
+        &self,
+        name: &'static str,
+        every: Duration,
+        end: tokio::time::Instant,
+        checkpoint: impl Fn(&Self, bool) -> Step + Clone + Send + 'static,
+    ) {
         loop {
             let next = (tokio::time::Instant::now() + every).min(end);
             tokio::time::sleep_until(next).await;
             let last = next >= end;
-            let (this, task) = (self.clone(), task.clone());
-            let step = crate::evolution::low_priority("rafael-canary", move || {
-                this.canary_checkpoint(&task, last)
-            })
-            .await;
+            let (this, checkpoint) = (self.clone(), checkpoint.clone());
+            let step = crate::evolution::low_priority(name, move || checkpoint(&this, last)).await;
             match step {
                 Some(Step::Continue) => {}
                 Some(Step::Done) | None => break,
@@ -1007,20 +1019,10 @@ impl Guardian {
         // Resumed after a restart, the watch has only what is left of its duration.
         let elapsed = Duration::from_nanos(rafael_proxy::layer::now().saturating_sub(task.since));
         let end = started + task.duration.saturating_sub(elapsed);
-        loop {
-            let next = (tokio::time::Instant::now() + every).min(end);
-            tokio::time::sleep_until(next).await;
-            let last = next >= end;
-            let (this, task) = (self.clone(), task.clone());
-            let step = crate::evolution::low_priority("rafael-watch", move || {
-                this.checkpoint(&task, last)
-            })
-            .await;
-            match step {
-                Some(Step::Continue) => {}
-                Some(Step::Done) | None => break,
-            }
-        }
+        self.checkpoints("rafael-watch", every, end, move |this, last| {
+            this.checkpoint(&task, last)
+        })
+        .await;
     }
 
     /// One checkpoint of `task`; `last` at the watch's end.
