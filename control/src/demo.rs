@@ -192,39 +192,30 @@ pub async fn evolve_after_the_bad_day(
             _ => None,
         }
     };
-    let run = format!("{base}/v1/evolution/{route}/run");
-    let round = match crate::client::call("POST", &run, None, None).await {
-        Ok((202, text)) => serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
-        Ok((status, text)) => {
+    // A round that finds no proposal (a model it cannot trust, nothing better) is tried again
+    // after the next bad day, as a sidecar's rounds every `interval` would.
+    let mut attempt = 0;
+    let (proposal, reason) = loop {
+        attempt += 1;
+        let Some(round) = one_round(&base, route, attempt).await else {
+            return;
+        };
+        let id = round["id"].as_i64().unwrap_or_default();
+        let reason = round["reason"].as_str().unwrap_or_default().to_owned();
+        if let Some(proposal) = round["proposal_id"].as_i64() {
+            break (proposal, reason);
+        }
+        let result = round["result"].as_str().unwrap_or("without a proposal");
+        if attempt >= ROUND_ATTEMPTS {
             print(format!(
-                "  evolution      could not start a round ({status}): {text}"
+                "  evolution      round {id} ended {result}: {reason}\n"
             ));
             return;
         }
-        Err(error) => {
-            print(format!("  evolution      could not start a round: {error}"));
-            return;
-        }
-    };
-    let id = round["id"].as_i64().unwrap_or_default();
-    print(format!(
-        "\n  evolution      the bad day is over: round {id} is fitting the service and evolving {route}'s genome"
-    ));
-    let mut round = round;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while round["state"] == "running" && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Some(now) = get(format!("{base}/v1/evolution/rounds/{id}")).await {
-            round = now;
-        }
-    }
-    let reason = round["reason"].as_str().unwrap_or_default();
-    let Some(proposal) = round["proposal_id"].as_i64() else {
         print(format!(
-            "  evolution      round {id} ended {}: {reason}\n",
-            round["result"].as_str().unwrap_or("without a proposal")
+            "  evolution      round {id} ended {result}: {reason}; another round after the next bad day"
         ));
-        return;
+        tokio::time::sleep(cycle).await;
     };
     print(format!(
         "  evolution      proposal {proposal} for {route} ({reason})\n  \
@@ -295,6 +286,48 @@ pub async fn evolve_after_the_bad_day(
         share(after.0 - before.0, after.1 - before.1),
         after.1 - before.1,
     ));
+}
+
+/// Rounds the demo runs, one after each bad day, until one proposes.
+const ROUND_ATTEMPTS: u32 = 3;
+
+/// Starts a round on `route` through the admin API at `base` and waits for its end, printing
+/// that it started; `None` (said why) when it could not start.
+async fn one_round(base: &str, route: &str, attempt: u32) -> Option<serde_json::Value> {
+    let print = |line: String| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    };
+    let run = format!("{base}/v1/evolution/{route}/run");
+    let mut round = match crate::client::call("POST", &run, None, None).await {
+        Ok((202, text)) => serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        Ok((status, text)) => {
+            print(format!(
+                "  evolution      could not start a round ({status}): {text}"
+            ));
+            return None;
+        }
+        Err(error) => {
+            print(format!("  evolution      could not start a round: {error}"));
+            return None;
+        }
+    };
+    let id = round["id"].as_i64().unwrap_or_default();
+    let which = if attempt == 1 { "the" } else { "another" };
+    print(format!(
+        "\n  evolution      {which} bad day is over: round {id} is fitting the service and evolving {route}'s genome"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while round["state"] == "running" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let url = format!("{base}/v1/evolution/rounds/{id}");
+        if let Ok((200, text)) = crate::client::call("GET", &url, None, None).await
+            && let Ok(now) = serde_json::from_str(&text)
+        {
+            round = now;
+        }
+    }
+    Some(round)
 }
 
 /// One line on `proposal` entering `state`.
