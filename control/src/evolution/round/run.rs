@@ -255,26 +255,23 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     let full_runs = bench.full();
     let base = score(&full_runs, incumbent);
     let base_fitness = fitness(&base, aggregate);
-    // The search's best, and the seeds the model suggested: the short runs rank by noisy
-    // figures, and a simple seed that wins on the full runs must not be lost to them (a round
-    // whose search kept a breaker that tripped only in the full `nominal` runs once missed
-    // the plain retries that gained in every scenario).
-    let mut contenders: Vec<Genome> = found.best.iter().map(|(g, _)| g.clone()).collect();
-    for seed in &seeds_of_search {
-        if let Some(repaired) = repair(seed.clone(), incumbent, &rails)
-            && !contenders.contains(&repaired)
-        {
-            contenders.push(repaired);
-        }
-    }
+    // The search's best on the full runs; when none of them passes the verdict's rules (gains
+    // `margin` on paired seeds and loses no scenario by more), the seeds the model suggested
+    // too: the short runs rank by noisy figures, and a simple seed that wins on the full runs
+    // must not be lost to them (a round whose search kept a breaker that tripped only in the
+    // full `nominal` runs once missed the plain retries that gained in every scenario). Only
+    // then, so a round whose search found an acceptable genome costs what it cost before.
     let margin = evolution.margin;
-    // The best that passes the verdict's rules (gains `margin` on paired seeds and loses no
-    // scenario by more), else the best there is, which the verdict then refuses with why.
     let mut best: Option<(Genome, Scored, f64, bool)> = None;
-    for genome in &contenders {
-        if genome == incumbent || !check(genome, incumbent, &rails).is_empty() {
-            continue;
+    let mut scored_already: Vec<Genome> = Vec::new();
+    let mut consider = |genome: &Genome, best: &mut Option<(Genome, Scored, f64, bool)>| {
+        if genome == incumbent
+            || scored_already.contains(genome)
+            || !check(genome, incumbent, &rails).is_empty()
+        {
+            return;
         }
+        scored_already.push(genome.clone());
         let scored = score(&full_runs, genome);
         let value = fitness(&scored, aggregate);
         let eligible = paired_gain(&base, &scored, aggregate) >= margin
@@ -284,7 +281,17 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
             .as_ref()
             .is_none_or(|(_, _, b, was)| (eligible, value) > (*was, *b));
         if better {
-            best = Some((genome.clone(), scored, value, eligible));
+            *best = Some((genome.clone(), scored, value, eligible));
+        }
+    };
+    for (genome, _) in &found.best {
+        consider(genome, &mut best);
+    }
+    if !best.as_ref().is_some_and(|(_, _, _, eligible)| *eligible) {
+        for seed in &seeds_of_search {
+            if let Some(repaired) = repair(seed.clone(), incumbent, &rails) {
+                consider(&repaired, &mut best);
+            }
         }
     }
     let best = best.map(|(genome, scored, value, _)| (genome, scored, value));
