@@ -158,13 +158,7 @@ pub fn error_test(stable: &Cohort, canary: &Cohort, tolerance: f64) -> TestResul
     );
     let excess = p2 - p1 - tolerance;
     let se = (p1 * (1.0 - p1) / n1 + p2 * (1.0 - p2) / n2).sqrt();
-    let z = if se > 0.0 {
-        excess / se
-    } else if excess > 0.0 {
-        f64::INFINITY
-    } else {
-        f64::NEG_INFINITY
-    };
+    let z = finite_z(excess, se);
     TestResult {
         z,
         p_value: upper_tail(z),
@@ -235,6 +229,23 @@ fn experienced(cohort: &Cohort) -> Vec<u64> {
     }
     histogram.push(moved);
     histogram
+}
+
+/// Largest |z| a test reports: beyond any critical value, and finite, so the result survives
+/// JSON (which has no infinity: an infinite z was stored as `null`, and the record holding it
+/// no longer parsed).
+pub const Z_LIMIT: f64 = 1.0e6;
+
+/// `excess / se`, with no spread at all read as certainty either way, within [`Z_LIMIT`].
+pub fn finite_z(excess: f64, se: f64) -> f64 {
+    let z = if se > 0.0 {
+        excess / se
+    } else if excess > 0.0 {
+        Z_LIMIT
+    } else {
+        -Z_LIMIT
+    };
+    z.clamp(-Z_LIMIT, Z_LIMIT)
 }
 
 fn share(part: u64, whole: u64) -> f64 {
@@ -317,6 +328,16 @@ mod tests {
         // Better: never worse.
         let better = cohort(200, 0, &[]);
         assert!(!error_test(&stable, &better, 0.02).worse);
+    }
+
+    #[test]
+    fn a_result_without_any_error_survives_json() {
+        // Both cohorts perfect: no spread, and the record must still parse afterwards.
+        let perfect = cohort(500, 0, &[0, 500]);
+        let test = error_test(&perfect, &perfect, 0.02);
+        assert!(test.z.is_finite() && !test.worse, "{test:?}");
+        let back: TestResult = serde_json::from_value(serde_json::to_value(test).unwrap()).unwrap();
+        assert_eq!(back, test);
     }
 
     #[test]

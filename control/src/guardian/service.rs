@@ -669,6 +669,10 @@ impl Guardian {
             return Step::Done;
         };
         let Some(mut record) = canary_record(&proposal) else {
+            warn!(
+                proposal = task.proposal,
+                "the canary's record does not parse; it stops"
+            );
             return Step::Done;
         };
         if proposal.state != ProposalState::Canary || record.state != "running" {
@@ -1057,7 +1061,13 @@ impl Guardian {
             .and_then(|w| serde_json::from_value(w).ok())
         {
             Some(record) => record,
-            None => return Step::Done,
+            None => {
+                warn!(
+                    proposal = task.proposal,
+                    "the watch's record does not parse; it stops"
+                );
+                return Step::Done;
+            }
         };
         let now = rafael_proxy::layer::now();
         let after = complete(route.live().telemetry().windows(task.since, now), now);

@@ -194,13 +194,8 @@ fn drop_beyond(before: &Figures, after: &Figures, limit: f64) -> f64 {
     let (p2, n2) = (after.goodput, after.requests.max(1) as f64);
     let excess = (p1 - p2) - limit;
     let se = (p1 * (1.0 - p1) / n1 + p2 * (1.0 - p2) / n2).sqrt();
-    if se > 0.0 {
-        excess / se
-    } else if excess > 0.0 {
-        f64::INFINITY
-    } else {
-        f64::NEG_INFINITY
-    }
+    // Finite, so a finding stored in the proposal's watch record reads back.
+    super::canary::finite_z(excess, se)
 }
 
 /// Replays `previous` and `current` on `model` (fitted on the windows since the swap) with the
