@@ -451,10 +451,7 @@ impl Guardian {
         if !errors.is_empty() {
             return Err(GuardianError::Invalid(errors));
         }
-        let generation = store
-            .latest_genome(&route)?
-            .map_or(live, |l| l.generation.max(live))
-            + 1;
+        let generation = self.next_generation(&route, live)?;
         let record = GenomeRecord {
             route: route.clone(),
             generation,
@@ -615,15 +612,7 @@ impl Guardian {
                 min_requests: u64::from(settings.min_requests),
             };
             let handle = runtime.spawn(async move { this.canary(task).await });
-            let previous = self
-                .inner
-                .watches
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(route, handle.abort_handle());
-            if let Some(previous) = previous {
-                previous.abort();
-            }
+            self.track(route, handle.abort_handle());
         }
         Ok(proposal)
     }
@@ -872,10 +861,7 @@ impl Guardian {
                     generation: to,
                 })?;
         let current = store.genome_at(route, live)?;
-        let generation = store
-            .latest_genome(route)?
-            .map_or(live, |l| l.generation.max(live))
-            + 1;
+        let generation = self.next_generation(route, live)?;
         let record = GenomeRecord {
             route: route.to_owned(),
             generation,
@@ -967,15 +953,32 @@ impl Guardian {
         let route = task.route.clone();
         let this = self.clone();
         let handle = runtime.spawn(async move { this.watch(task).await });
+        self.track(route, handle.abort_handle());
+    }
+
+    /// Records `handle` as the watch or canary running on `route`, aborting the one it
+    /// replaces.
+    fn track(&self, route: String, handle: tokio::task::AbortHandle) {
         let previous = self
             .inner
             .watches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(route, handle.abort_handle());
+            .insert(route, handle);
         if let Some(previous) = previous {
             previous.abort();
         }
+    }
+
+    /// The generation after the newest one `route` has had: one more than its lineage's
+    /// newest, or than `live` when the lineage is behind it.
+    fn next_generation(&self, route: &str, live: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .latest_genome(route)?
+            .map_or(live, |l| l.generation.max(live))
+            + 1)
     }
 
     fn abort_watch(&self, route: &str) {
