@@ -77,6 +77,9 @@ pub const BURST_Z: f64 = 4.0;
 pub const EDGE_Z: f64 = 2.0;
 /// Successes this many times slower than their load bucket's median make a brownout second.
 pub const BROWNOUT_FACTOR: f64 = 2.0;
+/// How far what an endpoint answered a second may exceed a fitted capacity's throughput
+/// (the slope's own error is up to [`MAX_SLOPE_ERROR`], and sampled counts are noisy).
+const SERVED_TOLERANCE: f64 = 1.3;
 /// Samples a bucket needs before its median is trusted as a reference.
 const MIN_BUCKET_SAMPLES: u64 = 10;
 /// Samples a second needs before it can be called degraded or a brownout.
@@ -476,8 +479,14 @@ fn buckets(successes: &[(u32, f64, f64)]) -> Vec<LoadBucket> {
         .collect()
 }
 
-/// Fits the knee from `successes` (`(k, latency ms, weight, near a timeout)`).
-fn knee(successes: &[(u32, f64, f64, bool)], buckets: &[LoadBucket]) -> Option<Capacity> {
+/// Fits the knee from `successes` (`(k, latency ms, weight, near a timeout)`); `served` is
+/// what the endpoint answered per second in its busiest seconds, which no capacity can be
+/// below.
+fn knee(
+    successes: &[(u32, f64, f64, bool)],
+    buckets: &[LoadBucket],
+    served: f64,
+) -> Option<Capacity> {
     let trusted: Vec<&LoadBucket> = buckets
         .iter()
         .filter(|b| b.samples >= MIN_BUCKET_SAMPLES)
@@ -513,6 +522,12 @@ fn knee(successes: &[(u32, f64, f64, bool)], buckets: &[LoadBucket]) -> Option<C
         return None;
     }
     let throughput = 1.0 / slope;
+    // An upstream that answered more a second than the slope allows was not queueing at that
+    // slope: a slowdown under steady arrivals (a brownout the first pass has not yet set
+    // apart) raises load and latency together, along a line as straight as a queue's.
+    if served > SERVED_TOLERANCE * throughput {
+        return None;
+    }
     let implied = base.p50_ms / 1e3 * throughput;
     // Queueing puts the median's knee near 1.5 N; a slope that implies a pool far from where
     // the medians turned is not queueing (a brownout raises load and latency together). Where
@@ -595,7 +610,7 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
         .collect();
     let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
     let by_load = buckets(&triples);
-    let capacity = knee(&successes, &by_load);
+    let capacity = knee(&successes, &by_load, served(samples, index, brownout));
     let unqueued = unqueued(capacity);
     // A brownout's first and last seconds are partly slow: the regime test counts a second
     // by its median, so a few slow answers of the seconds beside a period leak into the
@@ -637,6 +652,23 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
         by_load,
         capacity,
     }
+}
+
+/// What endpoint `index` answered per second outside `brownout` seconds, in its busiest
+/// seconds: the third busiest (weighted back from the sampling), so one second's sampling
+/// noise does not set it.
+fn served(samples: &[Sample], index: usize, brownout: &[usize]) -> f64 {
+    let mut per_second: BTreeMap<usize, f64> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.endpoint == index && s.class == Class::Success)
+        .filter(|s| brownout.binary_search(&s.second).is_err())
+    {
+        *per_second.entry(s.second).or_default() += s.weight;
+    }
+    let mut rates: Vec<f64> = per_second.into_values().collect();
+    rates.sort_unstable_by(|a, b| b.total_cmp(a));
+    rates.get(2).or(rates.last()).copied().unwrap_or(0.0)
 }
 
 fn endpoint_model(

@@ -333,10 +333,28 @@ fn a_knee_is_found_when_sparse_buckets_push_its_onset_past_four_workers() {
         .find(|b| b.in_flight > 3)
         .unwrap();
     assert_eq!(onset.in_flight, 20);
-    let capacity = knee(&successes, &by_load).expect("a knee");
+    let capacity = knee(&successes, &by_load, 150.0).expect("a knee");
     assert!((capacity.concurrency - 4.0).abs() < 0.3, "{capacity:?}");
     assert!(
         (capacity.throughput_per_sec - 4.0 / 0.021).abs() < 10.0,
         "{capacity:?}"
     );
+}
+
+#[test]
+fn a_slowdown_under_steady_arrivals_is_not_a_knee_below_what_was_served() {
+    // 8 workers at 12 ms answered 300 a second; then every request took four times as long
+    // and a queue grew: 5 ms more per attempt in flight, as a 200-a-second queue would give.
+    let mut successes = Vec::new();
+    for k in 3..=5u32 {
+        successes.extend((0..150).map(|_| (k, 12.0, 1.0, false)));
+    }
+    for k in (8..=48u32).step_by(4) {
+        successes.extend((0..12).map(|_| (k, 5.0 * f64::from(k), 1.0, false)));
+    }
+    let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
+    let by_load = buckets(&triples);
+    let queue = knee(&successes, &by_load, 150.0).expect("a knee, had it served less");
+    assert!((queue.throughput_per_sec - 200.0).abs() < 10.0, "{queue:?}");
+    assert_eq!(knee(&successes, &by_load, 300.0), None);
 }
