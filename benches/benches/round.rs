@@ -57,9 +57,19 @@ fn main() {
         ..Genome::default()
     };
     let config = Config::default();
+    // What a round on a fresh rafael starts from: the built-in patterns that fit.
+    let patterns: Vec<Genome> = rafael_control::vault::seeds(
+        rafael_control::vault::catalogue(),
+        &model,
+        &incumbent,
+        "bench",
+    )
+    .into_iter()
+    .map(|(_, genome)| genome)
+    .collect();
     for seed in 1..=3 {
         let (wall, cpu) = (Instant::now(), thread_cpu());
-        let verdict = evolve(&model, &incumbent, &config, seed);
+        let verdict = evolve(&model, &incumbent, &config, seed, &patterns);
         println!(
             "round {seed}: {:.1} s wall, {:.1} s CPU, {} genomes over {} generations, {:?} ({})",
             wall.elapsed().as_secs_f64(),

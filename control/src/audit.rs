@@ -54,6 +54,8 @@ pub mod action {
     pub const GENOME_KEPT: &str = "genome.kept";
     /// An evolution round ended (proposed, no improvement, skipped, failed or interrupted).
     pub const EVOLUTION_ROUND: &str = "evolution.round";
+    /// A pattern stored in the vault: learned from a kept genome, or saved by an approver.
+    pub const VAULT_SAVED: &str = "vault.saved";
 }
 
 /// One entry.

@@ -24,7 +24,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// RAFAEL: an adaptive resilience sidecar.
 #[derive(Debug, Parser)]
-#[command(name = "rafael", version, about)]
+#[command(
+    name = "rafael",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RAFAEL_COMMIT"), ")"),
+    about
+)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -85,6 +89,16 @@ enum Command {
         /// A bearer token (needed when the admin API has a tokens file).
         #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Whether a running rafael is ready (its `/readyz` answers 200): exit 0, or 1 saying why.
+    /// For container health checks where there is no curl.
+    Health {
+        /// The admin API's address.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// The fitted model of ROUTE's upstream, through a running rafael's admin API.
     Model {
@@ -262,6 +276,33 @@ enum VaultCommand {
     Show {
         /// The pattern's name.
         name: String,
+    },
+    /// Save a genome as a pattern (role approver): from a TOML file of `[routes.policy]` keys,
+    /// or a route's generation (`--route R --generation G`).
+    Save {
+        /// The new pattern's name (lower-case letters, digits and '-').
+        name: String,
+        /// When to use it.
+        #[arg(long)]
+        description: String,
+        /// The genome: a TOML file holding a `[routes.policy]` table's keys.
+        #[arg(long, conflicts_with_all = ["route", "generation"], required_unless_present = "route")]
+        genome: Option<PathBuf>,
+        /// The route whose lineage holds the genome.
+        #[arg(long, requires = "generation")]
+        route: Option<String>,
+        /// The generation of that route.
+        #[arg(long, requires = "route")]
+        generation: Option<u64>,
+        /// Its category (derived from the genome's sections when not given).
+        #[arg(long)]
+        category: Option<String>,
+        /// A tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// A stack it suits (repeatable; `any` when none).
+        #[arg(long = "stack")]
+        stacks: Vec<String>,
     },
 }
 
@@ -455,6 +496,29 @@ fn main() -> ExitCode {
             VaultCommand::Show { name } => {
                 rafael_control::cli::vault::show(&name, json, &admin, token.as_deref())
             }
+            VaultCommand::Save {
+                name,
+                description,
+                genome,
+                route,
+                generation,
+                category,
+                tags,
+                stacks,
+            } => rafael_control::cli::vault::save(
+                &rafael_control::cli::vault::NewPattern {
+                    name,
+                    description,
+                    genome,
+                    from: route.zip(generation),
+                    category,
+                    tags,
+                    stacks,
+                },
+                json,
+                &admin,
+                token.as_deref(),
+            ),
         },
         Command::Genomes {
             route,
@@ -496,6 +560,7 @@ fn main() -> ExitCode {
             admin,
             token,
         } => proposals(command, &admin, token.as_deref()),
+        Command::Health { admin, timeout } => rafael_control::cli::health::health(&admin, timeout),
         Command::Model {
             route,
             json,

@@ -139,6 +139,13 @@ pub const OPERATIONS: &[Operation] = &[
         response: "Pattern",
     },
     Operation {
+        method: "post",
+        path: "/v1/vault/patterns",
+        permission: Some(Permission::Approve),
+        summary: "Save a pattern {\"name\", \"description\", \"genome\" or \"from\": {\"route\", \"generation\"}, \"category\"?, \"tags\"?, \"stacks\"?} (201); checked like a config and against every invariant (422 with every finding's key path), a name is taken once (409), audited as vault.saved",
+        response: "Pattern",
+    },
+    Operation {
         method: "get",
         path: "/v1/routes/{route}/model",
         permission: Some(Permission::Read),
@@ -586,7 +593,8 @@ fn proposal_schemas() -> Value {
                 "best_fitness": { "type": ["number", "null"] },
                 "proposal_id": { "type": ["integer", "null"] },
                 "reason": { "type": ["string", "null"] },
-                "result": { "enum": ["proposed", "no_improvement", "skipped", "failed"], "description": "Once it ended" }
+                "result": { "enum": ["proposed", "no_improvement", "skipped", "failed"], "description": "Once it ended" },
+                "patterns": { "type": "array", "items": { "type": "string" }, "description": "The vault patterns its first generation started from" }
             },
             "required": ["id", "route", "state", "started_at", "generations", "evaluations"]
         },
@@ -600,7 +608,9 @@ fn proposal_schemas() -> Value {
                 "description": { "type": "string" },
                 "genome": { "type": "object" },
                 "source": { "enum": ["builtin", "learned"] },
-                "learned_from": { "type": ["object", "null"] }
+                "learned_from": { "type": ["object", "null"], "description": "For a learned pattern: {route, generation, model} (model: a summary of the upstream it was kept on, null when saved by hand)" },
+                "created_at": { "type": "string", "format": "date-time", "description": "When it was stored (stored patterns only)" },
+                "author": { "type": "string", "description": "Who stored it: a token name, local, or rafael (learned on a watch)" }
             },
             "required": ["name", "category", "tags", "stacks", "description", "genome", "source"]
         },

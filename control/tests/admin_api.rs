@@ -37,6 +37,8 @@ const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/experiments/1/report"),
     ("POST", "/v1/simulate"),
     ("GET", "/v1/vault/patterns"),
+    ("GET", "/v1/vault/patterns/adaptive-retry"),
+    ("POST", "/v1/vault/patterns"),
 ];
 
 fn app() -> axum::Router {

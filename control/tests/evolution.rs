@@ -154,6 +154,9 @@ async fn a_round_on_live_telemetry_proposes_with_its_evidence_and_every_surface_
         assert_eq!(rounds.len(), 2, "{body}");
         assert_eq!(rounds[0]["result"], "proposed", "{body}");
         assert_eq!(rounds[0]["proposal_id"], proposal["id"]);
+        // Its first generation started from the vault's patterns that fit this upstream.
+        let patterns = rounds[0]["patterns"].as_array().unwrap();
+        assert!(!patterns.is_empty() && patterns.len() <= 4, "{body}");
 
         // The bad inputs of the issue.
         let (status, body) = http_post(admin_address, "/v1/simulate", r#"{"route": "main", "scenarios": ["observed", "quake:high"]}"#);

@@ -486,6 +486,41 @@ async fn a_genome_that_is_fine_is_kept_and_so_is_one_whose_upstream_turns_bad_du
         late(&other),
         late(&main)
     );
+    // Each kept genome is now a learned pattern, with the upstream it was kept on, audited.
+    let (learned, audit, verify) = tokio::task::spawn_blocking(move || {
+        (
+            json_of(&http_get(admin, "/v1/vault/patterns?tag=learned").2),
+            json_of(&http_get(admin, "/v1/audit").2),
+            http_get(admin, "/v1/audit/verify"),
+        )
+    })
+    .await
+    .unwrap();
+    let learned = learned["patterns"].as_array().unwrap().clone();
+    for (route, proposal) in [("main", &fine), ("other", &turned)] {
+        let generation = proposal["watch"]["generation"].as_u64().unwrap();
+        let name = format!("learned-{route}-g{generation}");
+        let pattern = learned
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {learned:?}"));
+        assert_eq!(pattern["source"], "learned", "{pattern}");
+        assert_eq!(pattern["genome"], proposal["genome"], "{pattern}");
+        let from = &pattern["learned_from"];
+        assert_eq!(from["route"], route, "{pattern}");
+        assert!(
+            from["model"]["rate_per_sec"].as_f64().unwrap() > 50.0,
+            "{pattern}"
+        );
+    }
+    let saved = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "vault.saved")
+        .count();
+    assert_eq!(saved, 2, "{audit}");
+    assert_eq!(verify.0, 200, "{}", verify.2);
     let metrics = tokio::task::spawn_blocking(move || rafael.metrics())
         .await
         .unwrap();

@@ -115,3 +115,212 @@ fn a_route_starts_from_its_pattern_and_the_vault_is_searchable_by_api_and_cli() 
     let genome: rafael_config::Genome = document["routes"]["policy"].clone().try_into().unwrap();
     assert_eq!(genome.rate_limit.map(|r| r.rps), Some(10.0), "{printed}");
 }
+
+/// Saving patterns by hand (issue 11): only approvers may, through the API and `rafael vault
+/// save`, from a genome file or a route's lineage; a name is taken once, a bad pattern is
+/// refused with every finding's key path, each save is audited, and the patterns outlive a
+/// restart.
+#[test]
+fn approvers_save_patterns_that_are_checked_audited_searchable_and_kept() {
+    use rafael_control::auth::{Role, add_token};
+    let upstream = support::upstream("ok", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let bob = add_token(&tokens, "bob", Role::Approver).unwrap();
+    let olga = add_token(&tokens, "olga", Role::Operator).unwrap();
+    let store = dir.path().join("rafael.db");
+    let text = support::config_text(upstream, "[routes.policy]\ntimeout = \"2s\"").replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\ntokens_file = {tokens:?}\n"),
+        1,
+    ) + &format!("\n[store]\npath = {store:?}\n");
+    let path = dir.path().join("rafael.toml");
+    std::fs::write(&path, text).unwrap();
+    let genome_file = dir.path().join("genome.toml");
+    std::fs::write(
+        &genome_file,
+        "timeout = \"800ms\"\nretry = { max_attempts = 2, per_try_timeout = \"300ms\", retry_on = [\"reset\", \"connect-failure\", \"gateway-error\"] }\n",
+    )
+    .unwrap();
+    let rafael = Rafael::start(&path);
+    let admin = format!("http://{}", rafael.admin);
+    let save = |token: &str, args: &[&str]| {
+        let mut all = vec!["vault", "save"];
+        all.extend(args);
+        all.extend(["--admin", &admin, "--token", token]);
+        cli(&all)
+    };
+    let description = "Orders reads on our gRPC mesh: two tries, 300 ms each.";
+    let genome = genome_file.to_str().unwrap();
+
+    // An operator may not; an approver may, once per name.
+    let (code, _, stderr) = save(
+        &olga,
+        &[
+            "orders-read",
+            "--description",
+            description,
+            "--genome",
+            genome,
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("403") || stderr.contains("forbidden"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = save(
+        &bob,
+        &[
+            "orders-read",
+            "--description",
+            description,
+            "--genome",
+            genome,
+            "--stack",
+            "grpc",
+            "--tag",
+            "orders",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("saved pattern orders-read (retry)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = save(
+        &bob,
+        &[
+            "orders-read",
+            "--description",
+            description,
+            "--genome",
+            genome,
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("exists"), "{stderr}");
+    // From the route's lineage: generation 1 is what the file gave it.
+    let (code, _, stderr) = save(
+        &bob,
+        &[
+            "main-as-configured",
+            "--description",
+            "What main ran when it was set up by hand.",
+            "--route",
+            "main",
+            "--generation",
+            "1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = save(
+        &bob,
+        &[
+            "from-nowhere",
+            "--description",
+            "A generation the lineage never had.",
+            "--route",
+            "main",
+            "--generation",
+            "9",
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no generation 9"), "{stderr}");
+    // Every finding at once, each with its key path.
+    let bearer = format!("Authorization: Bearer {bob}\r\n");
+    let bad = serde_json::json!({
+        "name": "Not A Name",
+        "category": "magic",
+        "description": "short",
+        "genome": {"retry": {"max_attempts": 3, "retry_non_idempotent": true, "budget_ratio": 2.0}},
+    });
+    let (status, body) = support::http_post_with(
+        rafael.admin,
+        "/v1/vault/patterns",
+        &bad.to_string(),
+        &bearer,
+    );
+    assert_eq!(status, 422, "{body}");
+    for key in [
+        "name",
+        "category",
+        "description",
+        "genome.retry.retry_non_idempotent",
+        "genome.retry.budget_ratio",
+    ] {
+        assert!(body.contains(key), "{key} missing: {body}");
+    }
+    let both = serde_json::json!({
+        "name": "both", "description": "a genome and a generation at once",
+        "genome": {}, "from": {"route": "main", "generation": 1},
+    });
+    let (status, body) = support::http_post_with(
+        rafael.admin,
+        "/v1/vault/patterns",
+        &both.to_string(),
+        &bearer,
+    );
+    assert_eq!(status, 400, "{body}");
+
+    let check = |rafael: &Rafael| {
+        let view = format!("Authorization: Bearer {olga}\r\n");
+        let (status, _, body) = support::http_get_with(
+            rafael.admin,
+            "/v1/vault/patterns?stack=grpc&tag=orders",
+            &view,
+        );
+        assert_eq!(status, 200, "{body}");
+        let found = json_of(&body)["patterns"].as_array().unwrap().clone();
+        assert_eq!(found.len(), 1, "{body}");
+        let pattern = &found[0];
+        assert_eq!(pattern["source"], "learned");
+        assert_eq!(pattern["author"], "bob");
+        assert_eq!(
+            pattern["genome"]["retry"]["per_try_timeout"], "300ms",
+            "{pattern}"
+        );
+        let (_, _, body) =
+            support::http_get_with(rafael.admin, "/v1/vault/patterns/main-as-configured", &view);
+        let pattern = json_of(&body);
+        assert_eq!(pattern["genome"]["timeout"], "2s", "{pattern}");
+        assert_eq!(pattern["category"], "timeout", "{pattern}");
+        assert_eq!(pattern["learned_from"]["generation"], 1, "{pattern}");
+        let (_, _, body) = support::http_get_with(rafael.admin, "/v1/audit", &view);
+        let saved: Vec<String> = json_of(&body)["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "vault.saved")
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["actor"].as_str().unwrap(),
+                    e["target"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(saved, ["bob orders-read", "bob main-as-configured"]);
+        let (status, _, body) = support::http_get_with(rafael.admin, "/v1/audit/verify", &view);
+        assert_eq!(status, 200, "{body}");
+    };
+    check(&rafael);
+    drop(rafael);
+    let rafael = Rafael::start(&path);
+    check(&rafael);
+    let (code, stdout, stderr) = cli(&[
+        "vault",
+        "show",
+        "orders-read",
+        "--admin",
+        &format!("http://{}", rafael.admin),
+        "--token",
+        &olga,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("paste these lines") && stdout.contains("per_try_timeout = \"300ms\""),
+        "{stdout}"
+    );
+}

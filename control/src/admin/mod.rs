@@ -147,6 +147,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/proposals/{id}/approve", post(proposal_approve))
         .route("/v1/proposals/{id}/reject", post(proposal_reject))
         .route("/v1/routes/{route}/rollback", post(genomes::route_rollback))
+        .route("/v1/vault/patterns", post(vault::save))
         .route_layer(middleware::from_fn_with_state(
             (state.clone(), Permission::Approve),
             authorize,

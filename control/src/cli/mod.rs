@@ -3,6 +3,7 @@
 
 pub mod evolve;
 pub mod genomes;
+pub mod health;
 pub mod simulate;
 pub mod vault;
 

@@ -104,7 +104,6 @@ pub fn simulate(args: &SimulateArgs<'_>, admin: &str, token: Option<&str>) -> Ex
     ExitCode::SUCCESS
 }
 
-/// A genome from a TOML file, checked as the config file's would be.
 /// A genome file (a `[routes.policy]` table as TOML), validated with key paths under `genome`.
 pub fn read_genome(path: &Path) -> Result<Genome, String> {
     let text = crate::config_file::read(path).map_err(|e| e.to_string())?;

@@ -1,11 +1,12 @@
-//! `rafael vault search [QUERY] [--category C] [--tag T] [--stack S]` and `rafael vault show
-//! NAME`: the pattern vault, through a running rafael's admin API.
+//! `rafael vault search [QUERY] [--category C] [--tag T] [--stack S]`, `rafael vault show
+//! NAME` and `rafael vault save NAME ...`: the pattern vault, through a running rafael's admin
+//! API.
 
-use std::{io::Write, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::call_json;
+use super::{call_json, simulate::read_genome};
 
 /// Lists the patterns a search matches: name, category, stacks, and the first sentence of
 /// when to use each.
@@ -97,14 +98,85 @@ pub fn show(name: &str, as_json: bool, admin: &str, token: Option<&str>) -> Exit
             _ => format!("{line}\n"),
         })
         .collect();
+    let name = pattern["name"].as_str().unwrap_or_default();
+    let source = pattern["source"].as_str().unwrap_or_default();
+    // `pattern = "NAME"` resolves built-in patterns only: a config file must not depend on
+    // what one rafael's store happens to hold.
+    let how = if source == "builtin" {
+        format!("# pattern = \"{name}\" on a route starts it from:")
+    } else {
+        "# a stored pattern: paste these lines into a route to start it from them".to_owned()
+    };
     let _ = writeln!(
         out,
-        "{} ({}; {})\n\n{}\n\n# pattern = \"{}\" on a route starts it from:\n[routes.policy]\n{toml}",
-        pattern["name"].as_str().unwrap_or_default(),
+        "{name} ({}; {source})\n\n{}\n\n{how}\n[routes.policy]\n{toml}",
         pattern["category"].as_str().unwrap_or_default(),
-        pattern["source"].as_str().unwrap_or_default(),
         pattern["description"].as_str().unwrap_or_default(),
-        pattern["name"].as_str().unwrap_or_default(),
     );
+    ExitCode::SUCCESS
+}
+
+/// A pattern to save, as `rafael vault save` was given it.
+#[derive(Debug)]
+pub struct NewPattern {
+    /// Its name.
+    pub name: String,
+    /// When to use it.
+    pub description: String,
+    /// A genome file.
+    pub genome: Option<PathBuf>,
+    /// Or a route and generation of its lineage.
+    pub from: Option<(String, u64)>,
+    /// Its category, when given.
+    pub category: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Stacks.
+    pub stacks: Vec<String>,
+}
+
+/// Saves a pattern (`POST /v1/vault/patterns`) and prints its name, or the API's findings.
+pub fn save(pattern: &NewPattern, as_json: bool, admin: &str, token: Option<&str>) -> ExitCode {
+    let admin = admin.trim_end_matches('/');
+    let mut body = json!({
+        "name": pattern.name,
+        "description": pattern.description,
+        "category": pattern.category,
+        "tags": pattern.tags,
+        "stacks": pattern.stacks,
+    });
+    match (&pattern.genome, &pattern.from) {
+        (Some(path), _) => match read_genome(path) {
+            Ok(genome) => body["genome"] = json!(genome),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some((route, generation))) => {
+            body["from"] = json!({ "route": route, "generation": generation });
+        }
+        (None, None) => {
+            eprintln!("error: give --genome FILE, or --route ROUTE --generation GEN");
+            return ExitCode::from(2);
+        }
+    }
+    let url = format!("{admin}/v1/vault/patterns");
+    let saved = match call_json("POST", &url, token, Some(body.to_string())) {
+        Ok(saved) => saved,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout();
+    if as_json {
+        let _ = writeln!(out, "{saved:#}");
+    } else {
+        let _ = writeln!(
+            out,
+            "saved pattern {} ({}); `rafael vault show {}` prints it",
+            saved["name"].as_str().unwrap_or_default(),
+            saved["category"].as_str().unwrap_or_default(),
+            saved["name"].as_str().unwrap_or_default(),
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -16,7 +16,7 @@ pub mod search;
 pub mod sim;
 pub mod simulate;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 /// Registers HELP text for the control plane's evolution metrics.
 pub fn describe_metrics() {

@@ -40,6 +40,7 @@ use crate::{
     audit::{AuditLog, action},
     evolution::model::fit_route_since,
     store::{Store, StoreError},
+    vault,
 };
 
 /// The actor of the guardian's own steps.
@@ -1120,6 +1121,11 @@ impl Guardian {
                 Err(_) => {}
             }
         }
+        // What the upstream was like while the genome was watched: the learned pattern's model
+        // summary, fitted before the lock (a fit is milliseconds of work, not a lock's).
+        let learned_on = (last && verdict.is_none())
+            .then(|| fit_route_since(&self.inner.snapshots, &task.route, task.since).ok())
+            .flatten();
         let _changes = self.lock();
         // A change may have come while this checkpoint worked without the lock.
         if self.inner.snapshots.policies().generation(&task.route) != Some(task.generation) {
@@ -1183,6 +1189,7 @@ impl Guardian {
                 generation = task.generation,
                 "genome kept"
             );
+            self.learn(task, &config, &record, route.policy(), learned_on.as_ref());
             self.inner
                 .watches
                 .lock()
@@ -1195,6 +1202,56 @@ impl Guardian {
             warn!(%error, "cannot store the watch's figures");
         }
         Step::Continue
+    }
+
+    /// Saves the genome a watch kept as a learned pattern (DESIGN §7.8), audited
+    /// `vault.saved`. A pattern of that name already stored (a route that was removed and
+    /// added again) is left as it is. Callers hold the lock.
+    fn learn(
+        &self,
+        task: &WatchTask,
+        config: &Config,
+        record: &WatchRecord,
+        genome: &Genome,
+        model: Option<&crate::evolution::model::Model>,
+    ) {
+        let stacks = config
+            .routes
+            .iter()
+            .find(|r| r.name == task.route)
+            .and_then(|r| r.pattern.as_deref())
+            .and_then(vault::builtin_pattern)
+            .map(|p| p.stacks.clone())
+            .unwrap_or_default();
+        let why = match (&record.before, &record.after) {
+            (Some(before), Some(after)) => format!(
+                "goodput {:.3} before the swap, {:.3} after; p99 {:.0} ms, then {:.0} ms",
+                before.goodput, after.goodput, before.p99_ms, after.p99_ms
+            ),
+            _ => "no regression found".to_owned(),
+        };
+        let pattern = vault::learned(&task.route, task.generation, genome, stacks, model, &why);
+        match self.inner.store.insert_pattern(&pattern) {
+            Ok(true) => {
+                self.audit(
+                    ACTOR,
+                    action::VAULT_SAVED,
+                    &pattern.name,
+                    json!({
+                        "source": pattern.source,
+                        "route": task.route,
+                        "generation": task.generation,
+                        "genome": pattern.genome,
+                    }),
+                );
+                info!(pattern = pattern.name, "learned pattern saved");
+            }
+            Ok(false) => info!(
+                pattern = pattern.name,
+                "a pattern of this name exists; kept as it is"
+            ),
+            Err(error) => warn!(%error, "cannot save the learned pattern"),
+        }
     }
 
     /// Watches that a previous process left running: resumed for what is left of them (their

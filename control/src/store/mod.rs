@@ -5,7 +5,7 @@
 //! rusqlite is synchronous: async callers go through `tokio::task::spawn_blocking`.
 //!
 //! The SQL of each kind of record lives here, one module per kind ([`rounds`], [`proposals`],
-//! [`genomes`]), so a second store is one new module rather than a hunt through the domain
+//! [`genomes`], [`patterns`]), so a second store is one new module rather than a hunt through the domain
 //! code.
 //!
 //! Its health is watched two ways, both cheap enough for every readiness probe: `PRAGMA
@@ -26,6 +26,7 @@ use std::{
 use rusqlite::Connection;
 
 pub mod genomes;
+pub mod patterns;
 pub mod proposals;
 pub mod rounds;
 
@@ -93,6 +94,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE file_policies (
         route  TEXT PRIMARY KEY,
         genome TEXT NOT NULL
+    );",
+    // 5: the vault's patterns other than the built-in ones (see `store::patterns`): learned
+    // from a watch that kept its genome, or saved by an approver.
+    "CREATE TABLE patterns (
+        name       TEXT PRIMARY KEY,
+        source     TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        body       TEXT NOT NULL
     );",
 ];
 

@@ -442,6 +442,7 @@ pub fn sample_round(route: &str) -> rafael_control::evolution::round::Round {
         proposal_id: None,
         reason: Some("proposed".to_owned()),
         result: Some(RoundResult::Proposed),
+        patterns: Vec::new(),
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Round {
     /// once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<RoundResult>,
+    /// The vault patterns its first generation started from, best fitting first.
+    #[serde(default)]
+    pub patterns: Vec<String>,
 }
 
 /// Where a round stands.
@@ -87,6 +90,7 @@ impl Round {
             proposal_id: None,
             reason: None,
             result: None,
+            patterns: Vec::new(),
         }
     }
 }

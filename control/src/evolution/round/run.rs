@@ -216,8 +216,15 @@ pub fn predict(
 }
 
 /// Searches for a better genome than `incumbent` on `model`, with `config`'s evolution and
-/// guardian settings, seeded by `seed`.
-pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> Verdict {
+/// guardian settings, seeded by `seed`; the first generation also holds `patterns` (the
+/// vault's patterns that fit, [`crate::vault::seeds`]).
+pub fn evolve(
+    model: &Model,
+    incumbent: &Genome,
+    config: &Config,
+    seed: u64,
+    patterns: &[Genome],
+) -> Verdict {
     let evolution = &config.evolution;
     let objectives = &evolution.objectives;
     let bench = Bench::new(model, config, seed);
@@ -233,9 +240,16 @@ pub fn evolve(model: &Model, incumbent: &Genome, config: &Config, seed: u64) -> 
     let mut seeds_of_search: Vec<Genome> = informed(model, incumbent, objectives.slo_latency.get());
     seeds_of_search.extend(peer_defaults());
     seeds_of_search.retain(|g| g != incumbent);
+    // Patterns join the search, not the full-run fallback below: that one is for the seeds the
+    // model itself suggested.
+    let first_generation: Vec<Genome> = seeds_of_search
+        .iter()
+        .chain(patterns.iter().filter(|g| *g != incumbent))
+        .cloned()
+        .collect();
     let found: Found = search(
         incumbent,
-        &seeds_of_search,
+        &first_generation,
         &rails,
         Settings {
             parents: evolution.parents as usize,

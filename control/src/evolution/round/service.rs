@@ -225,7 +225,16 @@ impl Evolution {
         };
         let incumbent = live.policy().clone();
         let base_generation = live.live().generation();
-        let verdict = evolve(&model, &incumbent, &config, seed);
+        // The vault's patterns that fit this model; a store that cannot list its own is no
+        // reason to skip the round, the built-in ones are always there.
+        let patterns = crate::vault::all(&self.store).unwrap_or_else(|error| {
+            warn!(%error, "cannot read the vault's stored patterns; the round uses the built-in ones");
+            crate::vault::catalogue().to_vec()
+        });
+        let seeds = crate::vault::seeds(&patterns, &model, &incumbent, &route);
+        round.patterns = seeds.iter().map(|(name, _)| name.clone()).collect();
+        let seeds: Vec<_> = seeds.into_iter().map(|(_, genome)| genome).collect();
+        let verdict = evolve(&model, &incumbent, &config, seed, &seeds);
         round.generations = verdict.generations;
         round.evaluations = verdict.evaluations;
         round.incumbent_fitness = Some(verdict.incumbent_fitness);

@@ -26,7 +26,7 @@ fn incumbent() -> Genome {
 fn steady_errors_and_no_retries_lead_to_a_proposal_with_retries() {
     // 20% of attempts fail, at a third of capacity: retries turn most failures into goodput.
     let model = pool(8, 10.0, 0.2, 100.0);
-    let verdict = evolve(&model, &incumbent(), &config(), 1);
+    let verdict = evolve(&model, &incumbent(), &config(), 1, &[]);
     assert_eq!(verdict.result, RoundResult::Proposed, "{verdict:?}");
     let candidate = verdict.candidate.as_ref().expect("a candidate");
     assert!(candidate.retry.is_some(), "{candidate:?}");
@@ -43,15 +43,15 @@ fn steady_errors_and_no_retries_lead_to_a_proposal_with_retries() {
 #[test]
 fn the_same_model_and_seed_give_the_same_verdict() {
     let model = pool(8, 10.0, 0.2, 100.0);
-    let a = evolve(&model, &incumbent(), &config(), 9);
-    let b = evolve(&model, &incumbent(), &config(), 9);
+    let a = evolve(&model, &incumbent(), &config(), 9, &[]);
+    let b = evolve(&model, &incumbent(), &config(), 9, &[]);
     assert_eq!(a, b);
 }
 
 #[test]
 fn a_healthy_upstream_gives_no_improvement() {
     let model = pool(8, 10.0, 0.0, 100.0);
-    let verdict = evolve(&model, &incumbent(), &config(), 1);
+    let verdict = evolve(&model, &incumbent(), &config(), 1, &[]);
     assert_eq!(verdict.result, RoundResult::NoImprovement, "{verdict:?}");
     assert!(verdict.candidate.is_none());
 }
@@ -151,7 +151,7 @@ fn an_endpoint_slow_past_the_slo_leads_to_a_proposal_that_cuts_its_attempts_off(
     let mut config = config();
     config.evolution.objectives.slo_latency = HumanDuration::from_millis(40);
     let model = one_slow_endpoint(55.0, false);
-    let verdict = evolve(&model, &incumbent(), &config, 3);
+    let verdict = evolve(&model, &incumbent(), &config, 3, &[]);
     assert_eq!(verdict.result, RoundResult::Proposed, "{verdict:?}");
     let candidate = verdict.candidate.as_ref().expect("a candidate");
     let per_try = candidate
