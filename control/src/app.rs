@@ -48,6 +48,8 @@ pub struct App {
     audit: AuditLog,
     evolution_timer: Option<JoinHandle<()>>,
     expiry_sweeper: JoinHandle<()>,
+    /// Verifies the audit chain every [`crate::audit::VERIFY_EVERY`].
+    audit_verifier: JoinHandle<()>,
 }
 
 // === impl App ===
@@ -140,8 +142,11 @@ impl App {
                 .enabled
                 .then(|| evolution.spawn_timer(settings.interval.get()))
         };
+        crate::guardian::series::initialize(snapshot.load().config(), true);
         let (expiry_sweeper, _) =
             crate::guardian::expiry::spawn_sweeper(store.clone(), audit.clone(), snapshot.clone());
+        let audit_verifier =
+            crate::audit::spawn_verifier(audit.clone(), crate::audit::VERIFY_EVERY);
         let state = admin::AdminState {
             metrics,
             ready: ready.clone(),
@@ -178,6 +183,7 @@ impl App {
             audit,
             evolution_timer,
             expiry_sweeper,
+            audit_verifier,
         })
     }
 
@@ -217,6 +223,7 @@ impl App {
             timer.abort();
         }
         self.expiry_sweeper.abort();
+        self.audit_verifier.abort();
         info!(deadline = ?self.drain_timeout, "draining");
         let outcome = self.server.drain(self.drain_timeout).await;
         match outcome {
@@ -316,6 +323,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
                     rafael_proxy::metrics::describe();
                     crate::reload::describe_metrics();
                     crate::evolution::describe_metrics();
+                    crate::audit::describe_metrics();
                     crate::guardian::metrics::describe();
                     Some(handle)
                 }

@@ -18,6 +18,47 @@ use serde_json::Value;
 
 use crate::store::{Store, StoreError};
 
+/// `rafael_audit_chain_valid`: 1 when the last verification of the audit chain held, 0 when
+/// it found a broken link or could not read the store.
+pub const CHAIN_VALID: &str = "rafael_audit_chain_valid";
+/// `rafael_audit_entries_verified`: entries the last verification checked (up to the first
+/// broken one).
+pub const ENTRIES_VERIFIED: &str = "rafael_audit_entries_verified";
+/// How often the running rafael verifies its chain by itself.
+pub const VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Registers HELP text for the audit metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        CHAIN_VALID,
+        "1 when the last verification of the audit hash chain held, 0 when it broke."
+    );
+    metrics::describe_gauge!(
+        ENTRIES_VERIFIED,
+        "Audit entries the last verification checked."
+    );
+}
+
+/// Verifies `audit` now and every `every` after, off the async threads, so
+/// `rafael_audit_chain_valid` says within `every` that someone edited the store.
+pub fn spawn_verifier(audit: AuditLog, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let audit = audit.clone();
+            match tokio::task::spawn_blocking(move || audit.verify()).await {
+                Ok(Ok(v)) if !v.ok => {
+                    tracing::error!(broken = ?v.broken, "the audit chain does not verify");
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "cannot verify the audit chain"),
+                _ => {}
+            }
+        }
+    })
+}
+
 /// The `prev_hash` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -198,8 +239,21 @@ impl AuditLog {
 
     /// Recomputes the chain from the first entry and reports the first link that does not
     /// hold: a row whose hash is not the hash of its fields, whose `prev_hash` is not the
-    /// previous row's hash, or whose id is not the previous id plus one.
+    /// previous row's hash, or whose id is not the previous id plus one. Every verification
+    /// sets [`CHAIN_VALID`] and [`ENTRIES_VERIFIED`] (a store that cannot be read counts as a
+    /// broken chain: nothing vouches for it).
     pub fn verify(&self) -> Result<Verification, StoreError> {
+        let verification = self.verify_chain();
+        let (valid, entries) = match &verification {
+            Ok(v) => (v.ok, v.entries),
+            Err(_) => (false, 0),
+        };
+        metrics::gauge!(CHAIN_VALID).set(if valid { 1.0 } else { 0.0 });
+        metrics::gauge!(ENTRIES_VERIFIED).set(entries as f64);
+        verification
+    }
+
+    fn verify_chain(&self) -> Result<Verification, StoreError> {
         self.store.with(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, at, actor, action, target, details, prev_hash, hash

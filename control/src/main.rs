@@ -90,6 +90,13 @@ enum Command {
         #[arg(long, global = true, env = "RAFAEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Print a shell completion script: `rafael completions bash > /etc/bash_completion.d/rafael`,
+    /// `rafael completions zsh > "${fpath[1]}/_rafael"`, `rafael completions fish >
+    /// ~/.config/fish/completions/rafael.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Whether a running rafael is ready (its `/readyz` answers 200): exit 0, or 1 saying why.
     /// For container health checks where there is no curl.
     Health {
@@ -560,6 +567,16 @@ fn main() -> ExitCode {
             admin,
             token,
         } => proposals(command, &admin, token.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into memory first: clap_complete panics on a write error, and a reader that
+            // stops early (`| head`) is no error of ours.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rafael", &mut script);
+            let _ = std::io::stdout().write_all(&script);
+            ExitCode::SUCCESS
+        }
         Command::Health { admin, timeout } => rafael_control::cli::health::health(&admin, timeout),
         Command::Model {
             route,

@@ -135,6 +135,7 @@ impl Reloader {
         match self.reload() {
             Ok(Some(version)) => {
                 counter!(CONFIG_RELOADS_TOTAL, "result" => "success").increment(1);
+                crate::guardian::series::initialize(self.snapshot.load().config(), false);
                 info!(version, path = %self.path.display(), "config reloaded");
                 self.record(
                     "config.reloaded",

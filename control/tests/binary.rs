@@ -442,6 +442,14 @@ fn sighup_and_file_changes_reload_and_invalid_files_are_rejected() {
         "{verdict}"
     );
 
+    // The running rafael verifies its chain (at start, every five minutes, on every call).
+    assert_eq!(http_get(rafael.admin, "/v1/audit/verify").0, 200);
+    assert!(
+        rafael.metrics().contains("rafael_audit_chain_valid 1"),
+        "{}",
+        rafael.metrics()
+    );
+
     // Someone edits the first entry in the database: verify names it and exits 1.
     let db = rusqlite::Connection::open(dir.path().join("rafael.db")).unwrap();
     db.execute("UPDATE audit SET actor = 'mallory' WHERE id = 1", [])
@@ -459,6 +467,12 @@ fn sighup_and_file_changes_reload_and_invalid_files_are_rejected() {
     let verdict = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{verdict}");
     assert!(verdict.starts_with("broken at entry 1:"), "{verdict}");
+    // And the metric the alert on a broken chain reads says so.
+    assert!(
+        rafael.metrics().contains("rafael_audit_chain_valid 0"),
+        "{}",
+        rafael.metrics()
+    );
 }
 
 #[test]
@@ -989,4 +1003,64 @@ fn the_proposals_cli_lists_and_shows_what_the_store_holds() {
     assert_eq!(audit_actions(rafael.admin), ["evolution.round"]);
     let pending = metric_value(&rafael.metrics(), "rafael_proposals_pending");
     assert_eq!(pending, Some(1.0));
+}
+
+/// `rafael --version` names the commit it was built from, and `rafael completions SHELL`
+/// prints scripts their shells accept (bash is checked by loading it; zsh and fish by their
+/// own syntax check where they are installed).
+#[test]
+fn the_version_names_the_commit_and_completions_load() {
+    let version = Command::new(RAFAEL).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        Some(commit) => assert_eq!(
+            version.trim(),
+            format!("rafael {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        ),
+        // A source tree without git (a tarball): the build says so rather than guess.
+        None => assert!(version.contains("(commit "), "{version}"),
+    }
+
+    let script = |shell: &str| {
+        let output = Command::new(RAFAEL)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("vault") && text.contains("genomes"), "{text}");
+        text
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("rafael.bash");
+    std::fs::write(&bash, script("bash")).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p rafael", bash.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("_rafael"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let path = dir.path().join(format!("rafael.{shell}"));
+        std::fs::write(&path, script(shell)).unwrap();
+        match Command::new(shell).arg("-n").arg(&path).output() {
+            Ok(checked) => assert!(
+                checked.status.success(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&checked.stderr)
+            ),
+            Err(_) => eprintln!("skipped: {shell} is not installed"),
+        }
+    }
 }

@@ -46,7 +46,7 @@ fn grpc_unary_streaming_and_error_status_pass_through_over_h2c() {
     let port = first_line(&mut server);
     let _server = Killed(server);
     let port: u16 = port.trim().parse().unwrap_or_else(|_| {
-        panic!("grpc_peer.py server printed {port:?}; is grpcio installed (pip install grpcio)?")
+        panic!("grpc_peer.py server printed {port:?}; is grpcio installed? `.ci/setup` installs it (PyPI grpcio)")
     });
 
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,7 @@ pub mod guardrails;
 pub mod lineage;
 pub mod metrics;
 pub mod proposal;
+pub mod series;
 pub mod service;
 pub mod watch;
 

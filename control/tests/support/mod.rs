@@ -257,7 +257,7 @@ pub fn assert_promtool_accepts(metrics: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
+        .expect("promtool is needed: `.ci/setup` installs it (Debian package `prometheus`)");
     promtool
         .stdin
         .take()
