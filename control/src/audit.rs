@@ -212,6 +212,15 @@ impl AuditLog {
         Ok(entry)
     }
 
+    /// The newest entry's id, 0 for an empty log.
+    pub fn latest_id(&self) -> Result<i64, StoreError> {
+        self.store.with(|connection| {
+            connection.query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |row| {
+                row.get(0)
+            })
+        })
+    }
+
     /// Entries with an id above `after`, oldest first, at most `limit`.
     pub fn list(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         self.store.with(|connection| {

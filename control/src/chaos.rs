@@ -763,6 +763,57 @@ pub fn threat_rules(threat: Threat, severity: Severity) -> Result<Vec<FaultRule>
     }
 }
 
+/// Every threat, in the table's order.
+pub const THREATS: [Threat; 5] = [
+    Threat::Latency,
+    Threat::UpstreamFailure,
+    Threat::Surge,
+    Threat::Brownout,
+    Threat::MemoryPressure,
+];
+/// Every severity, mildest first.
+pub const SEVERITIES: [Severity; 4] = [
+    Severity::Low,
+    Severity::Medium,
+    Severity::High,
+    Severity::Critical,
+];
+
+/// What `threat` at `severity` does, in words (the dashboard's threat table).
+pub fn describe_threat(threat: Threat, severity: Severity) -> String {
+    let ms = |d: Duration| d.as_millis();
+    if threat == Threat::Surge {
+        return format!("{} extra requests a second", surge_rate(severity));
+    }
+    threat_rules(threat, severity)
+        .unwrap_or_default()
+        .iter()
+        .map(|rule| {
+            let what = match &rule.kind {
+                FaultKind::Delay { min, max } => format!("{}-{} ms delay", ms(*min), ms(*max)),
+                FaultKind::Abort { status, .. } => format!("{status} answers"),
+                FaultKind::Brownout { per_request, max } => format!(
+                    "{} ms more per request in flight, up to {} ms",
+                    ms(*per_request),
+                    ms(*max)
+                ),
+                FaultKind::Stall {
+                    period,
+                    stall,
+                    reset_percent,
+                } => format!(
+                    "{} ms stall every {} s, {reset_percent}% of requests reset",
+                    ms(*stall),
+                    period.as_secs()
+                ),
+                other => format!("{other:?}"),
+            };
+            format!("{what} on {}% of requests", rule.percent)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Parses `error_rate > 0.3`, `p99 > 2s`, `p50 > 500ms`.
 pub fn parse_condition(text: &str) -> Result<AbortCondition, ChaosError> {
     let invalid = || {

@@ -49,6 +49,34 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/",
+        permission: None,
+        summary: "The dashboard: one page (its assets under /assets/), served from the binary; it asks for a token when /v1 does",
+        response: "Html",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/events",
+        permission: Some(Permission::Read),
+        summary: "Server-sent events for the dashboard: `hello` {audit_id}, then every second `routes` (each route's live figures, as in GET /v1/routes), `breaker` {route, endpoint, from, to} on a breaker's change, and one event per new audit entry named by its action's family (proposal, genome, canary, experiment, guardrail, evolution, vault, config) with the entry as data",
+        response: "EventStream",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/threats",
+        permission: Some(Permission::Read),
+        summary: "The Chaos Forge's threat table: every threat at every severity and what it injects",
+        response: "ThreatTable",
+    },
+    Operation {
+        method: "get",
+        path: "/v1/routes/{route}/series",
+        permission: Some(Permission::Read),
+        summary: "The route's last `secs` complete seconds (300 by default, 600 at most): per second its start (Unix seconds), requests, success share and p99 (404 for an unknown route)",
+        response: "Series",
+    },
+    Operation {
+        method: "get",
         path: "/v1/openapi.json",
         permission: None,
         summary: "This document",
@@ -377,10 +405,11 @@ fn limit_parameter() -> Value {
 }
 
 fn content_type(schema: &str) -> &'static str {
-    if schema == "PrometheusText" {
-        "text/plain"
-    } else {
-        "application/json"
+    match schema {
+        "PrometheusText" => "text/plain",
+        "Html" => "text/html",
+        "EventStream" => "text/event-stream",
+        _ => "application/json",
     }
 }
 
@@ -625,8 +654,9 @@ fn proposal_schemas() -> Value {
                 "version": { "type": "integer", "description": "The live snapshot's version" },
                 "routes": { "type": "array", "items": { "type": "object", "properties": {
                     "name": { "type": "string" }, "upstream": { "type": "string" },
-                    "generation": { "type": "integer" }, "genome": { "type": "object" }
-                }, "required": ["name", "upstream", "generation", "genome"] } }
+                    "generation": { "type": "integer" }, "genome": { "type": "object" },
+                    "live": { "type": "object", "description": "The last 10 complete seconds: rate (req/s), success (share not 5xx), p99_ms, amplification (attempts per request); now: in_flight, generation, canary, endpoints [{address, in_flight, breaker: closed|half_open|open|null}]" }
+                }, "required": ["name", "upstream", "generation", "genome", "live"] } }
             },
             "required": ["version", "routes"]
         },
@@ -673,6 +703,29 @@ fn schemas() -> Value {
 fn base_schemas() -> Value {
     json!({
         "PrometheusText": { "type": "string" },
+        "Html": { "type": "string" },
+        "EventStream": { "type": "string", "description": "text/event-stream: `event: NAME` and `data: JSON` lines, a blank line between events" },
+        "ThreatTable": {
+            "type": "object",
+            "properties": { "threats": { "type": "array", "items": { "type": "object", "properties": {
+                "threat": { "enum": ["latency", "upstream-failure", "surge", "brownout", "memory-pressure"] },
+                "severity": { "enum": ["low", "medium", "high", "critical"] },
+                "injects": { "type": "string" }
+            } } } },
+            "required": ["threats"]
+        },
+        "Series": {
+            "type": "object",
+            "properties": {
+                "route": { "type": "string" },
+                "secs": { "type": "integer" },
+                "points": { "type": "array", "items": { "type": "object", "properties": {
+                    "t": { "type": "number" }, "requests": { "type": "integer" },
+                    "success": { "type": ["number", "null"] }, "p99_ms": { "type": ["number", "null"] }
+                } } }
+            },
+            "required": ["route", "secs", "points"]
+        },
         "SimulateRequest": {
             "type": "object",
             "properties": {

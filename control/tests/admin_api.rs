@@ -39,6 +39,7 @@ const DESIGN_ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/vault/patterns"),
     ("GET", "/v1/vault/patterns/adaptive-retry"),
     ("POST", "/v1/vault/patterns"),
+    ("GET", "/v1/events"),
 ];
 
 fn app() -> axum::Router {
@@ -67,6 +68,14 @@ async fn served(method: &str, path: &str) -> bool {
         .unwrap();
     let response = app().oneshot(request).await.unwrap();
     let status = response.status();
+    // An event stream never ends: that it is one is the answer.
+    if response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return true;
+    }
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();

@@ -647,6 +647,8 @@ canary = {{ percent = 50, duration = "30s", min_requests = 1000000 }}
     let page = tokio::task::spawn_blocking(move || rafael.metrics())
         .await
         .unwrap();
+    // Every series has its HELP and TYPE, as Prometheus's own linter wants.
+    support::assert_promtool_accepts(&page);
     let live = exported(&page);
     let missing: Vec<&String> = named.difference(&live).collect();
     assert!(

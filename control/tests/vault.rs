@@ -301,7 +301,10 @@ fn approvers_save_patterns_that_are_checked_audited_searchable_and_kept() {
                 )
             })
             .collect();
-        assert_eq!(saved, ["bob orders-read", "bob main-as-configured"]);
+        assert_eq!(
+            saved,
+            ["bob pattern/orders-read", "bob pattern/main-as-configured"]
+        );
         let (status, _, body) = support::http_get_with(rafael.admin, "/v1/audit/verify", &view);
         assert_eq!(status, 200, "{body}");
     };

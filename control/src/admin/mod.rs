@@ -26,7 +26,9 @@ use rafael_proxy::SnapshotHandle;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
+mod dashboard;
 mod genomes;
+mod live;
 mod vault;
 
 use crate::{
@@ -123,6 +125,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/routes", get(genomes::routes_list))
         .route("/v1/routes/{route}/model", get(route_model))
         .route("/v1/routes/{route}/genomes", get(genomes::route_genomes))
+        .route("/v1/routes/{route}/series", get(live::route_series))
+        .route("/v1/events", get(live::events))
+        .route("/v1/threats", get(live::threats))
         .route("/v1/vault/patterns", get(vault::patterns))
         .route("/v1/vault/patterns/{name}", get(vault::pattern))
         .route("/v1/proposals", get(proposals_list))
@@ -157,6 +162,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .merge(read)
         .merge(operate)
         .merge(approve)

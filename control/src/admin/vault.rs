@@ -185,7 +185,7 @@ pub(super) async fn save(
             .append(
                 &actor,
                 action::VAULT_SAVED,
-                &pattern.name,
+                &format!("pattern/{}", pattern.name),
                 json!({
                     "source": pattern.source,
                     "learned_from": pattern.learned_from,

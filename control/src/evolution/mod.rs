@@ -24,6 +24,18 @@ pub fn describe_metrics() {
         model::check::MODEL_ERROR,
         "Relative error of the model check (goodput, p50, p99, amplification), by route."
     );
+    metrics::describe_counter!(
+        round::service::ROUNDS_TOTAL,
+        "Evolution rounds ended, by route and result (proposed, no_improvement, skipped, failed)."
+    );
+    metrics::describe_gauge!(
+        round::service::ROUND_SECONDS,
+        "How long the route's last evolution round took, seconds."
+    );
+    metrics::describe_gauge!(
+        round::service::BEST_FITNESS,
+        "Fitness of the best genome the route's last round found."
+    );
 }
 
 /// Runs `work` on a thread of its own at the lowest OS priority and waits for its answer:

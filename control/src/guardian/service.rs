@@ -1236,7 +1236,7 @@ impl Guardian {
                 self.audit(
                     ACTOR,
                     action::VAULT_SAVED,
-                    &pattern.name,
+                    &format!("pattern/{}", pattern.name),
                     json!({
                         "source": pattern.source,
                         "route": task.route,
