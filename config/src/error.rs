@@ -17,7 +17,18 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 // === impl ConfigError ===
 
+/// The message of a key the schema does not have.
+pub const UNKNOWN_KEY: &str = "unknown key";
+/// The start of the message of a top-level section the schema does not have.
+pub const UNKNOWN_SECTION: &str = "unknown section";
+
 impl ConfigError {
+    /// Whether this is a key or section the schema does not have (the rest of the file still
+    /// decoded around it).
+    pub fn is_unknown_key(&self) -> bool {
+        self.message == UNKNOWN_KEY || self.message.starts_with(UNKNOWN_SECTION)
+    }
+
     /// An error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {

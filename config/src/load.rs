@@ -10,7 +10,11 @@ use std::fmt::Display;
 
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
-use crate::{Config, ConfigErrors, FaultConfig, validate};
+use crate::{
+    Config, ConfigErrors, FaultConfig,
+    error::{UNKNOWN_KEY, UNKNOWN_SECTION},
+    validate,
+};
 
 /// Parses and validates a config file's text.
 ///
@@ -45,13 +49,25 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             "faults" => config.faults = decode_array(value, &key, &mut errors),
             _ => errors.push(
                 key,
-                "unknown section; expected one of admin, store, runtime, listeners, upstreams, \
-                 routes, chaos, faults, evolution, guardian",
+                format!(
+                    "{UNKNOWN_SECTION}; expected one of admin, store, runtime, listeners, \
+                     upstreams, routes, chaos, faults, evolution, guardian"
+                ),
             ),
         }
     }
-    if errors.is_empty() {
+    // Unknown keys do not stop the checks: every section still decoded, so its values are the
+    // file's and their errors are real. A value of the wrong type does: its section (or array
+    // item) fell back to defaults, and checking those would report errors the file does not
+    // have, at key paths that no longer match it.
+    let decoded_everything = errors.iter().all(|e| e.is_unknown_key());
+    if decoded_everything {
         validate::config(&config, &mut errors);
+    } else {
+        errors.push(
+            "",
+            "the other checks (bounds, references between sections) run once the values above decode",
+        );
     }
     errors.into_result(config)
 }
@@ -139,7 +155,7 @@ fn decode_with<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     let deserializer = serde_ignored::Deserializer::new(value, &mut record);
     let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
     for key in unknown.drain(..) {
-        errors.push(key, "unknown key");
+        errors.push(key, UNKNOWN_KEY);
     }
     match result {
         Ok(decoded) => Some(decoded),

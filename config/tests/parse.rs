@@ -244,3 +244,52 @@ header_read_timeout = "250ms"
         "{errors:?}"
     );
 }
+
+/// An unknown key does not hide the file's other errors: one pass reports them all (issue 11).
+/// A value of the wrong type does, and says so: checking defaults in its place would invent
+/// errors the file does not have.
+#[test]
+fn unknown_keys_are_reported_with_every_other_error_in_one_pass() {
+    let text = r#"
+[admin]
+bind = "127.0.0.1:9901"
+bogus = 1
+[[listeners]]
+name = "in"
+bind = "127.0.0.1:0"
+extra = "x"
+[[upstreams]]
+name = "app"
+endpoints = []
+[[routes]]
+name = "r"
+listener = "nope"
+upstream = "app"
+[routes.policy]
+timeout = "0s"
+[surprise]
+"#;
+    let errors = parse(text).unwrap_err().to_string();
+    for expected in [
+        "admin.bogus: unknown key",
+        "listeners[0].extra: unknown key",
+        "surprise: unknown section",
+        "upstreams[0].endpoints: at least one endpoint is required",
+        "routes[0].listener: no listener is named \"nope\"",
+        "routes[0].policy.timeout: must be 1ms..=1h",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "{expected:?} missing from:\n{errors}"
+        );
+    }
+    let typed = text.replace("timeout = \"0s\"", "timeout = 3");
+    let errors = parse(&typed).unwrap_err().to_string();
+    assert!(errors.contains("routes[0].policy.timeout"), "{errors}");
+    assert!(errors.contains("admin.bogus: unknown key"), "{errors}");
+    assert!(
+        errors.contains("run once the values above decode"),
+        "{errors}"
+    );
+    assert!(!errors.contains("at least one endpoint"), "{errors}");
+}
