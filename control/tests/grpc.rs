@@ -1,5 +1,6 @@
 //! A real gRPC call end to end through the `rafael` binary over h2c: grpcio client, rafael,
-//! grpcio server. Unary, server streaming, and an error status carried in trailers.
+//! grpcio server. Unary, server streaming, and an error status carried in trailers. The
+//! example of `examples/grpc/`: its server and client, and its config with free ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -12,7 +13,8 @@ use std::{
 };
 
 const RAFAEL: &str = env!("CARGO_BIN_EXE_rafael");
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/grpc/echo.py");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/grpc/rafael.toml");
 
 struct Killed(Child);
 
@@ -46,32 +48,20 @@ fn grpc_unary_streaming_and_error_status_pass_through_over_h2c() {
     let port = first_line(&mut server);
     let _server = Killed(server);
     let port: u16 = port.trim().parse().unwrap_or_else(|_| {
-        panic!("grpc_peer.py server printed {port:?}; is grpcio installed? `.ci/setup` installs it (PyPI grpcio)")
+        panic!("echo.py server printed {port:?}; is grpcio installed? `.ci/setup` installs it (PyPI grpcio)")
     });
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("rafael.toml");
+    // The example's config, on free ports.
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert!(example.contains("127.0.0.1:50051") && example.contains("127.0.0.1:15001"));
     std::fs::write(
         &config,
-        format!(
-            r#"
-[admin]
-bind = "127.0.0.1:0"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-protocol = "auto"
-[[upstreams]]
-name = "grpc"
-endpoints = ["127.0.0.1:{port}"]
-protocol = "http2"
-[[routes]]
-name = "echo"
-listener = "in"
-upstream = "grpc"
-match = {{ path_prefix = "/rafael.test.Echo/" }}
-"#
-        ),
+        example
+            .replace("127.0.0.1:50051", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:15001", "127.0.0.1:0")
+            .replace("127.0.0.1:9901", "127.0.0.1:0"),
     )
     .unwrap();
     let mut rafael = Command::new(RAFAEL)

@@ -35,6 +35,7 @@ pub fn endpoint(address: &str, workers: f64, throughput: f64, status: u16) -> En
             mean_healthy_secs: 0.0,
             status: Some(status),
             latency_p50_ms: 20.0,
+            latency_p99_ms: 20.0,
         },
         timeout_rate: 0.0,
         abandoned_work: true,

@@ -45,6 +45,7 @@ pub fn pool(workers: u32, service_ms: f64, errors: f64, rate: f64) -> Model {
                 mean_healthy_secs: 0.0,
                 status: Some(500),
                 latency_p50_ms: service_ms,
+                latency_p99_ms: service_ms,
             },
             timeout_rate: 0.0,
             abandoned_work: true,

@@ -781,6 +781,7 @@ fn failure(own: &[&Sample], covered: usize, unqueued: u32) -> Failure {
         },
         status: status(&failed),
         latency_p50_ms: quantile(&mut latencies, 0.5),
+        latency_p99_ms: quantile(&mut latencies, 0.99),
     }
 }
 
@@ -982,11 +983,7 @@ impl Seconds {
     /// The degraded seconds: failures far above the healthy rate, which is re-estimated
     /// without them until the set stops changing.
     fn degraded(&self) -> Degraded {
-        let (n, f) = self
-            .counts
-            .values()
-            .fold((0, 0), |(n, f), &(a, b)| (n + a, f + b));
-        let mut healthy = ratio(f, n);
+        let mut healthy = self.quiet_half_rate();
         let tail = burst_tail();
         let mut seconds: Vec<usize> = Vec::new();
         for _ in 0..10 {
@@ -1035,6 +1032,37 @@ impl Seconds {
             healthy_rate: healthy,
             seconds,
         }
+    }
+}
+
+impl Seconds {
+    /// The failure rate of the quieter half: the seconds with the lowest failure shares, up to
+    /// half of all attempts. The first guess at the healthy rate. The whole window's rate is a
+    /// bad guess whenever a burst fills much of it: a burst at 40% over half the window makes
+    /// that rate 20%, and a burst second then reads as merely twice it, too little to flag,
+    /// so the burst is fitted as a steady 20% (seen with httpbin's bad day in
+    /// examples/httpbin-gunicorn). The quieter half holds no burst second while bursts fill
+    /// less than half the window; when they fill more, the guess is the burst's rate, no
+    /// second is flagged and the steady rate is what the fit reports, as before. A quiet half
+    /// without failures does not prove a rate of zero: it is read as three failures in its
+    /// attempts (the rule of three, a 95% upper bound), so a lone second with three failures
+    /// is not a burst on its own.
+    fn quiet_half_rate(&self) -> f64 {
+        let mut shares: Vec<(u64, u64)> = self.counts.values().copied().collect();
+        shares.sort_by(|a, b| {
+            let share = |&(n, f): &(u64, u64)| f as f64 / n.max(1) as f64;
+            share(a).total_cmp(&share(b))
+        });
+        let total: u64 = shares.iter().map(|(n, _)| n).sum();
+        let (mut n, mut f) = (0, 0);
+        for (a, b) in shares {
+            if n * 2 >= total {
+                break;
+            }
+            n += a;
+            f += b;
+        }
+        ratio(f.max(3), n).min(1.0)
     }
 }
 

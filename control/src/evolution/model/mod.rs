@@ -200,6 +200,11 @@ pub struct Failure {
     pub status: Option<u16>,
     /// Median latency of failed attempts, milliseconds (fast 503s differ from slow 500s).
     pub latency_p50_ms: f64,
+    /// Their 99th percentile, milliseconds: how much failures' latency spreads, which need not
+    /// be how much the successes' does (a refusal after a fixed wait hardly spreads at all).
+    /// Added after the fact: 0 in a model stored before it, read as "as the successes spread".
+    #[serde(default)]
+    pub latency_p99_ms: f64,
 }
 
 /// A period where the upstream was unlike itself.

@@ -59,6 +59,8 @@ pub struct Shape {
     sigma: f64,
     /// ln of the failures' median latency (nanoseconds).
     failure_mu: f64,
+    /// Spread of a failure's latency (the successes' when the model has none of its own).
+    failure_sigma: f64,
     healthy_rate: f64,
     burst_rate: f64,
     /// The status a failure answers with; `None`: the connection is reset.
@@ -208,6 +210,12 @@ impl Shape {
         } else {
             p50
         };
+        let failure_sigma =
+            if model.failure.latency_p50_ms > 0.0 && model.failure.latency_p99_ms > 0.0 {
+                log_normal(model.failure.latency_p50_ms, model.failure.latency_p99_ms).1
+            } else {
+                sigma
+            };
         let workers = model
             .capacity
             .map(|c| c.concurrency.round().max(1.0).min(f64::from(u32::MAX)) as u32);
@@ -227,6 +235,7 @@ impl Shape {
             mu: (p50 * scale).ln(),
             sigma,
             failure_mu: (failure_p50 * scale).max(1.0).ln(),
+            failure_sigma,
             healthy_rate: model.failure.healthy_rate.clamp(0.0, 1.0),
             burst_rate: model.failure.burst_rate.clamp(0.0, 1.0),
             failure_status: model.failure.status,
@@ -264,8 +273,12 @@ impl Shape {
             // own latency (they are quick refusals as often as not).
             Some((mu, sigma)) if !fails => (mu + sigma * z).exp(),
             _ => {
-                let mu = if fails { self.failure_mu } else { self.mu };
-                (mu + self.sigma * z).exp() * factor
+                let (mu, sigma) = if fails {
+                    (self.failure_mu, self.failure_sigma)
+                } else {
+                    (self.mu, self.sigma)
+                };
+                (mu + sigma * z).exp() * factor
             }
         };
         Draw {

@@ -358,3 +358,22 @@ fn a_slowdown_under_steady_arrivals_is_not_a_knee_below_what_was_served() {
     assert!((queue.throughput_per_sec - 200.0).abs() < 10.0, "{queue:?}");
     assert_eq!(knee(&successes, &by_load, 300.0), None);
 }
+
+#[test]
+fn a_burst_filling_half_the_window_is_a_burst_not_a_steady_rate() {
+    // httpbin's bad day in examples/httpbin-gunicorn: 40% failures for 12 s of 24, none
+    // otherwise. The whole window's rate (20%) must not be taken for the healthy one.
+    let mut truth = Truth::new(8, 3.0, &[(24, 40.0)]);
+    truth.bursts = vec![(4, 12, 0.4)];
+    let model = fit(&truth.telemetry(), 500).unwrap();
+    let failure = model.endpoints[0].failure;
+    assert!(failure.healthy_rate < 0.02, "{failure:?}");
+    assert!((failure.burst_rate - 0.4).abs() < 0.08, "{failure:?}");
+    assert!((failure.mean_burst_secs - 12.0).abs() <= 2.0, "{failure:?}");
+    // And a steady rate with no burst stays one.
+    let mut steady = Truth::new(8, 3.0, &[(24, 40.0)]);
+    steady.error = 0.2;
+    let failure = fit(&steady.telemetry(), 500).unwrap().endpoints[0].failure;
+    assert!((failure.healthy_rate - 0.2).abs() < 0.04, "{failure:?}");
+    assert_eq!(failure.mean_burst_secs, 0.0, "{failure:?}");
+}

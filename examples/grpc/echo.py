@@ -1,8 +1,9 @@
-"""A real gRPC peer (grpcio) for control/tests/grpc.rs, with no generated code: methods take
-and return raw bytes.
+"""A gRPC service and its client (grpcio), with no generated code: the methods of
+`rafael.test.Echo` take and return raw bytes. The example of examples/grpc/README.md, and the
+peer of control/tests/grpc.rs.
 
-    python3 grpc_peer.py server          prints the port it listens on, serves until killed
-    python3 grpc_peer.py client ADDR     calls the server through ADDR and prints the results
+    python3 echo.py server [PORT]      prints the port it listens on (PORT, or any free one)
+    python3 echo.py client ADDR        calls the server through ADDR and prints the results
 """
 
 import sys
@@ -34,7 +35,7 @@ def server():
     }
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = srv.add_insecure_port("127.0.0.1:0")
+    port = srv.add_insecure_port(f"127.0.0.1:{sys.argv[2] if len(sys.argv) > 2 else 0}")
     srv.start()
     print(port, flush=True)
     srv.wait_for_termination()
