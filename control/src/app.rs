@@ -287,7 +287,7 @@ impl ShutdownSignal {
 /// it), each with an `evolution.round` audit entry, and seeds the pending-proposals gauge
 /// from the store.
 fn recover_evolution(store: &Store, audit: &AuditLog) -> Result<(), StoreError> {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = crate::store::now();
     for round in store.fail_interrupted_rounds(&now)? {
         audit.append(
             "rafael",

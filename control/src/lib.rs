@@ -18,6 +18,8 @@ pub mod openapi;
 pub mod reload;
 pub mod store;
 pub mod surge;
+#[cfg(test)]
+mod testing;
 pub mod vault;
 
 pub use app::{App, AppOptions};

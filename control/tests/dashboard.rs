@@ -64,29 +64,16 @@ fn drive(mode: &str, env: &[(&str, String)]) -> Value {
     seen
 }
 
+/// The test's config: one route with retries and a breaker on `upstream`, manual approval by
+/// one approver, a short watch; with `admin` (the tokens file and the store path, TOML lines)
+/// added to its `[admin]` table.
 fn config(upstream: std::net::SocketAddr, admin: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-{admin}
-
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-
-[[upstreams]]
-name = "app"
-endpoints = ["{upstream}"]
-
-[[routes]]
-name = "main"
-listener = "in"
-upstream = "app"
-[routes.policy]
+    support::config_text(
+        upstream,
+        r#"[routes.policy]
 timeout = "2s"
-retry = {{ max_attempts = 3, retry_on = ["5xx"] }}
-circuit_breaker = {{ consecutive_failures = 20 }}
+retry = { max_attempts = 3, retry_on = ["5xx"] }
+circuit_breaker = { consecutive_failures = 20 }
 
 [evolution]
 min_requests = 200
@@ -94,8 +81,13 @@ min_requests = 200
 [guardian]
 approval = "manual"
 approvals_required = 1
-watch = {{ duration = "5s" }}
-"#
+watch = { duration = "5s" }
+"#,
+    )
+    .replacen(
+        "bind = \"127.0.0.1:0\"\n",
+        &format!("bind = \"127.0.0.1:0\"\n{admin}\n"),
+        1,
     )
 }
 

@@ -46,6 +46,11 @@ fn run_tool(program: &str, from: &str, args: &[&str], dir: &Path) -> String {
     text
 }
 
+/// [`run_tool`] for promtool.
+fn promtool(args: &[&str], dir: &Path) -> String {
+    run_tool("promtool", "Debian's prometheus package", args, dir)
+}
+
 /// `rafael config check` of `text` written to `dir/name`.
 fn config_check(dir: &Path, name: &str, text: &str) {
     let path = dir.join(name);
@@ -79,20 +84,9 @@ fn str_of(value: &Yaml) -> &str {
 #[test]
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = deploy().join("prometheus");
-    let from = "Debian's prometheus package";
-    let checked = run_tool(
-        "promtool",
-        from,
-        &["check", "rules", "rafael-rules.yml"],
-        &dir,
-    );
+    let checked = promtool(&["check", "rules", "rafael-rules.yml"], &dir);
     assert!(checked.contains("SUCCESS"), "{checked}");
-    let tested = run_tool(
-        "promtool",
-        from,
-        &["test", "rules", "rafael-rules.test.yml"],
-        &dir,
-    );
+    let tested = promtool(&["test", "rules", "rafael-rules.test.yml"], &dir);
     assert!(tested.contains("SUCCESS"), "{tested}");
     // The seven alerts, each tested.
     let rules = std::fs::read_to_string(dir.join("rafael-rules.yml")).unwrap();
@@ -339,12 +333,7 @@ fn the_compose_files_exist_where_mounted_and_their_configs_pass_their_checks() {
         scratch.path().join("rafael-rules.yml"),
     )
     .unwrap();
-    let checked = run_tool(
-        "promtool",
-        "Debian's prometheus package",
-        &["check", "config", "prometheus.yml"],
-        scratch.path(),
-    );
+    let checked = promtool(&["check", "config", "prometheus.yml"], scratch.path());
     assert!(checked.contains("SUCCESS"), "{checked}");
     let prometheus = &documents(&dir.join("prometheus.yml"))[0];
     assert_eq!(
@@ -471,12 +460,7 @@ async fn grafana_and_alert_queries_parse_and_name_only_metrics_rafael_exports() 
         .collect::<Vec<_>>()}]});
     // JSON is YAML: promtool reads it as a rules file.
     std::fs::write(scratch.path().join("dashboard.yml"), rules.to_string()).unwrap();
-    run_tool(
-        "promtool",
-        "Debian's prometheus package",
-        &["check", "rules", "dashboard.yml"],
-        scratch.path(),
-    );
+    promtool(&["check", "rules", "dashboard.yml"], scratch.path());
     let mut named: BTreeSet<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
     let alert_rules =
         std::fs::read_to_string(deploy().join("prometheus/rafael-rules.yml")).unwrap();

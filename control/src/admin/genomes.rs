@@ -39,7 +39,7 @@ pub(super) async fn routes_list(State(state): State<AdminState>) -> Response {
                 "upstream": route.upstream().name(),
                 "generation": route.live().generation(),
                 "genome": route.policy(),
-                "live": super::live::route_live(&snapshot, route),
+                "live": super::live::route_live(route),
             })
         })
         .collect();

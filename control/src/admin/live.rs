@@ -33,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{AdminState, ApiPath, ApiQuery, error};
-use crate::audit::AuditLog;
 
 const SECOND: Nanos = 1_000_000_000;
 /// Complete seconds the figures "now" cover: enough requests for a p99 at modest rates, short
@@ -113,7 +112,7 @@ fn p99_of(window: &Window) -> Option<f64> {
 }
 
 /// `route`'s figures now.
-pub fn route_live(snapshot: &Snapshot, route: &Route) -> RouteLive {
+pub fn route_live(route: &Route) -> RouteLive {
     let now = rafael_proxy::layer::now();
     let windows = recent(route, LIVE_SECS, now);
     let mut total = windows.first().cloned();
@@ -135,9 +134,7 @@ pub fn route_live(snapshot: &Snapshot, route: &Route) -> RouteLive {
             .map(|t| t.attempts as f64 / t.requests as f64),
         in_flight: route.live().in_flight(),
         generation: route.live().generation(),
-        canary: snapshot
-            .route(route.name())
-            .is_some_and(|r| r.canary().is_some()),
+        canary: route.canary().is_some(),
         endpoints: route
             .upstream()
             .endpoints()
@@ -157,7 +154,7 @@ pub fn routes_live(snapshot: &Snapshot) -> BTreeMap<String, RouteLive> {
     snapshot
         .routes()
         .iter()
-        .map(|route| (route.name().to_owned(), route_live(snapshot, route)))
+        .map(|route| (route.name().to_owned(), route_live(route)))
         .collect()
 }
 
@@ -208,7 +205,6 @@ fn family(action: &str) -> &str {
 /// What one client's stream remembers between ticks.
 struct Watch {
     state: AdminState,
-    audit: AuditLog,
     after: i64,
     breakers: BTreeMap<(String, String), &'static str>,
     ticker: tokio::time::Interval,
@@ -235,7 +231,7 @@ impl Watch {
                 }
             }
         }
-        let audit = self.audit.clone();
+        let audit = self.state.audit.clone();
         let after = self.after;
         if let Ok(Ok(entries)) =
             tokio::task::spawn_blocking(move || audit.list(after, AUDIT_BATCH)).await
@@ -277,7 +273,6 @@ pub(super) async fn events(State(state): State<AdminState>) -> Response {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let watch = Watch {
-        audit: state.audit.clone(),
         state,
         after,
         breakers: BTreeMap::new(),

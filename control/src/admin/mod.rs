@@ -628,7 +628,7 @@ async fn proposal_decide(
         if let Some(why) = expiry(&proposal, std::time::SystemTime::now(), live) {
             expire(store, &audit, &mut proposal, why)?;
         }
-        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let at = crate::store::now();
         let before = proposal.state;
         let decided = match decide(
             &mut proposal,

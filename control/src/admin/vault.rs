@@ -156,7 +156,7 @@ pub(super) async fn save(
             source: "learned".to_owned(),
             learned_from,
             created_at: Some(
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                crate::store::now(),
             ),
             author: Some(actor.clone()),
         };

@@ -162,21 +162,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_expires_a_proposal_within_a_sweep_of_its_ttl_on_paused_time() {
-        let config = rafael_config::parse(
-            r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:9"]
-[[routes]]
-name = "orders"
-listener = "in"
-upstream = "app"
-"#,
-        )
-        .unwrap();
+        let config = crate::testing::one_route("orders");
         let snapshots = SnapshotHandle::new(config).unwrap();
         let store = std::sync::Arc::new(Store::in_memory().unwrap());
         let audit = AuditLog::new(store.clone());
@@ -238,21 +224,7 @@ upstream = "app"
 
     #[test]
     fn a_sweep_expires_stores_and_audits_what_expired_and_leaves_the_rest() {
-        let config = rafael_config::parse(
-            r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:9"]
-[[routes]]
-name = "orders"
-listener = "in"
-upstream = "app"
-"#,
-        )
-        .unwrap();
+        let config = crate::testing::one_route("orders");
         let snapshots = SnapshotHandle::new(config).unwrap();
         let live = snapshots
             .load()

@@ -195,24 +195,17 @@ mod tests {
     const AT: &str = "2026-12-01T10:00:00Z";
 
     fn config(attempts: u32) -> Config {
-        rafael_config::parse(&format!(
+        crate::testing::config(&format!(
             r#"
-            [[listeners]]
-            name = "main"
-            bind = "127.0.0.1:0"
-            [[upstreams]]
-            name = "app"
-            endpoints = ["127.0.0.1:9"]
             [[routes]]
             name = "api"
-            listener = "main"
+            listener = "in"
             upstream = "app"
             [routes.policy]
             timeout = "2s"
             retry = {{ max_attempts = {attempts} }}
             "#
         ))
-        .unwrap()
     }
 
     fn genome(attempts: u32) -> Genome {

@@ -52,21 +52,7 @@ mod tests {
 
     #[test]
     fn every_route_has_its_series_at_zero_and_a_reload_keeps_a_running_canary() {
-        let config = rafael_config::parse(
-            r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:9"]
-[[routes]]
-name = "api"
-listener = "in"
-upstream = "app"
-"#,
-        )
-        .unwrap();
+        let config = crate::testing::one_route("api");
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {

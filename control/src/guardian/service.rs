@@ -39,7 +39,7 @@ use super::{
 use crate::{
     audit::{AuditLog, action},
     evolution::model::fit_route_since,
-    store::{Store, StoreError},
+    store::{Store, StoreError, now},
     vault,
 };
 
@@ -1083,6 +1083,8 @@ impl Guardian {
         };
         record.findings = findings.clone();
         let mut verdict = None;
+        // The model of the upstream since the swap, when this checkpoint fitted one.
+        let mut fitted = None;
         if !findings.is_empty() {
             match fit_route_since(&self.inner.snapshots, &task.route, task.since) {
                 Ok(model) => {
@@ -1106,6 +1108,7 @@ impl Guardian {
                                 ),
                             )
                         });
+                    fitted = Some(model);
                 }
                 // No model yet: wait for more windows, and at the end err on the side of the
                 // genome that ran before.
@@ -1122,10 +1125,13 @@ impl Guardian {
             }
         }
         // What the upstream was like while the genome was watched: the learned pattern's model
-        // summary, fitted before the lock (a fit is milliseconds of work, not a lock's).
-        let learned_on = (last && verdict.is_none())
-            .then(|| fit_route_since(&self.inner.snapshots, &task.route, task.since).ok())
-            .flatten();
+        // summary; the counterfactual's model when there was one, else fitted now, before the
+        // lock (a fit is milliseconds of work, not a lock's).
+        let learned_on = if last && verdict.is_none() {
+            fitted.or_else(|| fit_route_since(&self.inner.snapshots, &task.route, task.since).ok())
+        } else {
+            None
+        };
         let _changes = self.lock();
         // A change may have come while this checkpoint worked without the lock.
         if self.inner.snapshots.policies().generation(&task.route) != Some(task.generation) {
@@ -1353,8 +1359,4 @@ fn complete(
 
 fn json_value(value: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

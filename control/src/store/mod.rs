@@ -105,6 +105,12 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// Now, as the records' times are written (`created_at`, `applied_at`, ...): RFC 3339, UTC,
+/// to the second.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 /// Most `quick_check` findings kept for the report: the first few say what is wrong.
 const INTEGRITY_FINDINGS: usize = 3;
 

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::{
     evolution::model::{Model, RegimeKind},
     guardian::guardrails::{Guardrails, check},
-    store::{Store, StoreError},
+    store::{Store, StoreError, now},
 };
 
 /// Patterns evolution's first generation takes at most: each costs a round what a
@@ -475,10 +475,6 @@ pub fn seeds(
         .collect()
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,14 +589,8 @@ mod tests {
 
     #[test]
     fn a_route_takes_its_patterns_genome_under_its_own_sections() {
-        let mut config = rafael_config::parse(
+        let mut config = crate::testing::config(
             r#"
-[[listeners]]
-name = "in"
-bind = "127.0.0.1:0"
-[[upstreams]]
-name = "app"
-endpoints = ["127.0.0.1:9"]
 [[routes]]
 name = "api"
 listener = "in"
@@ -614,8 +604,7 @@ listener = "in"
 upstream = "app"
 pattern = "no-such-thing"
 "#,
-        )
-        .unwrap();
+        );
         let errors = resolve(&mut config).unwrap_err().to_string();
         assert!(
             errors.contains("routes[1].pattern") && errors.contains("grpc-unary"),

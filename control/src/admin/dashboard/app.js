@@ -55,12 +55,19 @@ const fmt = {
   },
 };
 
+/** A figure with its label, as the route and experiment pages show them. */
+function card(label, value, testid) {
+  return el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value", "data-testid": testid }, value));
+}
+
+/** A table of `headers` (strings, or `{label, num}` for a right-aligned column) over `rows`
+ * (row elements, or a `tbody` the caller keeps to re-render in place). */
 function table(headers, rows, attrs = {}) {
   return el(
     "table",
     attrs,
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", { class: h.num ? "num" : null }, h.label ?? h)))),
-    el("tbody", {}, rows),
+    rows instanceof Node ? rows : el("tbody", {}, rows),
   );
 }
 
@@ -308,7 +315,7 @@ async function routesView(ctx) {
   ctx.show(
     el("h1", {}, "Routes"),
     el("p", { class: "muted" }, "Figures over the last 10 seconds, updated every second."),
-    el("table", {}, el("thead", {}, el("tr", {}, heads.map((h) => el("th", { class: h.num ? "num" : null }, h.label ?? h)))), body),
+    table(heads, body),
   );
 }
 
@@ -325,7 +332,6 @@ async function routeView(ctx, name) {
   const charts = el("div", { class: "charts" });
   const renderCards = () => {
     const f = state.routes[name] ?? route.live;
-    const card = (label, value, id) => el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value", "data-testid": id }, value));
     cards.replaceChildren(
       card("Requests / s", fmt.num(f.rate), "route-rate"),
       card("Success", fmt.pct(f.success), "route-success"),
@@ -628,7 +634,6 @@ async function experimentView(ctx, id) {
   const renderCards = () => {
     const f = state.routes[x.route];
     if (!f) return;
-    const card = (label, value) => el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value));
     cards.replaceChildren(card("Requests / s", fmt.num(f.rate)), card("Success", fmt.pct(f.success)), card("p99", fmt.ms(f.p99_ms)));
   };
   renderCards();

@@ -272,7 +272,7 @@ pub fn fit_route_since(
 ) -> Result<Model, FitError> {
     let snapshot = snapshots.load();
     let min_requests = u64::from(snapshot.config().evolution.min_requests);
-    let fitted_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let fitted_at = crate::store::now();
     let live = snapshot
         .route(route)
         .ok_or_else(|| FitError::NoSuchRoute(route.to_owned()))?;
@@ -599,10 +599,15 @@ struct LoadFit {
 /// Fits endpoint `index`'s load buckets, knee and service time from its successes outside
 /// `brownout` seconds.
 fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[usize]) -> LoadFit {
-    let successes: Vec<(u32, f64, f64, bool)> = samples
+    // The endpoint's successes outside the brownouts: what the load fit, the served rate and
+    // the service time all read.
+    let own: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.endpoint == index && s.class == Class::Success)
         .filter(|s| brownout.binary_search(&s.second).is_err())
+        .collect();
+    let successes: Vec<(u32, f64, f64, bool)> = own
+        .iter()
         .map(|s| {
             let near_timeout = timeouts.binary_search(&s.second).is_ok();
             (s.k, s.latency_ms, s.weight, near_timeout)
@@ -610,7 +615,7 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
         .collect();
     let triples: Vec<(u32, f64, f64)> = successes.iter().map(|s| (s.0, s.1, s.2)).collect();
     let by_load = buckets(&triples);
-    let capacity = knee(&successes, &by_load, served(samples, index, brownout));
+    let capacity = knee(&successes, &by_load, served(&own));
     let unqueued = unqueued(capacity);
     // A brownout's first and last seconds are partly slow: the regime test counts a second
     // by its median, so a few slow answers of the seconds beside a period leak into the
@@ -621,12 +626,7 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
                 .checked_sub(1)
                 .is_some_and(|before| brownout.binary_search(&before).is_ok())
     };
-    let unqueued_successes = || {
-        samples
-            .iter()
-            .filter(|s| s.endpoint == index && s.class == Class::Success && s.k <= unqueued)
-            .filter(|s| brownout.binary_search(&s.second).is_err())
-    };
+    let unqueued_successes = || own.iter().filter(|s| s.k <= unqueued);
     let mut service: Weighted = unqueued_successes()
         .filter(|s| !beside_brownout(s.second))
         .map(|s| (s.latency_ms, s.weight))
@@ -654,16 +654,12 @@ fn load_fit(samples: &[Sample], index: usize, brownout: &[usize], timeouts: &[us
     }
 }
 
-/// What endpoint `index` answered per second outside `brownout` seconds, in its busiest
-/// seconds: the third busiest (weighted back from the sampling), so one second's sampling
-/// noise does not set it.
-fn served(samples: &[Sample], index: usize, brownout: &[usize]) -> f64 {
+/// What an endpoint answered per second in its busiest seconds, from its `successes`: the
+/// third busiest (weighted back from the sampling), so one second's sampling noise does not
+/// set it.
+fn served(successes: &[&Sample]) -> f64 {
     let mut per_second: BTreeMap<usize, f64> = BTreeMap::new();
-    for s in samples
-        .iter()
-        .filter(|s| s.endpoint == index && s.class == Class::Success)
-        .filter(|s| brownout.binary_search(&s.second).is_err())
-    {
+    for s in successes {
         *per_second.entry(s.second).or_default() += s.weight;
     }
     let mut rates: Vec<f64> = per_second.into_values().collect();
@@ -982,6 +978,35 @@ impl Seconds {
 
     /// The degraded seconds: failures far above the healthy rate, which is re-estimated
     /// without them until the set stops changing.
+    /// The failure rate of the quieter half: the seconds with the lowest failure shares, up to
+    /// half of all attempts. The first guess at the healthy rate. The whole window's rate is a
+    /// bad guess whenever a burst fills much of it: a burst at 40% over half the window makes
+    /// that rate 20%, and a burst second then reads as merely twice it, too little to flag,
+    /// so the burst is fitted as a steady 20% (seen with httpbin's bad day in
+    /// examples/httpbin-gunicorn). The quieter half holds no burst second while bursts fill
+    /// less than half the window; when they fill more, the guess is the burst's rate, no
+    /// second is flagged and the steady rate is what the fit reports, as before. A quiet half
+    /// without failures does not prove a rate of zero: it is read as three failures in its
+    /// attempts (the rule of three, a 95% upper bound), so a lone second with three failures
+    /// is not a burst on its own.
+    fn quiet_half_rate(&self) -> f64 {
+        let mut shares: Vec<(u64, u64)> = self.counts.values().copied().collect();
+        shares.sort_by(|a, b| {
+            let share = |&(n, f): &(u64, u64)| f as f64 / n.max(1) as f64;
+            share(a).total_cmp(&share(b))
+        });
+        let total: u64 = shares.iter().map(|(n, _)| n).sum();
+        let (mut n, mut f) = (0, 0);
+        for (a, b) in shares {
+            if n * 2 >= total {
+                break;
+            }
+            n += a;
+            f += b;
+        }
+        ratio(f.max(3), n).min(1.0)
+    }
+
     fn degraded(&self) -> Degraded {
         let mut healthy = self.quiet_half_rate();
         let tail = burst_tail();
@@ -1032,37 +1057,6 @@ impl Seconds {
             healthy_rate: healthy,
             seconds,
         }
-    }
-}
-
-impl Seconds {
-    /// The failure rate of the quieter half: the seconds with the lowest failure shares, up to
-    /// half of all attempts. The first guess at the healthy rate. The whole window's rate is a
-    /// bad guess whenever a burst fills much of it: a burst at 40% over half the window makes
-    /// that rate 20%, and a burst second then reads as merely twice it, too little to flag,
-    /// so the burst is fitted as a steady 20% (seen with httpbin's bad day in
-    /// examples/httpbin-gunicorn). The quieter half holds no burst second while bursts fill
-    /// less than half the window; when they fill more, the guess is the burst's rate, no
-    /// second is flagged and the steady rate is what the fit reports, as before. A quiet half
-    /// without failures does not prove a rate of zero: it is read as three failures in its
-    /// attempts (the rule of three, a 95% upper bound), so a lone second with three failures
-    /// is not a burst on its own.
-    fn quiet_half_rate(&self) -> f64 {
-        let mut shares: Vec<(u64, u64)> = self.counts.values().copied().collect();
-        shares.sort_by(|a, b| {
-            let share = |&(n, f): &(u64, u64)| f as f64 / n.max(1) as f64;
-            share(a).total_cmp(&share(b))
-        });
-        let total: u64 = shares.iter().map(|(n, _)| n).sum();
-        let (mut n, mut f) = (0, 0);
-        for (a, b) in shares {
-            if n * 2 >= total {
-                break;
-            }
-            n += a;
-            f += b;
-        }
-        ratio(f.max(3), n).min(1.0)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
             GuardrailVerdict, ModelEvidence, Passed, Proposal, ProposalState, Source, diff,
         },
     },
-    store::{Store, StoreError},
+    store::{Store, StoreError, now},
 };
 
 /// `rafael_evolution_rounds_total{route,result}`.
@@ -455,8 +455,4 @@ fn evidence(model: &Model) -> ModelEvidence {
         trusted: model.fidelity.as_ref().is_some_and(|f| f.trusted),
         fidelity: model.fidelity.clone(),
     }
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
