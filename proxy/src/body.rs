@@ -14,15 +14,15 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+pub use crate::failure::BoxError;
 use crate::{
-    layer::fault::ActiveFault,
-    policy::fault::FaultKind,
-    send_timeout::StallTimer,
-    upstream::{H1Body, ResponseGuard},
+    failure::InjectedTruncation, faults::ActiveFault, guard::ResponseGuard,
+    policy::fault::FaultKind, send_timeout::StallTimer, transport,
 };
 
-/// Errors a body can end with: hyper's, or the HTTP/1.1 upstream codec's.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body from rafael's HTTP/1.1 codec, whose request body (still uploading when the
+/// upstream answers early) is a [`Body`] too.
+pub type H1Body = transport::H1Body<Body>;
 
 /// A request or response body: streamed from a peer, or produced by rafael itself.
 #[derive(Debug, Default)]
@@ -327,7 +327,7 @@ impl ClientBodyError {
 
     /// The error a failed client body left in `error`'s chain, if it was one.
     pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
-        crate::error::cause(error)
+        crate::failure::cause(error)
     }
 }
 
@@ -400,7 +400,7 @@ impl FaultedBody {
                     continue;
                 }
                 self.done = true;
-                return Poll::Ready(Some(Err("response truncated by an injected fault".into())));
+                return Poll::Ready(Some(Err(InjectedTruncation.into())));
             }
             if self.done {
                 return Poll::Ready(None);

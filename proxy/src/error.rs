@@ -10,10 +10,9 @@ use serde::Serialize;
 
 use crate::{
     Body,
-    body::{BoxError, ClientBodyError, ClientBodyErrorKind},
-    layer::{AttemptTimedOut, BreakerOpen, RateLimited, Shed},
+    body::{ClientBodyError, ClientBodyErrorKind},
+    failure::{BoxError, Retryable, Side, UpstreamFailure},
     policy::outcome::AttemptEnd,
-    upstream::Exchange,
 };
 
 /// Why rafael answered a request itself instead of relaying the upstream's response.
@@ -51,6 +50,8 @@ pub enum ProxyError {
         upstream: String,
         /// Endpoint address.
         endpoint: String,
+        /// The endpoint's place in the upstream's list.
+        index: usize,
         /// What failed.
         reason: String,
     },
@@ -63,6 +64,8 @@ pub enum ProxyError {
         upstream: String,
         /// Endpoint address.
         endpoint: String,
+        /// The endpoint's place in the upstream's list.
+        index: usize,
         /// The configured connect timeout.
         timeout: Duration,
     },
@@ -73,7 +76,11 @@ pub enum ProxyError {
         upstream: String,
         /// Endpoint address.
         endpoint: String,
-        /// What failed.
+        /// The endpoint's place in the upstream's list.
+        index: usize,
+        /// How it failed.
+        failure: UpstreamFailure,
+        /// What failed, in words.
         reason: String,
     },
     /// The route's whole-request timeout elapsed.
@@ -94,6 +101,37 @@ pub enum ProxyError {
     /// A downstream-stage fault resets the client's connection (or stream): no response.
     #[error("connection reset by an injected fault")]
     InjectedReset,
+}
+
+/// One attempt took longer than the route's `per_try_timeout`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("attempt {attempt} had no response within the per-try timeout of {timeout:?}")]
+pub struct AttemptTimedOut {
+    /// The attempt number.
+    pub attempt: u32,
+    /// The per-try timeout.
+    pub timeout: Duration,
+}
+
+/// The route (or this client's key) is over its rate.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("rate limit exceeded; retry after {retry_after:?}")]
+pub struct RateLimited {
+    /// When the same request would be admitted.
+    pub retry_after: Duration,
+}
+
+/// The route is at its concurrency limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("route is at its concurrency limit")]
+pub struct Shed;
+
+/// Every endpoint of the route's upstream has its circuit breaker open.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("every endpoint of upstream {upstream} has its circuit breaker open")]
+pub struct BreakerOpen {
+    /// The upstream's name.
+    pub upstream: String,
 }
 
 #[derive(Serialize)]
@@ -172,12 +210,79 @@ impl ProxyError {
         }
     }
 
+    /// Which side failed: the client, the upstream, or rafael (a policy's refusal or an
+    /// injected fault).
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::BadRequest(_)
+            | Self::ClientBody(_)
+            | Self::NotImplemented(_) => Side::Client,
+            Self::Upstream {
+                failure: UpstreamFailure::Injected,
+                ..
+            }
+            | Self::RateLimited(_)
+            | Self::Shed(_)
+            | Self::BreakerOpen(_)
+            | Self::InjectedReset => Side::Proxy,
+            Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Upstream { .. }
+            | Self::Timeout(_)
+            | Self::AttemptTimedOut(_) => Side::Upstream,
+        }
+    }
+
+    /// Whether the attempt this error ended may be sent again. The route's retry policy
+    /// decides whether it is (`rafael_policy::retry`); this says what is safe.
+    pub fn retryable(&self) -> Retryable {
+        match self {
+            Self::Connect { .. } | Self::ConnectTimeout { .. } => Retryable::Unsent,
+            Self::Upstream { .. } | Self::AttemptTimedOut(_) => Retryable::IfIdempotent,
+            Self::NoRoute { .. }
+            | Self::HeadersTooLarge { .. }
+            | Self::BadRequest(_)
+            | Self::ClientBody(_)
+            | Self::NotImplemented(_)
+            | Self::Timeout(_)
+            | Self::RateLimited(_)
+            | Self::Shed(_)
+            | Self::BreakerOpen(_)
+            | Self::InjectedReset => Retryable::No,
+        }
+    }
+
+    /// True when a fault of the Chaos Forge made this error (for the telemetry's samples).
+    pub fn is_injected(&self) -> bool {
+        matches!(
+            self,
+            Self::InjectedReset
+                | Self::Upstream {
+                    failure: UpstreamFailure::Injected,
+                    ..
+                }
+        )
+    }
+
     /// The address of the endpoint that failed, for errors that concern one.
     pub fn endpoint(&self) -> Option<&str> {
         match self {
             Self::Connect { endpoint, .. }
             | Self::ConnectTimeout { endpoint, .. }
             | Self::Upstream { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+
+    /// The index of the endpoint that failed in its upstream's list, for errors that concern
+    /// one.
+    pub fn endpoint_index(&self) -> Option<usize> {
+        match self {
+            Self::Connect { index, .. }
+            | Self::ConnectTimeout { index, .. }
+            | Self::Upstream { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -199,13 +304,6 @@ impl ProxyError {
         }
         response
     }
-}
-
-/// The first error of type `T` in `error`'s chain of sources, `error` itself included.
-pub(crate) fn cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
 /// The error a request body that failed on its way (`error`) answers with: the client's own
@@ -233,12 +331,4 @@ pub fn error_response(status: StatusCode, code: &str, detail: String) -> Respons
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// How an attempt with this result ended, in the terms the policies decide by.
-pub fn attempt_end(result: &Result<Exchange, ProxyError>) -> Option<AttemptEnd> {
-    match result {
-        Ok(exchange) => Some(AttemptEnd::Status(exchange.response.status().as_u16())),
-        Err(error) => error.attempt_end(),
-    }
 }

@@ -17,7 +17,13 @@ use std::{
     time::Duration,
 };
 
-use crate::metrics::{LATENCY_BUCKETS, REQUEST_DURATION};
+/// `rafael_request_duration_seconds{route}`.
+pub const REQUEST_DURATION: &str = "rafael_request_duration_seconds";
+
+/// Histogram buckets for every `*_seconds` metric: 0.5 ms to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// One route's request latency distribution.
 #[derive(Debug)]

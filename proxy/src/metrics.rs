@@ -6,11 +6,10 @@ use std::sync::{Arc, OnceLock};
 use metrics::{Counter, counter, describe_counter, describe_gauge};
 
 use crate::histogram::LatencyHistogram;
+pub use crate::histogram::{LATENCY_BUCKETS, REQUEST_DURATION};
 
 /// `rafael_requests_total{route,code}`.
 pub const REQUESTS_TOTAL: &str = "rafael_requests_total";
-/// `rafael_request_duration_seconds{route}`.
-pub const REQUEST_DURATION: &str = "rafael_request_duration_seconds";
 /// `rafael_upstream_attempts_total{route,outcome}`.
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "rafael_upstream_attempts_total";
 /// `rafael_connections_active{listener}`.
@@ -56,11 +55,6 @@ pub use crate::policy::{
 
 /// The `route` label of requests no route took.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
-
-/// Histogram buckets for every `*_seconds` metric: 0.5 ms to 30 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 
 /// Registers HELP text for every data plane metric.
 pub fn describe() {

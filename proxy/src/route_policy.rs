@@ -35,7 +35,6 @@ use crate::{
         rate_limit::{Gcra, KeyedRateLimit, RateLimitState},
     },
     telemetry::RouteTelemetry,
-    upstream::Upstream,
 };
 
 /// Everything the policy layers need for one route in one snapshot.
@@ -106,12 +105,13 @@ struct PolicyMetrics {
 // === impl RoutePolicy ===
 
 impl RoutePolicy {
-    /// Compiles `genome` for route `name` served by `upstream`, carrying state over from
-    /// `previous` (the same route in the snapshot being replaced).
-    pub fn build(
+    /// Compiles `genome` for route `name` served by the upstream endpoints at `endpoints`
+    /// (addresses, in the upstream's order), carrying state over from `previous` (the same
+    /// route in the snapshot being replaced).
+    pub fn build<'a>(
         name: &str,
         genome: &Genome,
-        upstream: &Upstream,
+        endpoints: impl IntoIterator<Item = &'a str>,
         previous: Option<&RoutePolicy>,
     ) -> Self {
         let gcra = genome.rate_limit.as_ref().map(Gcra::from_genes);
@@ -131,14 +131,13 @@ impl RoutePolicy {
         // rescales them lazily; see `Breaker::record`).
         let breakers = match &breaker {
             None => Box::default(),
-            Some(_) => upstream
-                .endpoints()
-                .iter()
-                .map(|endpoint| {
+            Some(_) => endpoints
+                .into_iter()
+                .map(|address| {
                     previous
-                        .and_then(|p| p.breakers.iter().find(|b| b.address == endpoint.address()))
+                        .and_then(|p| p.breakers.iter().find(|b| b.address == address))
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(EndpointBreaker::new(name, endpoint.address())))
+                        .unwrap_or_else(|| Arc::new(EndpointBreaker::new(name, address)))
                 })
                 .collect(),
         };

@@ -5,23 +5,15 @@
 //! finish what it is doing (HTTP/1.1: the current exchange; HTTP/2: GOAWAY) and waits until all
 //! senders are gone or the drain deadline passes.
 
-use std::{
-    io,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
 use metrics::{counter, gauge};
-use rafael_config::{Config, ListenerConfig, ListenerProtocol};
+use rafael_config::{Config, ListenerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
@@ -32,13 +24,14 @@ use tracing::{debug, info, warn};
 
 use crate::{
     SnapshotHandle,
+    guard::Activity,
     headers::Forwarded,
     metrics::{
         CONNECTION_ERRORS_TOTAL, CONNECTION_LIMIT_REACHED_TOTAL, CONNECTIONS_ACTIVE,
         CONNECTIONS_TOTAL,
     },
     send_timeout::SendTimeout,
-    service,
+    service::{self, Connection},
 };
 
 /// A bound listener socket, ready to serve.
@@ -69,29 +62,6 @@ pub enum DrainOutcome {
     /// The deadline passed with connections still open.
     DeadlineReached,
 }
-
-/// Per-connection state shared by its requests.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    pub(crate) handle: SnapshotHandle,
-    pub(crate) listener: usize,
-    pub(crate) listener_name: Arc<str>,
-    pub(crate) forwarded: Forwarded,
-    pub(crate) activity: Arc<Activity>,
-    /// Held by upgraded tunnels so draining waits for them too.
-    pub(crate) drain: mpsc::Sender<()>,
-}
-
-/// Request counters of one connection, for idle detection.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    started: AtomicU64,
-    active: AtomicUsize,
-}
-
-/// A request in progress on a connection; the connection is not idle until it drops.
-#[derive(Debug)]
-pub struct RequestActive(Arc<Activity>);
 
 // === impl Server ===
 
@@ -462,10 +432,10 @@ async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sende
     // Until the first request begins.
     let first_head = tokio::time::sleep_until(watch.first_head_by);
     tokio::pin!(first_head);
-    while activity.started.load(Ordering::Relaxed) == 0 {
+    while activity.started() == 0 {
         tokio::select! {
             _ = &mut first_head => {
-                if activity.started.load(Ordering::Relaxed) == 0 {
+                if activity.started() == 0 {
                     let _ = orders.send(Close::NoRequest).await;
                     return;
                 }
@@ -477,7 +447,7 @@ async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sende
                 }
             }
             _ = tokio::time::sleep_until(watch.idle_by) => {
-                if activity.started.load(Ordering::Relaxed) == 0 {
+                if activity.started() == 0 {
                     close_idle(orders).await;
                     return;
                 }
@@ -494,8 +464,8 @@ async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sende
         tokio::select! {
             _ = tokio::time::sleep(tick) => {
                 let now = Instant::now();
-                let started = activity.started.load(Ordering::Relaxed);
-                if started != last_started || activity.active.load(Ordering::Relaxed) > 0 {
+                let started = activity.started();
+                if started != last_started || activity.active() > 0 {
                     last_started = started;
                     idle_since = now;
                 } else if now.duration_since(idle_since) >= idle_timeout {
@@ -504,7 +474,7 @@ async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sende
                 }
             }
             changed = watch.reclaim.changed() => {
-                if changed.is_ok() && activity.active.load(Ordering::Relaxed) == 0 {
+                if changed.is_ok() && activity.active() == 0 {
                     // The listener is full and this keep-alive connection is doing nothing.
                     close_idle(orders).await;
                     return;
@@ -519,41 +489,6 @@ async fn watchdog(activity: Arc<Activity>, mut watch: Watch, orders: mpsc::Sende
             }
         }
     }
-}
-
-/// Response bytes buffered per HTTP/2 stream.
-const MAX_SEND_BUF_BYTES: usize = 64 * 1024;
-
-/// The server settings of a listener's connections.
-pub fn http_builder(listener: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match listener.protocol {
-        ListenerProtocol::Auto => builder,
-        ListenerProtocol::Http1 => builder.http1_only(),
-        ListenerProtocol::Http2 => builder.http2_only(),
-    };
-    let max_header = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
-    // hyper's own limits sit above ours, as a backstop: rafael checks `max_header_bytes` itself
-    // so that an oversized head gets a JSON 431 and a metric, not a bare one.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.header_read_timeout.get())
-        .max_buf_size(max_header.saturating_mul(2).max(16 * 1024))
-        .max_headers(1024)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header.saturating_mul(2)).unwrap_or(u32::MAX))
-        .max_concurrent_streams(listener.max_concurrent_streams)
-        // Response data buffered per stream, whatever window the client advertises: a client
-        // that opens its window wide and never reads holds at most this much per stream (with
-        // hyper's default of 400 KB, 5 such connections held 2.3 GB).
-        .max_send_buf_size(MAX_SEND_BUF_BYTES)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
 }
 
 /// Why a downstream connection ended badly.
@@ -595,21 +530,4 @@ fn timed_out_sending(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::TimedOut)
-}
-
-// === impl Activity ===
-
-impl Activity {
-    /// Marks a request started; the connection is busy until the guard drops.
-    pub(crate) fn begin(self: &Arc<Self>) -> RequestActive {
-        self.started.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        RequestActive(self.clone())
-    }
-}
-
-impl Drop for RequestActive {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -9,21 +9,35 @@ use std::{sync::Arc, time::Duration};
 use http::{HeaderValue, Method, Request, Response, Version, header::TRANSFER_ENCODING};
 use hyper::body::Incoming;
 use metrics::counter;
-use tokio::io::AsyncWriteExt;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tracing::{debug, warn};
 
 use tower::Service;
 
 use crate::{
-    Body, ProxyError,
+    Body, ProxyError, SnapshotHandle,
     body::ClientBody,
-    headers::{self, HostError},
+    clock,
+    failure::UpstreamFailure,
+    guard::Activity,
+    headers::{self, Forwarded, HostError},
     layer::{self, PolicyRequest},
     metrics::{DOWNSTREAM_REJECTED_TOTAL, RouteMetrics},
-    server::Connection,
     telemetry::Outcome,
     upstream::{Exchange, RequestHead, UpstreamIo},
 };
+
+/// Per-connection state shared by its requests.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) handle: SnapshotHandle,
+    pub(crate) listener: usize,
+    pub(crate) listener_name: Arc<str>,
+    pub(crate) forwarded: Forwarded,
+    pub(crate) activity: Arc<Activity>,
+    /// Held by upgraded tunnels so draining waits for them too.
+    pub(crate) drain: mpsc::Sender<()>,
+}
 
 /// Serves one downstream request. Every error becomes a response, except an injected reset:
 /// returned as the service's error, it makes hyper close the connection (HTTP/1.1) or reset the
@@ -32,7 +46,7 @@ pub(crate) async fn proxy(
     connection: Arc<Connection>,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let started = layer::now();
+    let started = clock::now();
     let active = connection.activity.begin();
     let snapshot = connection.handle.load();
     let version = request.version();
@@ -48,7 +62,7 @@ pub(crate) async fn proxy(
             error.into_response(),
             version,
             headers::new_request_id(),
-            Duration::from_nanos(layer::now().saturating_sub(started)),
+            Duration::from_nanos(clock::now().saturating_sub(started)),
         ));
     }
 
@@ -67,7 +81,7 @@ pub(crate) async fn proxy(
             error.into_response(),
             version,
             id,
-            Duration::from_nanos(layer::now().saturating_sub(started)),
+            Duration::from_nanos(clock::now().saturating_sub(started)),
         ));
     };
 
@@ -138,7 +152,9 @@ pub(crate) async fn proxy(
                 let upstream = route.upstream();
                 let reason = "switched protocols without being asked to".to_owned();
                 match upstream.endpoints().get(endpoint) {
-                    Some(endpoint) => upstream.error(endpoint, reason).into_response(),
+                    Some(endpoint) => upstream
+                        .error(endpoint, UpstreamFailure::Protocol, reason)
+                        .into_response(),
                     None => ProxyError::BadRequest("endpoint is gone").into_response(),
                 }
             }
@@ -150,7 +166,7 @@ pub(crate) async fn proxy(
             }
         },
         Err(ProxyError::InjectedReset) => {
-            let now = layer::now();
+            let now = clock::now();
             telemetry.complete(now, Outcome::ServerError, now.saturating_sub(started));
             if let Some(counters) = &cohort {
                 counters[2].increment(1);
@@ -180,7 +196,7 @@ pub(crate) async fn proxy(
     // The response head's arrival is the end of the request's latency (the relay that follows
     // is part of the response, not of the wait for it).
     let finished = if answered_at == 0 {
-        layer::now()
+        clock::now()
     } else {
         answered_at
     };

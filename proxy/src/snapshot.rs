@@ -16,15 +16,15 @@ use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    layer::{
-        self,
-        fault::{ExtraFaults, FaultSet},
-    },
+    clock,
+    faults::{ExtraFaults, FaultSet},
+    listener,
     metrics::{POLICY_VERSION, RouteMetrics},
-    policy::fault::ActiveFaults,
+    policy::{Nanos, fault::ActiveFaults},
     route_policy::RoutePolicy,
     router::Matcher,
-    server, tls,
+    telemetry::RouteTelemetry,
+    tls,
     upstream::Upstream,
 };
 
@@ -208,7 +208,7 @@ impl Snapshot {
             let policy = RoutePolicy::build(
                 &route.name,
                 &route.policy,
-                upstream,
+                upstream.addresses(),
                 before.map(|r| &r.policy),
             );
             let built = Route {
@@ -252,7 +252,7 @@ impl Snapshot {
                 .map(|(_, route)| route.clone())
                 .collect();
             listeners.push(ListenerState {
-                http: server::http_builder(listener),
+                http: listener::http_builder(listener),
                 config: listener.clone(),
                 tls,
                 routes: listener_routes,
@@ -361,13 +361,13 @@ impl Snapshot {
             let mut policy = RoutePolicy::build(
                 &old.name,
                 &config.routes[index].policy,
-                &old.upstream,
+                old.upstream.addresses(),
                 Some(&old.policy),
             );
             if let Some(generation) = generation {
                 policy.set_generation(generation);
             }
-            policy.activate(layer::now());
+            policy.activate(clock::now());
             let new = Route {
                 name: old.name.clone(),
                 matcher: old.matcher.clone(),
@@ -386,7 +386,7 @@ impl Snapshot {
             };
             let new = Arc::new(new.with_canary(self.canaries.get(&*old.name), Some(old)));
             if let Some(canary) = new.canary() {
-                canary.policy.activate(layer::now());
+                canary.policy.activate(clock::now());
             }
             (old, new)
         });
@@ -417,7 +417,7 @@ impl Snapshot {
     /// Makes every route's policy the live one (see [`RoutePolicy::activate`]): called once,
     /// just before the snapshot is stored.
     fn activate(&self) {
-        let now = layer::now();
+        let now = clock::now();
         for route in self.routes.iter() {
             route.policy.activate(now);
             if let Some(canary) = route.canary() {
@@ -479,7 +479,7 @@ impl Route {
         let policy = RoutePolicy::build(
             &format!("{name}:canary"),
             &spec.genome,
-            &self.upstream,
+            self.upstream.addresses(),
             previous.map(|c| &c.policy),
         );
         let canary = Route {
@@ -601,8 +601,8 @@ impl SnapshotHandle {
     }
 
     /// Read-only access to the routes' telemetry.
-    pub fn telemetry(&self) -> crate::TelemetryHandle {
-        crate::TelemetryHandle::new(self.clone())
+    pub fn telemetry(&self) -> TelemetryHandle {
+        TelemetryHandle::new(self.clone())
     }
 
     /// Adds (`Some`) or removes (`None`) the run-time fault rules of `route` and returns the
@@ -784,6 +784,42 @@ impl PolicyHandle {
     pub fn generation(&self, route: &str) -> Option<u64> {
         let snapshot = self.snapshots.load();
         snapshot.route(route).map(|r| r.live().generation())
+    }
+}
+
+/// Read-only access to every route's telemetry.
+#[derive(Debug, Clone)]
+pub struct TelemetryHandle {
+    snapshots: SnapshotHandle,
+}
+
+// === impl TelemetryHandle ===
+
+impl TelemetryHandle {
+    /// Reads the telemetry of the routes in `snapshots`' live snapshot.
+    pub fn new(snapshots: SnapshotHandle) -> Self {
+        Self { snapshots }
+    }
+
+    /// The data plane's clock now, in the unit of every time here.
+    pub fn now(&self) -> Nanos {
+        clock::now()
+    }
+
+    /// Names of the live routes.
+    pub fn routes(&self) -> Vec<String> {
+        let snapshot = self.snapshots.load();
+        snapshot
+            .routes()
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect()
+    }
+
+    /// The telemetry of `route`.
+    pub fn route(&self, route: &str) -> Option<Arc<RouteTelemetry>> {
+        let snapshot = self.snapshots.load();
+        snapshot.route(route).map(|r| r.live().telemetry().clone())
     }
 }
 

@@ -9,7 +9,7 @@
 //!   arrival process.
 //!
 //! The request path only does relaxed atomic operations here and never waits for a reader;
-//! readers ([`TelemetryHandle`]) copy what they need. Samples are taken for every request while
+//! readers ([`crate::snapshot::TelemetryHandle`]) copy what they need. Samples are taken for every request while
 //! a route sees fewer than [`SAMPLE_ALL_BELOW`] requests in the current second, and for one in
 //! [`SAMPLE_EVERY`] above that, so a quiet route is fully observed and a busy one costs little.
 //!
@@ -19,11 +19,11 @@
 //! stays small (2,500 idle routes took 1 GB before).
 
 use std::sync::{
-    Arc, OnceLock,
+    OnceLock,
     atomic::{AtomicU32, AtomicU64, Ordering, fence},
 };
 
-use crate::{policy::Nanos, snapshot::SnapshotHandle};
+use crate::policy::Nanos;
 
 /// Seconds of per-second windows kept.
 pub const WINDOW_SECONDS: usize = 600;
@@ -147,12 +147,6 @@ pub struct Window {
     pub latency_sum: Nanos,
     /// Response latency histogram (see [`latency_bucket_bound`]).
     pub latency: [u64; LATENCY_BUCKETS],
-}
-
-/// Read-only access to every route's telemetry.
-#[derive(Debug, Clone)]
-pub struct TelemetryHandle {
-    snapshots: SnapshotHandle,
 }
 
 // === impl RouteTelemetry ===
@@ -515,36 +509,6 @@ pub fn latency_bucket_bound(index: usize) -> Nanos {
     let power = FIRST_POWER + ((index - 1) / 2) as u32;
     let half = ((index - 1) % 2) as u64;
     (1 << power) + (half + 1) * (1 << (power - 1))
-}
-
-// === impl TelemetryHandle ===
-
-impl TelemetryHandle {
-    /// Reads the telemetry of the routes in `snapshots`' live snapshot.
-    pub fn new(snapshots: SnapshotHandle) -> Self {
-        Self { snapshots }
-    }
-
-    /// The data plane's clock now, in the unit of every time here.
-    pub fn now(&self) -> Nanos {
-        crate::layer::now()
-    }
-
-    /// Names of the live routes.
-    pub fn routes(&self) -> Vec<String> {
-        let snapshot = self.snapshots.load();
-        snapshot
-            .routes()
-            .iter()
-            .map(|r| r.name().to_owned())
-            .collect()
-    }
-
-    /// The telemetry of `route`.
-    pub fn route(&self, route: &str) -> Option<Arc<RouteTelemetry>> {
-        let snapshot = self.snapshots.load();
-        snapshot.route(route).map(|r| r.live().telemetry().clone())
-    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,12 @@ use std::{
 
 use tower::Service;
 
-use super::{Attempt, AttemptTimedOut, ResponseFuture, fault::INJECTED_RESET, now};
 use crate::{
     ProxyError,
     body::Body,
-    error::attempt_end,
+    clock,
+    error::{AttemptTimedOut, BreakerOpen},
+    layer::request::{Attempt, ResponseFuture, attempt_end, route_timeout},
     policy::{
         Nanos,
         breaker::{Admission, AttemptResult},
@@ -36,14 +37,6 @@ policy_layer!(
     /// Its layer.
     BreakerLayer
 );
-
-/// Every endpoint of the route's upstream has its circuit breaker open.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("every endpoint of upstream {upstream} has its circuit breaker open")]
-pub struct BreakerOpen {
-    /// The upstream's name.
-    pub upstream: String,
-}
 
 /// Reports an attempt that ended without an outcome for the breaker (the client left, its body
 /// failed, or the route deadline cut short an attempt that started late) as cancelled, so a
@@ -73,7 +66,7 @@ where
         let route = attempt.route.clone();
         let upstream = route.upstream();
         let started_at = if attempt.start == 0 {
-            now()
+            clock::now()
         } else {
             attempt.start
         };
@@ -110,7 +103,7 @@ where
             };
             let result = match deadline {
                 None => inner.await,
-                Some(at) => tokio::time::timeout_at(super::instant(at), inner)
+                Some(at) => tokio::time::timeout_at(clock::instant(at), inner)
                     .await
                     .unwrap_or_else(|_| match (per_try_timeout, per_try) {
                         (Some(timeout), Some(per_try)) if Some(per_try) == deadline => {
@@ -120,10 +113,10 @@ where
                             }
                             .into())
                         }
-                        _ => Err(super::timeout::route_timeout(&pending.route)),
+                        _ => Err(route_timeout(&pending.route)),
                     }),
             };
-            let finished_at = now();
+            let finished_at = clock::now();
             let latency = Duration::from_nanos(finished_at.saturating_sub(started_at));
             let end = attempt_end(&result);
             let route_timeout = pending.route.policy().timeout.map(|t| t.get());
@@ -156,8 +149,7 @@ where
                     },
                     fault: match &result {
                         Ok(exchange) => exchange.injected,
-                        Err(ProxyError::Upstream { reason, .. }) => reason == INJECTED_RESET,
-                        Err(_) => false,
+                        Err(error) => error.is_injected(),
                     },
                 };
                 policy.telemetry().attempt(sample, sampled);
@@ -245,7 +237,12 @@ impl Drop for Pending {
         }
         let policy = self.route.live();
         if let Some((params, breaker)) = policy.breaker(self.endpoint) {
-            breaker.record(now(), params, self.admission, AttemptResult::Cancelled);
+            breaker.record(
+                clock::now(),
+                params,
+                self.admission,
+                AttemptResult::Cancelled,
+            );
         }
     }
 }

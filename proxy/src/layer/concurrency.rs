@@ -8,8 +8,12 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use super::{PolicyRequest, ResponseFuture};
-use crate::{ProxyError, upstream::Exchange};
+use crate::{
+    ProxyError,
+    error::Shed,
+    layer::request::{PolicyRequest, ResponseFuture},
+    upstream::Exchange,
+};
 
 policy_layer!(
     /// The concurrency service.
@@ -17,11 +21,6 @@ policy_layer!(
     /// Its layer.
     ConcurrencyLayer
 );
-
-/// The route is at its concurrency limit.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("route is at its concurrency limit")]
-pub struct Shed;
 
 // === impl Concurrency ===
 

@@ -12,28 +12,26 @@
 //! ends (a delay elapsed, a throttled or truncated body finished).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
-use metrics::Counter;
-use rafael_config::{Config, FaultStage};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use rafael_config::FaultStage;
 use tower::Service;
 
-use super::{Attempt, PolicyRequest, ResponseFuture};
+pub use crate::faults::ExtraFaults;
 use crate::{
     ProxyError,
     body::{Body, FaultedBody},
-    headers::constant_time_eq,
-    metrics::FAULTS_INJECTED_TOTAL,
+    clock,
+    failure::UpstreamFailure,
+    faults::ActiveFault,
+    layer::request::{Attempt, PolicyRequest, ResponseFuture, route_timeout},
     policy::{
         Nanos,
-        fault::{ActiveFaults, Effect, FaultKind, FaultRule, first_firing, grpc_status},
+        fault::{Effect, FaultKind, FaultRule, grpc_status},
         nanos,
     },
     snapshot::Route,
@@ -54,42 +52,6 @@ policy_layer!(
     UpstreamFaultLayer
 );
 
-/// The reason of an upstream-stage reset, which the telemetry marks as injected.
-pub const INJECTED_RESET: &str = "reset by an injected fault";
-
-/// Fault rules added to a route at run time (by an experiment), on top of its `[[faults]]`,
-/// with a count of what they injected.
-#[derive(Debug, Default)]
-pub struct ExtraFaults {
-    /// The rules, tried before the standing ones.
-    pub rules: Vec<FaultRule>,
-    /// Faults these rules injected.
-    pub injected: AtomicU64,
-}
-
-/// A route's fault rules, compiled, with what they share.
-#[derive(Debug)]
-pub struct FaultSet {
-    rules: Box<[(FaultRule, Counter)]>,
-    /// The run-time rules (the first `extra.rules.len()` of `rules`), for their count.
-    extra: Option<Arc<ExtraFaults>>,
-    secret: Option<String>,
-    /// The header names `only_with_header` rules look at: removed from every request of the
-    /// route, so the chaos secret never reaches the upstream.
-    targeting: Box<[HeaderName]>,
-    max_active: u32,
-    active: Arc<ActiveFaults>,
-}
-
-/// Which of a route's rules a request targets with the chaos secret: bit `i` for rule `i`
-/// (rules past the 64th never fire by header).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Targets(u64);
-
-/// Holds a slot of `max_active_faults` until dropped.
-#[derive(Debug)]
-pub struct ActiveFault(Arc<ActiveFaults>);
-
 /// What injecting a fault turned into.
 enum Injected {
     /// Wait this long, then go on, or reset (a stall's restart).
@@ -107,119 +69,6 @@ enum Injected {
     Body(FaultKind),
     /// Never answer.
     Blackhole,
-}
-
-// === impl FaultSet ===
-
-impl FaultSet {
-    /// The rules of route `route`: `extra` (run-time) first, then its `[[faults]]` in
-    /// `config`; `None` when it has none.
-    pub fn for_route(
-        route: &str,
-        config: &Config,
-        extra: Option<&Arc<ExtraFaults>>,
-        active: &Arc<ActiveFaults>,
-    ) -> Option<Self> {
-        let standing = config
-            .faults
-            .iter()
-            .filter(|f| f.route == route)
-            .filter_map(FaultRule::from_config);
-        let rules: Box<[(FaultRule, Counter)]> = extra
-            .map(|e| e.rules.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .chain(standing)
-            .map(|rule| {
-                let stage = match rule.stage {
-                    FaultStage::Upstream => "upstream",
-                    FaultStage::Downstream => "downstream",
-                };
-                let counter = metrics::counter!(
-                    FAULTS_INJECTED_TOTAL,
-                    "route" => route.to_owned(),
-                    "kind" => rule.kind_label(),
-                    "stage" => stage
-                );
-                (rule, counter)
-            })
-            .collect();
-        let mut targeting: Vec<HeaderName> = rules
-            .iter()
-            .filter_map(|(rule, _)| rule.only_with_header.as_deref())
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
-        targeting.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-        targeting.dedup();
-        (!rules.is_empty()).then(|| Self {
-            rules,
-            extra: extra.cloned(),
-            targeting: targeting.into(),
-            secret: config.chaos.header_secret.clone(),
-            max_active: config.chaos.max_active_faults,
-            active: active.clone(),
-        })
-    }
-
-    /// Reads which rules the request targets with the chaos secret (compared in constant
-    /// time), then removes every targeting header from it: the secret is rafael's, not the
-    /// upstream's. Costs nothing on routes without `only_with_header` rules.
-    pub fn take_targets(&self, headers: &mut HeaderMap) -> Targets {
-        if self.targeting.is_empty() {
-            return Targets::default();
-        }
-        let secret = self.secret.as_deref().filter(|s| !s.is_empty());
-        let mut targets = 0u64;
-        for (i, (rule, _)) in self.rules.iter().enumerate().take(64) {
-            let (Some(name), Some(secret)) = (rule.only_with_header.as_deref(), secret) else {
-                continue;
-            };
-            let carried = headers
-                .get_all(name)
-                .iter()
-                .any(|value| constant_time_eq(value.as_bytes(), secret.as_bytes()));
-            if carried {
-                targets |= 1 << i;
-            }
-        }
-        for name in self.targeting.iter() {
-            headers.remove(name);
-        }
-        Targets(targets)
-    }
-
-    /// The first rule of `stage` that fires for a request that targets `targets`, with a slot
-    /// taken.
-    fn pick(
-        &self,
-        stage: FaultStage,
-        targets: Targets,
-        now: Nanos,
-    ) -> Option<(&FaultRule, ActiveFault)> {
-        let targeted = |i: usize| i < 64 && targets.0 & (1 << i) != 0;
-        let index = first_firing(
-            self.rules.iter().map(|(rule, _)| rule),
-            stage,
-            targeted,
-            now,
-            fastrand::f64,
-        )?;
-        let (rule, counter) = &self.rules[index];
-        if !self.active.try_begin(self.max_active) {
-            return None;
-        }
-        counter.increment(1);
-        if let Some(extra) = self.extra.as_ref().filter(|e| index < e.rules.len()) {
-            extra.injected.fetch_add(1, Ordering::Relaxed);
-        }
-        Some((rule, ActiveFault(self.active.clone())))
-    }
-}
-
-impl Drop for ActiveFault {
-    fn drop(&mut self) {
-        self.0.end();
-    }
 }
 
 /// What a fired rule does to this request (`FaultRule::effect`, the decision the simulator
@@ -292,14 +141,22 @@ fn wrap_body(
     Ok(exchange)
 }
 
-/// An upstream-stage reset: the error a connection reset by the upstream gives, so retries and
-/// breakers treat it as one. (Downstream, a reset is [`ProxyError::InjectedReset`]: the
-/// client's connection or stream is reset.)
-fn upstream_reset(route: &Route) -> ProxyError {
+/// An upstream-stage reset of the attempt's endpoint: the error a connection reset by the
+/// upstream gives, so retries and breakers treat it as one, marked injected for the telemetry.
+/// (Downstream, a reset is [`ProxyError::InjectedReset`]: the client's connection or stream is
+/// reset.)
+fn upstream_reset(route: &Route, endpoint: usize) -> ProxyError {
+    let upstream = route.upstream();
     ProxyError::Upstream {
-        upstream: route.upstream().name().to_owned(),
-        endpoint: String::new(),
-        reason: INJECTED_RESET.to_owned(),
+        upstream: upstream.name().to_owned(),
+        endpoint: upstream
+            .endpoints()
+            .get(endpoint)
+            .map(|e| e.address().to_owned())
+            .unwrap_or_default(),
+        index: endpoint,
+        failure: UpstreamFailure::Injected,
+        reason: "reset by an injected fault".to_owned(),
     }
 }
 
@@ -310,11 +167,11 @@ async fn blackhole(
     slot: ActiveFault,
 ) -> Result<Exchange, ProxyError> {
     match deadline {
-        Some(at) => tokio::time::sleep_until(super::instant(at)).await,
+        Some(at) => tokio::time::sleep_until(clock::instant(at)).await,
         None => std::future::pending::<()>().await,
     }
     drop(slot);
-    Err(super::timeout::route_timeout(&route))
+    Err(route_timeout(&route))
 }
 
 // === impl DownstreamFault ===
@@ -365,9 +222,9 @@ where
                 // Outside the timeout layer, the route's deadline is this stage's to keep.
                 let until = request.arrived.saturating_add(nanos(wait));
                 if let Some(at) = deadline.filter(|at| *at < until) {
-                    tokio::time::sleep_until(super::instant(at)).await;
+                    tokio::time::sleep_until(clock::instant(at)).await;
                     drop(slot);
-                    return Err(super::timeout::route_timeout(&route));
+                    return Err(route_timeout(&route));
                 }
                 tokio::time::sleep(wait).await;
                 drop(slot);
@@ -409,25 +266,26 @@ where
         let Some(faults) = route.faults() else {
             return self.inner.call(attempt);
         };
-        let now = super::now();
+        let now = clock::now();
         let Some((rule, slot)) = faults.pick(FaultStage::Upstream, attempt.head.targets, now)
         else {
             return self.inner.call(attempt);
         };
         let mut inner = self.inner.clone();
+        let endpoint = attempt.endpoint;
         match inject(rule, &attempt.head.parts.headers, attempt.in_flight, now) {
             Injected::Delay { wait, then_reset } => Box::pin(async move {
                 tokio::time::sleep(wait).await;
                 drop(slot);
                 if then_reset {
-                    return Err(upstream_reset(&route));
+                    return Err(upstream_reset(&route, endpoint));
                 }
                 let mut exchange = inner.call(attempt).await?;
                 exchange.injected = true;
                 Ok(exchange)
             }),
             Injected::Abort(exchange) => Box::pin(std::future::ready(Ok(*exchange))),
-            Injected::Reset => Box::pin(std::future::ready(Err(upstream_reset(&route)))),
+            Injected::Reset => Box::pin(std::future::ready(Err(upstream_reset(&route, endpoint)))),
             Injected::Body(kind) => {
                 let response = inner.call(attempt);
                 Box::pin(async move { wrap_body(response.await, kind, slot) })

@@ -2,16 +2,17 @@
 //! Refused requests fail with [`RateLimited`], answered 429 with `Retry-After`; they never
 //! reach the retry layer, so a rate-limit refusal is never retried.
 
-use std::{
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::task::{Context, Poll};
 
 use rafael_config::RateLimitKey;
 use tower::Service;
 
-use super::{PolicyRequest, ResponseFuture};
-use crate::{ProxyError, upstream::Exchange};
+use crate::{
+    ProxyError,
+    error::RateLimited,
+    layer::request::{PolicyRequest, ResponseFuture},
+    upstream::Exchange,
+};
 
 policy_layer!(
     /// The rate limit service.
@@ -19,14 +20,6 @@ policy_layer!(
     /// Its layer.
     RateLimitLayer
 );
-
-/// The route (or this client's key) is over its rate.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("rate limit exceeded; retry after {retry_after:?}")]
-pub struct RateLimited {
-    /// When the same request would be admitted.
-    pub retry_after: Duration,
-}
 
 // === impl RateLimit ===
 

@@ -19,11 +19,12 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tower::Service;
 
-use super::{Attempt, PolicyRequest, ResponseFuture, now};
 use crate::{
     ProxyError,
     body::Body,
-    error::{attempt_end, request_body_failed},
+    clock,
+    error::request_body_failed,
+    layer::request::{Attempt, PolicyRequest, ResponseFuture, attempt_end, route_timeout},
     policy::retry::{AfterAttempt, Retry as Decision, decide, qualifies},
     upstream::Exchange,
 };
@@ -113,9 +114,9 @@ where
                 let buffering = Box::pin(buffer(body, limit));
                 match deadline {
                     None => buffering.await?,
-                    Some(at) => tokio::time::timeout_at(super::instant(at), buffering)
+                    Some(at) => tokio::time::timeout_at(clock::instant(at), buffering)
                         .await
-                        .map_err(|_| super::timeout::route_timeout(&route))??,
+                        .map_err(|_| route_timeout(&route))??,
                 }
             };
             let mut first_body = Some(first_body);
@@ -156,7 +157,7 @@ where
                     replayable: !matches!(replay, Replay::TooLarge),
                     retry_after: result.as_ref().ok().and_then(retry_after),
                     deadline,
-                    now: now(),
+                    now: clock::now(),
                     random: fastrand::f64(),
                 };
                 let wait = match decide(genes, &after, |at| policy.withdraw(at)) {
@@ -169,13 +170,7 @@ where
                 };
                 avoid = match &result {
                     Ok(exchange) => Some(exchange.endpoint),
-                    Err(error) => error.endpoint().and_then(|address| {
-                        route
-                            .upstream()
-                            .endpoints()
-                            .iter()
-                            .position(|e| e.address() == address)
-                    }),
+                    Err(error) => error.endpoint_index(),
                 };
                 // The failed response (and its connection) goes before the wait.
                 drop(result);

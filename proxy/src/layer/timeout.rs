@@ -5,20 +5,21 @@
 //! This layer stamps the deadline on the request, and the layers below keep it: the retry layer
 //! bounds body buffering and backoff by it, and the breaker layer ends each attempt at the
 //! earlier of the deadline and the attempt's `per_try_timeout` (failing with
-//! [`AttemptTimedOut`] when the per-try one came first). So a request pays for one timer
+//! [`crate::error::AttemptTimedOut`] when the per-try one came first). So a request pays for one timer
 //! whatever its policies (timers are most of what a deadline costs). An attempt cut off by the
 //! deadline counts against its endpoint's breaker like any other timeout when it had at least
 //! half the route timeout to answer in.
 
-use std::{
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::task::{Context, Poll};
 
 use tower::Service;
 
-use super::{PolicyRequest, ResponseFuture};
-use crate::{ProxyError, policy::nanos, upstream::Exchange};
+use crate::{
+    ProxyError,
+    layer::request::{PolicyRequest, ResponseFuture},
+    policy::nanos,
+    upstream::Exchange,
+};
 
 policy_layer!(
     /// The timeout service.
@@ -26,16 +27,6 @@ policy_layer!(
     /// Its layer.
     TimeoutLayer
 );
-
-/// One attempt took longer than the route's `per_try_timeout`.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("attempt {attempt} had no response within the per-try timeout of {timeout:?}")]
-pub struct AttemptTimedOut {
-    /// The attempt number.
-    pub attempt: u32,
-    /// The per-try timeout.
-    pub timeout: Duration,
-}
 
 // === impl Timeout ===
 
@@ -57,10 +48,4 @@ where
         }
         self.inner.call(request)
     }
-}
-
-/// The error of a request whose route deadline passed, wherever the deadline was kept (the
-/// breaker layer's attempt timer, body buffering, a downstream fault).
-pub(crate) fn route_timeout(route: &crate::snapshot::Route) -> ProxyError {
-    ProxyError::Timeout(route.policy().timeout.map(|t| t.get()).unwrap_or_default())
 }

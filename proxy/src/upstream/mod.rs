@@ -1,21 +1,16 @@
 //! Upstreams: their endpoints, power-of-two-choices balancing on in-flight requests, and the
 //! connection pool that carries requests to them.
 //!
-//! HTTP/1.1 exchanges go through rafael's own codec ([`h1`]), driven by the request's task, and
-//! connections are pooled here: a checkout is one uncontended lock and a `Vec::pop` on the
-//! chosen endpoint (a LIFO stack, so warm connections are reused and cold ones age out). A
+//! HTTP/1.1 exchanges go through rafael's own codec ([`crate::transport`]), driven by the
+//! request's task, and connections are pooled per endpoint: a checkout is one uncontended lock
+//! and a `Vec::pop` on the chosen endpoint (a LIFO stack, so warm connections are reused and
+//! cold ones age out). A
 //! connection goes back to its stack only once the response body it carried has been read to
 //! the end; a body dropped half-way takes its connection with it. HTTP/2 endpoints share one
 //! multiplexed connection driven by hyper.
 
-mod connector;
-mod h1;
-
 use std::{
-    sync::{
-        Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
 
@@ -26,15 +21,22 @@ use http::{
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rafael_config::{ConfigError, UpstreamConfig, UpstreamProtocol};
-use tokio::time::Instant;
 use tracing::debug;
 
-pub use connector::{ConnectError, Connector, UpstreamIo};
-pub use h1::{ExchangeError, H1Body, H1Connection};
-
 use crate::{
-    Body, ProxyError, body::UpstreamBody, error::request_body_failed, headers::AddedFields,
-    layer::fault::Targets, route_policy::Permit, server::RequestActive, tls,
+    Body, ProxyError,
+    body::{H1Body, UpstreamBody},
+    error::request_body_failed,
+    failure::UpstreamFailure,
+    guard::EndpointLoad,
+    headers::AddedFields,
+    tls,
+    transport::{IdlePool, PoolReturn},
+};
+pub use crate::{
+    faults::Targets,
+    guard::{InFlight, ResponseGuard},
+    transport::{ConnectError, Connector, ExchangeError, H1Connection, UpstreamIo},
 };
 
 /// Pooled connections tried for one request before a fresh one is opened for it, when they
@@ -62,39 +64,12 @@ struct PoolSettings {
 #[derive(Debug)]
 pub struct Endpoint {
     authority: Authority,
-    in_flight: AtomicUsize,
-    idle: Mutex<Vec<IdleConnection>>,
-    /// Advanced by the reaper every half idle timeout.
-    epoch: AtomicU64,
+    /// Its place in the upstream's list.
+    index: usize,
+    in_flight: Arc<EndpointLoad>,
+    idle: Arc<IdlePool<H1Connection>>,
     shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
     connecting_h2: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug)]
-struct IdleConnection {
-    conn: Box<H1Connection>,
-    /// When the upstream announced it closes idle connections (`Keep-Alive: timeout`).
-    expires: Option<Instant>,
-    /// The endpoint's reaper epoch when it went idle: a coarse clock that costs the request
-    /// path an atomic load instead of a clock read.
-    since: u64,
-}
-
-/// An endpoint's share of a request: counts as in flight until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-/// What a streamed upstream response holds until its body ends: the endpoint's in-flight
-/// count, the route's concurrency slot and the downstream connection's activity. Each layer
-/// that took one puts it here.
-#[derive(Debug, Default)]
-pub struct ResponseGuard {
-    /// The endpoint's in-flight count.
-    pub in_flight: Option<InFlight>,
-    /// The route's concurrency slot.
-    pub permit: Option<Permit>,
-    /// The downstream connection's activity.
-    pub active: Option<RequestActive>,
 }
 
 /// A request head ready to forward: the client's head with hop-by-hop fields removed, and the
@@ -139,7 +114,7 @@ impl Upstream {
             .map(|(i, endpoint)| {
                 endpoint
                     .parse::<Authority>()
-                    .map(Endpoint::new)
+                    .map(|authority| Endpoint::new(authority, i))
                     .map_err(|e| ConfigError::new(format!("{path}.endpoints[{i}]"), e.to_string()))
             })
             .collect::<Result<Arc<[_]>, _>>()?;
@@ -198,6 +173,11 @@ impl Upstream {
     /// Its endpoints.
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    /// Its endpoints' addresses, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.iter().map(|e| e.address())
     }
 
     /// Sends `request` to `endpoint` and returns its response head, the body streaming on.
@@ -273,8 +253,8 @@ impl Upstream {
                     injected: false,
                 });
             }
-            let pool = h1::PoolReturn {
-                endpoint: endpoint.clone(),
+            let pool = PoolReturn {
+                pool: endpoint.idle.clone(),
                 max_idle: self.pool.max_idle,
             };
             let body = H1Body::new(conn, &mut head, Some(pool));
@@ -387,11 +367,13 @@ impl Upstream {
                 ConnectError::Timeout(timeout) => ProxyError::ConnectTimeout {
                     upstream: self.name.to_string(),
                     endpoint: endpoint.address().to_owned(),
+                    index: endpoint.index,
                     timeout,
                 },
                 other => ProxyError::Connect {
                     upstream: self.name.to_string(),
                     endpoint: endpoint.address().to_owned(),
+                    index: endpoint.index,
                     reason: other.to_string(),
                 },
             })
@@ -402,7 +384,12 @@ impl Upstream {
             ExchangeError::RequestBody(error) => {
                 request_body_failed(&error, "the request body ended before it was complete")
             }
-            other => self.error(endpoint, other.to_string()),
+            error @ (ExchangeError::Protocol(_) | ExchangeError::ClosedBeforeResponse) => {
+                self.error(endpoint, UpstreamFailure::Protocol, error.to_string())
+            }
+            error @ (ExchangeError::Io(_) | ExchangeError::Stale(_)) => {
+                self.error(endpoint, UpstreamFailure::Connection, error.to_string())
+            }
         }
     }
 
@@ -411,14 +398,26 @@ impl Upstream {
             Some(cause) => format!("{error}: {cause}"),
             None => error.to_string(),
         };
-        self.error(endpoint, reason)
+        let failure = if error.is_parse() || error.is_parse_status() || error.is_user() {
+            UpstreamFailure::Protocol
+        } else {
+            UpstreamFailure::Connection
+        };
+        self.error(endpoint, failure, reason)
     }
 
     /// A failure of `endpoint` after the connection was made (502).
-    pub fn error(&self, endpoint: &Endpoint, reason: String) -> ProxyError {
+    pub fn error(
+        &self,
+        endpoint: &Endpoint,
+        failure: UpstreamFailure,
+        reason: String,
+    ) -> ProxyError {
         ProxyError::Upstream {
             upstream: self.name.to_string(),
             endpoint: endpoint.address().to_owned(),
+            index: endpoint.index,
+            failure,
             reason,
         }
     }
@@ -451,12 +450,12 @@ fn spawn_reaper(endpoints: Weak<[Arc<Endpoint>]>, idle_timeout: Duration) {
 // === impl Endpoint ===
 
 impl Endpoint {
-    fn new(authority: Authority) -> Arc<Self> {
+    fn new(authority: Authority, index: usize) -> Arc<Self> {
         Arc::new(Self {
             authority,
-            in_flight: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
-            epoch: AtomicU64::new(0),
+            index,
+            in_flight: Arc::default(),
+            idle: Arc::default(),
             shared_h2: Mutex::new(None),
             connecting_h2: tokio::sync::Mutex::new(()),
         })
@@ -469,59 +468,33 @@ impl Endpoint {
 
     /// Requests in flight to it now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.get()
     }
 
     /// Idle pooled HTTP/1.1 connections.
     pub fn idle_connections(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.idle.len()
+    }
+
+    /// Its place in the upstream's list of endpoints.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Marks one more request in flight until the returned guard drops. Also returns the
     /// count with it included.
-    pub fn begin(self: &Arc<Self>) -> (InFlight, usize) {
-        let count = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        (InFlight(self.clone()), count)
+    pub fn begin(&self) -> (InFlight, usize) {
+        self.in_flight.begin()
     }
 
     /// The most recently used idle connection that is still open.
     fn checkout(&self) -> Option<Box<H1Connection>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(mut entry) = idle.pop() {
-            if entry.is_usable() {
-                entry.conn.mark_reused();
-                return Some(entry.conn);
-            }
-        }
-        None
+        self.idle.checkout()
     }
 
-    /// Returns a connection whose exchange ended cleanly, unless the pool is full or the
-    /// upstream's own idle limit leaves no time to reuse it.
-    fn release(&self, conn: Box<H1Connection>, max_idle: usize, idle_limit: Option<Duration>) {
-        if idle_limit.is_some_and(|limit| limit.is_zero()) {
-            return;
-        }
-        // A clock read only for upstreams that announce a limit.
-        let expires = idle_limit.map(|limit| Instant::now() + limit);
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < max_idle {
-            idle.push(IdleConnection {
-                conn,
-                expires,
-                since: self.epoch.load(Ordering::Relaxed),
-            });
-        }
-    }
-
-    /// Advances the epoch and drops connections that closed or idled for two epochs.
+    /// Advances the pool's epoch and drops connections that closed or idled for two epochs.
     fn evict(&self) {
-        let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain_mut(|entry| now - entry.since < 2 && entry.is_usable());
+        self.idle.evict();
     }
 
     fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
@@ -530,21 +503,5 @@ impl Endpoint {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         shared.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-}
-
-// === impl IdleConnection ===
-
-impl IdleConnection {
-    fn is_usable(&mut self) -> bool {
-        self.expires.is_none_or(|at| Instant::now() < at) && self.conn.is_open()
-    }
-}
-
-// === impl InFlight ===
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

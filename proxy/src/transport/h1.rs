@@ -30,8 +30,20 @@ use http::{
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{Endpoint, UpstreamIo};
-use crate::{Body, headers::AddedFields};
+use crate::{
+    failure::BoxError,
+    headers::AddedFields,
+    transport::{
+        connector::UpstreamIo,
+        pool::{IdlePool, Reusable},
+    },
+};
+
+/// What the codec can send as a request body: any body of bytes that fails with a boxed error
+/// (the proxy's [`crate::Body`] in practice).
+pub trait UploadBody: http_body::Body<Data = Bytes, Error = BoxError> + Unpin + Default {}
+
+impl<B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin + Default> UploadBody for B {}
 
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 96 * 1024;
@@ -59,21 +71,25 @@ pub enum ExchangeError {
     /// A reused connection turned out closed before any byte of a response: the request may be
     /// sent again on another connection (when it had no body to lose).
     #[error("pooled connection was closed by the upstream: {0}")]
-    Stale(String),
+    Stale(#[source] Box<ExchangeError>),
     /// Reading or writing the connection failed.
     #[error("{0}")]
     Io(#[from] io::Error),
     /// The upstream broke the protocol.
     #[error("invalid response: {0}")]
     Protocol(String),
+    /// The connection closed before a byte of the response came: on a reused connection, the
+    /// upstream closed it while it sat idle.
+    #[error("invalid response: connection closed before a response")]
+    ClosedBeforeResponse,
     /// The downstream request body failed while being forwarded: the client's fault.
     #[error("request body failed: {0}")]
-    RequestBody(crate::body::BoxError),
+    RequestBody(BoxError),
 }
 
 /// A parsed response head and how its body is framed.
 #[derive(Debug)]
-pub struct ResponseHead {
+pub struct ResponseHead<B> {
     /// Status, version and headers; the body comes from [`H1Body`].
     pub response: Response<()>,
     framing: Framing,
@@ -83,14 +99,14 @@ pub struct ResponseHead {
     idle_limit: Option<Duration>,
     /// The rest of the request body, when the upstream answered before taking all of it: the
     /// response body keeps sending it (HTTP/1.1 exchanges may be full duplex).
-    upload: Option<Box<Upload>>,
+    upload: Option<Box<Upload<B>>>,
 }
 
 /// A request body on its way to the upstream: frames are queued as they come from the client
 /// and written with vectored writes, without copying their data.
 #[derive(Debug)]
-struct Upload {
-    body: Body,
+struct Upload<B> {
+    body: B,
     chunked: bool,
     queue: VecDeque<Bytes>,
     body_done: bool,
@@ -107,22 +123,24 @@ enum Framing {
 /// A response body decoded from an HTTP/1.1 connection as the downstream side reads it. Once
 /// the body has ended cleanly, the connection goes back to its endpoint's pool.
 #[derive(Debug)]
-pub struct H1Body {
+pub struct H1Body<B> {
     // Boxed, here and in the pool: a connection is allocated once, and the body that carries
     // it through every layer of the response path stays small to move.
     conn: Option<Box<H1Connection>>,
     decode: Decode,
     keep_alive: bool,
     idle_limit: Option<Duration>,
-    upload: Option<Box<Upload>>,
+    upload: Option<Box<Upload<B>>>,
     pool: Option<PoolReturn>,
 }
 
 /// Where a connection goes back to once its exchange has ended.
 #[derive(Debug)]
 pub struct PoolReturn {
-    pub(super) endpoint: Arc<Endpoint>,
-    pub(super) max_idle: usize,
+    /// The endpoint's idle connections.
+    pub pool: Arc<IdlePool<H1Connection>>,
+    /// The most it keeps.
+    pub max_idle: usize,
 }
 
 #[derive(Debug)]
@@ -174,12 +192,12 @@ impl H1Connection {
     /// A request without a body leaves `body` untouched, so after an [`ExchangeError::Stale`]
     /// failure the caller may send it again. A request body is moved into the exchange and
     /// keeps streaming, while the response is read, until it ends.
-    pub async fn exchange(
+    pub async fn exchange<B: UploadBody>(
         &mut self,
         parts: &Parts,
         added: &AddedFields,
-        body: &mut Body,
-    ) -> Result<ResponseHead, ExchangeError> {
+        body: &mut B,
+    ) -> Result<ResponseHead<B>, ExchangeError> {
         let has_body = !body.is_end_stream();
         let chunked = has_body && !parts.headers.contains_key(CONTENT_LENGTH);
         encode_head(&mut self.write_buf, parts, added, chunked);
@@ -211,9 +229,8 @@ impl H1Connection {
     fn stale_or(&self, error: ExchangeError, has_body: bool) -> ExchangeError {
         let retryable = self.reused && self.read_buf.is_empty() && !has_body;
         match error {
-            ExchangeError::Io(e) if retryable => ExchangeError::Stale(e.to_string()),
-            ExchangeError::Protocol(e) if retryable && e == CLOSED_BEFORE_RESPONSE => {
-                ExchangeError::Stale(e)
+            error @ (ExchangeError::Io(_) | ExchangeError::ClosedBeforeResponse) if retryable => {
+                ExchangeError::Stale(Box::new(error))
             }
             other => other,
         }
@@ -221,11 +238,11 @@ impl H1Connection {
 
     /// Reads until a final response head is complete, skipping interim (1xx) responses other
     /// than 101, while sending `upload` as far as the client and the upstream allow.
-    async fn read_head(
+    async fn read_head<B: UploadBody>(
         &mut self,
         method: &Method,
-        upload: &mut Option<Box<Upload>>,
-    ) -> Result<ResponseHead, ExchangeError> {
+        upload: &mut Option<Box<Upload<B>>>,
+    ) -> Result<ResponseHead<B>, ExchangeError> {
         let mut write_error = None;
         std::future::poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
@@ -258,9 +275,7 @@ impl H1Connection {
                     Ok(0) => {
                         return Poll::Ready(Err(match write_error.take() {
                             Some(error) => error,
-                            None if self.read_buf.is_empty() => {
-                                ExchangeError::Protocol(CLOSED_BEFORE_RESPONSE.to_owned())
-                            }
+                            None if self.read_buf.is_empty() => ExchangeError::ClosedBeforeResponse,
                             None => ExchangeError::Protocol(
                                 "connection closed in the middle of the response head".to_owned(),
                             ),
@@ -272,7 +287,7 @@ impl H1Connection {
             }
         })
         .await
-        .map(|mut head: ResponseHead| {
+        .map(|mut head: ResponseHead<B>| {
             if write_error.is_some() {
                 // Part of the request never arrived: the connection cannot be trusted after this.
                 head.keep_alive = false;
@@ -283,7 +298,7 @@ impl H1Connection {
     }
 
     /// Parses a complete head from the read buffer, or `None` when more bytes are needed.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<ResponseHead>, ExchangeError> {
+    fn parse_head<B>(&mut self, method: &Method) -> Result<Option<ResponseHead<B>>, ExchangeError> {
         loop {
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut fields);
@@ -373,11 +388,19 @@ impl H1Connection {
     }
 }
 
-const CLOSED_BEFORE_RESPONSE: &str = "connection closed before a response";
+impl Reusable for H1Connection {
+    fn is_open(&mut self) -> bool {
+        H1Connection::is_open(self)
+    }
+
+    fn mark_reused(&mut self) {
+        H1Connection::mark_reused(self);
+    }
+}
 
 // === impl Upload ===
 
-impl Upload {
+impl<B: UploadBody> Upload<B> {
     /// True once the whole body, framing included, has been written.
     fn is_done(&self) -> bool {
         self.body_done && self.queue.is_empty()
@@ -603,9 +626,13 @@ impl FramingFields {
 
 // === impl H1Body ===
 
-impl H1Body {
+impl<B: UploadBody> H1Body<B> {
     /// The body of `head`, read from `conn`; the connection returns to `pool` when it ends.
-    pub fn new(conn: Box<H1Connection>, head: &mut ResponseHead, pool: Option<PoolReturn>) -> Self {
+    pub fn new(
+        conn: Box<H1Connection>,
+        head: &mut ResponseHead<B>,
+        pool: Option<PoolReturn>,
+    ) -> Self {
         let decode = match head.framing {
             Framing::Empty => Decode::Done,
             Framing::Length(n) => Decode::Length(n),
@@ -641,7 +668,7 @@ impl H1Body {
         // mid-message and cannot carry another exchange.
         if self.keep_alive && self.upload.is_none() && conn.read_buf.is_empty() {
             conn.write_buf.clear();
-            pool.endpoint.release(conn, pool.max_idle, self.idle_limit);
+            pool.pool.release(conn, pool.max_idle, self.idle_limit);
         }
     }
 
@@ -749,7 +776,7 @@ impl H1Body {
     }
 }
 
-impl http_body::Body for H1Body {
+impl<B: UploadBody> http_body::Body for H1Body<B> {
     type Data = Bytes;
     type Error = ExchangeError;
 

@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use super::*;
+use crate::Body;
 
 /// An upstream that reads one request head and answers with `response` bytes verbatim.
 async fn scripted(
@@ -58,7 +59,7 @@ fn get(path: &str) -> (Parts, Body) {
 async fn answer(
     method: Method,
     response: impl Into<Vec<u8>>,
-) -> (Box<H1Connection>, Result<ResponseHead, ExchangeError>) {
+) -> (Box<H1Connection>, Result<ResponseHead<Body>, ExchangeError>) {
     let (mut conn, _server) = scripted(response).await;
     let (mut parts, mut body) = get("/");
     parts.method = method;
@@ -66,7 +67,7 @@ async fn answer(
     (conn, head)
 }
 
-async fn read_all(mut body: H1Body) -> Result<(Bytes, Option<HeaderMap>), ExchangeError> {
+async fn read_all(mut body: H1Body<Body>) -> Result<(Bytes, Option<HeaderMap>), ExchangeError> {
     let mut data = Vec::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
