@@ -59,12 +59,15 @@ impl<I> SendTimeout<I> {
             return polled;
         }
         ready!(self.stall.poll_stalled(cx));
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client took nothing for send_timeout",
-        )))
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, SendTimedOut)))
     }
 }
+
+/// The error inside the [`io::ErrorKind::TimedOut`] a [`SendTimeout`] write fails with, so the
+/// server can tell it from any other timeout.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client took nothing for send_timeout")]
+pub struct SendTimedOut;
 
 // === impl StallTimer ===
 

@@ -24,13 +24,14 @@ use tracing::{debug, info, warn};
 
 use crate::{
     SnapshotHandle,
+    failure::cause,
     guard::Activity,
     headers::Forwarded,
     metrics::{
         CONNECTION_ERRORS_TOTAL, CONNECTION_LIMIT_REACHED_TOTAL, CONNECTIONS_ACTIVE,
         CONNECTIONS_TOTAL,
     },
-    send_timeout::SendTimeout,
+    send_timeout::{SendTimedOut, SendTimeout},
     service::{self, Connection},
 };
 
@@ -518,7 +519,12 @@ impl ConnectionError {
                 Some(e) if e.is_timeout() => "header_read_timeout",
                 Some(e) if e.is_incomplete_message() => "incomplete_request",
                 Some(_) => "http",
-                None if error.to_string().contains("preface") => "malformed_request",
+                // An HTTP/2 connection whose preface was wrong: h2's protocol error.
+                None if cause::<h2::Error>(&**error)
+                    .is_some_and(|e| e.reason() == Some(h2::Reason::PROTOCOL_ERROR)) =>
+                {
+                    "malformed_request"
+                }
                 None => "io",
             },
         }
@@ -529,5 +535,5 @@ impl ConnectionError {
 fn timed_out_sending(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<io::Error>())
-        .any(|io| io.kind() == io::ErrorKind::TimedOut)
+        .any(|io| io.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>()))
 }
