@@ -11,14 +11,13 @@ use std::sync::{
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Uri};
-use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     clock,
     faults::{ExtraFaults, FaultSet},
-    listener,
+    listener::{self, HttpServer},
     metrics::{POLICY_VERSION, RouteMetrics},
     policy::{Nanos, fault::ActiveFaults},
     route_policy::RoutePolicy,
@@ -77,7 +76,7 @@ pub struct ListenerState {
     /// TLS termination, when configured.
     pub tls: Option<TlsAcceptor>,
     /// The HTTP server settings its connections use.
-    pub http: auto::Builder<TokioExecutor>,
+    pub http: HttpServer,
     routes: Box<[Arc<Route>]>,
 }
 
