@@ -1,5 +1,10 @@
 //! The end-to-end benchmark's upstream: answers every request with the 13 bytes
-//! `Hello, World!`, keep-alive, on one thread. `bench-upstream ADDR`.
+//! `Hello, World!`, keep-alive, on one thread.
+//!
+//! `bench-upstream [--h2c] ADDR [ADDR...]` listens on every address given (the reload scenario's
+//! upstreams have a hundred endpoints). Without `--h2c` it serves HTTP/1.1 only, with hyper's
+//! HTTP/1.1 server as it always did; with `--h2c` it serves HTTP/1.1 and cleartext HTTP/2 with
+//! prior knowledge on the same port (hyper-util's auto builder reads the connection preface).
 
 use std::convert::Infallible;
 
@@ -7,21 +12,45 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18080".to_owned());
+    let mut h2c = false;
+    let mut addrs = Vec::new();
+    for arg in std::env::args().skip(1) {
+        if arg == "--h2c" {
+            h2c = true;
+        } else {
+            addrs.push(arg);
+        }
+    }
+    if addrs.is_empty() {
+        addrs.push("127.0.0.1:18080".to_owned());
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(addr))
+        .block_on(async move {
+            let mut listeners = Vec::with_capacity(addrs.len());
+            for addr in &addrs {
+                listeners.push(TcpListener::bind(addr).await?);
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for listener in listeners {
+                tasks.spawn(serve(listener, h2c));
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(std::io::Error::other)??;
+            }
+            Ok(())
+        })
 }
 
-async fn serve(addr: String) -> std::io::Result<()> {
-    let listener = TcpListener::bind(&addr).await?;
+async fn serve(listener: TcpListener, h2c: bool) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
@@ -32,9 +61,15 @@ async fn serve(addr: String) -> std::io::Result<()> {
                 ))))
             });
             // A client closing its connection is the normal end of a benchmark run.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            if h2c {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            } else {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
         });
     }
 }
