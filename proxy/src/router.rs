@@ -1,4 +1,11 @@
 //! Route matching: host, path prefix, methods and headers, first match wins.
+//!
+//! A listener's routes are indexed ([`RouteIndex`]) by host and path prefix, so a lookup costs
+//! about the same with ten routes or a thousand and gives the answer trying them in order
+//! would give: only the routes whose host and prefix fit the request are tried, lowest index
+//! first.
+
+use std::{borrow::Cow, collections::HashMap};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header::HOST};
 use rafael_config::{HostMatch, RouteMatch};
@@ -47,20 +54,144 @@ impl Matcher {
         if !uri.path().starts_with(self.path_prefix.as_str()) {
             return false;
         }
-        if let Some(methods) = &self.methods {
-            if !methods.contains(method) {
-                return false;
-            }
-        }
         if let Some(host) = &self.host {
             match request_host(uri, headers) {
                 Some(name) if host_matches(host, name) => {}
                 _ => return false,
             }
         }
+        self.matches_rest(method, headers)
+    }
+
+    /// The conditions besides host and path prefix: methods and header values.
+    fn matches_rest(&self, method: &Method, headers: &HeaderMap) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.contains(method) {
+                return false;
+            }
+        }
         self.headers
             .iter()
             .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+/// A listener's routes indexed by host, then by path prefix.
+#[derive(Debug, Default)]
+pub struct RouteIndex {
+    matchers: Vec<Matcher>,
+    /// Routes for one exact host (lowercase).
+    exact: HashMap<String, Prefixes>,
+    /// Routes for a host suffix (`*.suffix`), by suffix.
+    suffix: Vec<(HostMatch, Prefixes)>,
+    /// Routes for any host.
+    any: Prefixes,
+}
+
+/// Routes by path prefix: the prefixes' lengths, and each prefix's routes in match order.
+#[derive(Debug, Default)]
+struct Prefixes {
+    lengths: Vec<usize>,
+    routes: HashMap<String, Vec<usize>>,
+}
+
+// === impl RouteIndex ===
+
+impl RouteIndex {
+    /// Indexes `matchers`, in match order.
+    pub fn new(matchers: impl IntoIterator<Item = Matcher>) -> Self {
+        let mut index = Self::default();
+        for (i, matcher) in matchers.into_iter().enumerate() {
+            let group = match &matcher.host {
+                None => &mut index.any,
+                Some(HostMatch::Exact(host)) => index.exact.entry(host.clone()).or_default(),
+                Some(suffix @ HostMatch::Suffix(_)) => {
+                    let at = match index.suffix.iter().position(|(s, _)| s == suffix) {
+                        Some(at) => at,
+                        None => {
+                            index.suffix.push((suffix.clone(), Prefixes::default()));
+                            index.suffix.len() - 1
+                        }
+                    };
+                    &mut index.suffix[at].1
+                }
+            };
+            group.add(&matcher.path_prefix, i);
+            index.matchers.push(matcher);
+        }
+        index
+    }
+
+    /// The index of the first route that matches the request, if any.
+    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        let path = uri.path();
+        let mut best = self.any.first(path, None, &self.matchers, method, headers);
+        if self.exact.is_empty() && self.suffix.is_empty() {
+            return best;
+        }
+        let Some(host) = request_host(uri, headers) else {
+            return best;
+        };
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        if let Some(group) = self.exact.get(host.as_ref()) {
+            best = group
+                .first(path, best, &self.matchers, method, headers)
+                .or(best);
+        }
+        for (suffix, group) in &self.suffix {
+            if suffix.matches(&host) {
+                best = group
+                    .first(path, best, &self.matchers, method, headers)
+                    .or(best);
+            }
+        }
+        best
+    }
+}
+
+// === impl Prefixes ===
+
+impl Prefixes {
+    fn add(&mut self, prefix: &str, route: usize) {
+        if let Err(at) = self.lengths.binary_search(&prefix.len()) {
+            self.lengths.insert(at, prefix.len());
+        }
+        self.routes
+            .entry(prefix.to_owned())
+            .or_default()
+            .push(route);
+    }
+
+    /// The lowest-indexed route of this group below `below` whose prefix starts `path` and
+    /// whose other conditions hold.
+    fn first(
+        &self,
+        path: &str,
+        below: Option<usize>,
+        matchers: &[Matcher],
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<usize> {
+        let mut best = below;
+        for &length in &self.lengths {
+            let Some(routes) = path.get(..length).and_then(|p| self.routes.get(p)) else {
+                continue;
+            };
+            for &route in routes {
+                if best.is_some_and(|b| route >= b) {
+                    break;
+                }
+                if matchers[route].matches_rest(method, headers) {
+                    best = Some(route);
+                    break;
+                }
+            }
+        }
+        if best == below { None } else { best }
     }
 }
 
@@ -149,6 +280,41 @@ mod tests {
         assert!(!m.matches(&method, &uri, &headers));
         headers.append("x-tenant", HeaderValue::from_static("blue"));
         assert!(m.matches(&method, &uri, &headers));
+    }
+
+    proptest::proptest! {
+        /// The index answers what trying every route in order answers.
+        #[test]
+        fn the_index_finds_the_first_matching_route(
+            routes in proptest::collection::vec((0..5usize, 0..6usize, 0..3usize, 0..2usize), 0..24),
+            requests in proptest::collection::vec((0..3usize, 0..7usize, 0..5usize, 0..2usize), 1..16),
+        ) {
+            const HOSTS: [Option<&str>; 5] = [None, Some("a.test"), Some("*.test"), Some("b.test"), Some("*.a.test")];
+            const PREFIXES: [Option<&str>; 6] = [None, Some("/"), Some("/a"), Some("/a/"), Some("/ab"), Some("/b/c")];
+            const METHODS: [Option<&[&str]>; 3] = [None, Some(&["GET"]), Some(&["POST", "PUT"])];
+            const PATHS: [&str; 7] = ["/", "/a", "/a/x", "/ab", "/abc", "/b/c/d", "/zz"];
+            const REQUEST_HOSTS: [Option<&str>; 5] = [None, Some("a.test"), Some("X.A.test:8080"), Some("b.test"), Some("test")];
+            let matchers: Vec<Matcher> = routes
+                .iter()
+                .map(|&(h, p, m, x)| {
+                    let mut s = spec(HOSTS[h], PREFIXES[p], METHODS[m]);
+                    if x == 1 {
+                        s.headers.insert("x-tenant".into(), "blue".into());
+                    }
+                    Matcher::new(&s)
+                })
+                .collect();
+            let index = RouteIndex::new(matchers.iter().cloned());
+            for &(method, path, host, tenant) in &requests {
+                let (method, uri, mut headers) =
+                    req(["GET", "POST", "DELETE"][method], PATHS[path], REQUEST_HOSTS[host]);
+                if tenant == 1 {
+                    headers.insert("x-tenant", HeaderValue::from_static("blue"));
+                }
+                let linear = matchers.iter().position(|m| m.matches(&method, &uri, &headers));
+                proptest::prop_assert_eq!(index.find(&method, &uri, &headers), linear);
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::{
     metrics::{POLICY_VERSION, RouteMetrics},
     policy::{Nanos, fault::ActiveFaults},
     route_policy::RoutePolicy,
-    router::Matcher,
+    router::{Matcher, RouteIndex},
     telemetry::RouteTelemetry,
     tls,
     upstream::Upstream,
@@ -78,6 +78,8 @@ pub struct ListenerState {
     /// The HTTP server settings its connections use.
     pub http: HttpServer,
     routes: Box<[Arc<Route>]>,
+    /// The routes' matchers, indexed by host and path prefix.
+    index: Arc<RouteIndex>,
 }
 
 /// A route, compiled.
@@ -243,18 +245,20 @@ impl Snapshot {
                     }
                 },
             };
-            let listener_routes = config
+            let listener_routes: Box<[Arc<Route>]> = config
                 .routes
                 .iter()
                 .zip(&routes)
                 .filter(|(spec, _)| spec.listener == listener.name)
                 .map(|(_, route)| route.clone())
                 .collect();
+            let index = RouteIndex::new(listener_routes.iter().map(|r| r.matcher.clone()));
             listeners.push(ListenerState {
                 http: listener::http_builder(listener),
                 config: listener.clone(),
                 tls,
                 routes: listener_routes,
+                index: Arc::new(index),
             });
         }
 
@@ -446,9 +450,9 @@ impl std::fmt::Debug for ListenerState {
 impl ListenerState {
     /// The first route of this listener that takes the request.
     pub fn route(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|route| route.matcher.matches(method, uri, headers))
+        self.index
+            .find(method, uri, headers)
+            .and_then(|i| self.routes.get(i))
     }
 }
 
