@@ -266,16 +266,6 @@ impl ProxyError {
         )
     }
 
-    /// The address of the endpoint that failed, for errors that concern one.
-    pub fn endpoint(&self) -> Option<&str> {
-        match self {
-            Self::Connect { endpoint, .. }
-            | Self::ConnectTimeout { endpoint, .. }
-            | Self::Upstream { endpoint, .. } => Some(endpoint),
-            _ => None,
-        }
-    }
-
     /// The index of the endpoint that failed in its upstream's list, for errors that concern
     /// one.
     pub fn endpoint_index(&self) -> Option<usize> {

@@ -31,34 +31,36 @@ impl std::fmt::Debug for HttpServer {
     }
 }
 
+/// The HTTP/1.1 settings, on hyper's own builder or the auto builder's HTTP/1.1 half (two types
+/// with the same methods). hyper's limits sit above ours, as a backstop: rafael checks
+/// `max_header_bytes` itself so that an oversized head gets a JSON 431 and a metric, not a bare
+/// one.
+macro_rules! http1_settings {
+    ($builder:expr, $listener:expr, $max_buf:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($listener.header_read_timeout.get())
+            .max_buf_size($max_buf)
+            .max_headers(1024)
+            .keep_alive(true)
+    };
+}
+
 /// The server settings of a listener's connections.
 pub fn http_builder(listener: &ListenerConfig) -> HttpServer {
     let max_header = usize::try_from(listener.max_header_bytes.bytes()).unwrap_or(usize::MAX);
-    // hyper's own limits sit above ours, as a backstop: rafael checks `max_header_bytes` itself
-    // so that an oversized head gets a JSON 431 and a metric, not a bare one.
     let max_buf = max_header.saturating_mul(2).max(16 * 1024);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match listener.protocol {
         ListenerProtocol::Auto => builder,
         ListenerProtocol::Http1 => {
             let mut http1 = http1::Builder::new();
-            http1
-                .timer(TokioTimer::new())
-                .header_read_timeout(listener.header_read_timeout.get())
-                .max_buf_size(max_buf)
-                .max_headers(1024)
-                .keep_alive(true);
+            http1_settings!(http1, listener, max_buf);
             return HttpServer::Http1(http1);
         }
         ListenerProtocol::Http2 => builder.http2_only(),
     };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.header_read_timeout.get())
-        .max_buf_size(max_buf)
-        .max_headers(1024)
-        .keep_alive(true);
+    http1_settings!(builder.http1(), listener, max_buf);
     builder
         .http2()
         .timer(TokioTimer::new())

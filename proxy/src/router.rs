@@ -142,21 +142,13 @@ impl RouteIndex {
         let Some(host) = request_host(uri, headers) else {
             return best;
         };
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(host)
-        };
+        let host = lowercase(host);
         if let Some(group) = self.exact.get(host.as_ref()) {
-            best = group
-                .first(path, best, &self.matchers, method, headers)
-                .or(best);
+            best = group.first(path, best, &self.matchers, method, headers);
         }
         for (suffix, group) in &self.suffix {
             if suffix.matches(&host) {
-                best = group
-                    .first(path, best, &self.matchers, method, headers)
-                    .or(best);
+                best = group.first(path, best, &self.matchers, method, headers);
             }
         }
         best
@@ -177,7 +169,7 @@ impl Prefixes {
     }
 
     /// The lowest-indexed route of this group below `below` whose prefix starts `path` and
-    /// whose other conditions hold.
+    /// whose other conditions hold, else `below`.
     fn first(
         &self,
         path: &str,
@@ -201,7 +193,7 @@ impl Prefixes {
                 }
             }
         }
-        if best == below { None } else { best }
+        best
     }
 }
 
@@ -224,10 +216,15 @@ fn strip_port(authority: &str) -> &str {
 }
 
 fn host_matches(pattern: &HostMatch, host: &str) -> bool {
+    pattern.matches(&lowercase(host))
+}
+
+/// `host` in lowercase, copied only when it has an uppercase letter.
+fn lowercase(host: &str) -> Cow<'_, str> {
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        pattern.matches(&host.to_ascii_lowercase())
+        Cow::Owned(host.to_ascii_lowercase())
     } else {
-        pattern.matches(host)
+        Cow::Borrowed(host)
     }
 }
 

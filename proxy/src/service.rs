@@ -149,14 +149,11 @@ pub(crate) async fn proxy(
                 response
             }
             (Some(_), None) => {
-                let upstream = route.upstream();
-                let reason = "switched protocols without being asked to".to_owned();
-                match upstream.endpoints().get(endpoint) {
-                    Some(endpoint) => upstream
-                        .error(endpoint, UpstreamFailure::Protocol, reason)
-                        .into_response(),
-                    None => ProxyError::BadRequest("endpoint is gone").into_response(),
-                }
+                let reason = "switched protocols without being asked to";
+                route
+                    .upstream()
+                    .error_at(endpoint, UpstreamFailure::Protocol, reason)
+                    .into_response()
             }
             (None, _) => {
                 if let Body::Upstream { guard, .. } = response.body_mut() {
@@ -174,7 +171,7 @@ pub(crate) async fn proxy(
             return Err(ProxyError::InjectedReset);
         }
         Err(error) => {
-            debug!(route = route.name(), %error, "answering with an error");
+            debug!(route = route.name(), side = ?error.side(), %error, "answering with an error");
             outcome = match error {
                 ProxyError::RateLimited(_) => Some(Outcome::RateLimited),
                 ProxyError::BreakerOpen(_) => Some(Outcome::BreakerOpen),

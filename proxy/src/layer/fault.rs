@@ -146,18 +146,11 @@ fn wrap_body(
 /// (Downstream, a reset is [`ProxyError::InjectedReset`]: the client's connection or stream is
 /// reset.)
 fn upstream_reset(route: &Route, endpoint: usize) -> ProxyError {
-    let upstream = route.upstream();
-    ProxyError::Upstream {
-        upstream: upstream.name().to_owned(),
-        endpoint: upstream
-            .endpoints()
-            .get(endpoint)
-            .map(|e| e.address().to_owned())
-            .unwrap_or_default(),
-        index: endpoint,
-        failure: UpstreamFailure::Injected,
-        reason: "reset by an injected fault".to_owned(),
-    }
+    route.upstream().error_at(
+        endpoint,
+        UpstreamFailure::Injected,
+        "reset by an injected fault",
+    )
 }
 
 /// Waits until `deadline` (the route's), or forever without one, then answers 504.

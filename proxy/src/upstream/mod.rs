@@ -406,6 +406,15 @@ impl Upstream {
         self.error(endpoint, failure, reason)
     }
 
+    /// A failure of endpoint `index` after the connection was made (502); a bad request when
+    /// the endpoint is gone.
+    pub fn error_at(&self, index: usize, failure: UpstreamFailure, reason: &str) -> ProxyError {
+        match self.endpoints.get(index) {
+            Some(endpoint) => self.error(endpoint, failure, reason.to_owned()),
+            None => ProxyError::BadRequest("endpoint is gone"),
+        }
+    }
+
     /// A failure of `endpoint` after the connection was made (502).
     pub fn error(
         &self,
@@ -474,11 +483,6 @@ impl Endpoint {
     /// Idle pooled HTTP/1.1 connections.
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
-    }
-
-    /// Its place in the upstream's list of endpoints.
-    pub fn index(&self) -> usize {
-        self.index
     }
 
     /// Marks one more request in flight until the returned guard drops. Also returns the
