@@ -5,9 +5,9 @@
 //! finish what it is doing (HTTP/1.1: the current exchange; HTTP/2: GOAWAY) and waits until all
 //! senders are gone or the drain deadline passes.
 
-use std::{future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -24,10 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     SnapshotHandle,
-    failure::{BoxError, cause},
+    failure::cause,
     guard::Activity,
     headers::Forwarded,
-    listener::HttpServer,
     metrics::{
         CONNECTION_ERRORS_TOTAL, CONNECTION_LIMIT_REACHED_TOTAL, CONNECTIONS_ACTIVE,
         CONNECTIONS_TOTAL,
@@ -320,7 +319,7 @@ impl ConnectionTask {
     async fn serve<I>(
         &self,
         io: TokioIo<I>,
-        builder: &HttpServer,
+        builder: &auto::Builder<TokioExecutor>,
         config: &ListenerConfig,
         tls: bool,
     ) -> Result<(), ConnectionError>
@@ -339,28 +338,7 @@ impl ConnectionTask {
         let service = service_fn(move |request: Request<Incoming>| {
             service::proxy(connection.clone(), request)
         });
-        match builder {
-            HttpServer::Http1(http1) => {
-                let conn = http1.serve_connection(io, service).with_upgrades();
-                self.drive(conn, activity, config).await
-            }
-            HttpServer::Auto(auto) => {
-                let conn = auto.serve_connection_with_upgrades(io, service);
-                self.drive(conn, activity, config).await
-            }
-        }
-    }
-
-    /// Serves `conn` to its end, closing it when its watchdog says so.
-    async fn drive<C>(
-        &self,
-        conn: C,
-        activity: Arc<Activity>,
-        config: &ListenerConfig,
-    ) -> Result<(), ConnectionError>
-    where
-        C: GracefulShutdown,
-    {
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
 
         // The idle and drain decisions are made by a watchdog task that wakes on its own timer;
@@ -385,7 +363,7 @@ impl ConnectionTask {
             tokio::select! {
                 // The connection first: it is what almost every wake-up is for.
                 biased;
-                result = conn.as_mut() => return result.map_err(|e| ConnectionError::Http(e.into())),
+                result = conn.as_mut() => return result.map_err(ConnectionError::Http),
                 order = closing.recv(), if watched => match order {
                     Some(Close::Graceful) if !graceful => {
                         graceful = true;
@@ -402,46 +380,6 @@ impl ConnectionTask {
                 },
             }
         }
-    }
-}
-
-/// A served connection that can be asked to finish gracefully: hyper's HTTP/1.1 one, or the
-/// auto builder's.
-trait GracefulShutdown: Future<Output = Result<(), Self::Failure>> {
-    type Failure: Into<BoxError>;
-
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S> GracefulShutdown for http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<BoxError>,
-    S::ResBody: 'static,
-    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    type Failure = hyper::Error;
-
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    type Failure = BoxError;
-
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        auto::UpgradeableConnection::graceful_shutdown(self);
     }
 }
 

@@ -11,13 +11,14 @@ use std::sync::{
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method, Uri};
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
 use rafael_config::{Config, ConfigError, ConfigErrors, Genome, ListenerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
     clock,
     faults::{ExtraFaults, FaultSet},
-    listener::{self, HttpServer},
+    listener,
     metrics::{POLICY_VERSION, RouteMetrics},
     policy::{Nanos, fault::ActiveFaults},
     route_policy::RoutePolicy,
@@ -76,7 +77,7 @@ pub struct ListenerState {
     /// TLS termination, when configured.
     pub tls: Option<TlsAcceptor>,
     /// The HTTP server settings its connections use.
-    pub http: HttpServer,
+    pub http: auto::Builder<TokioExecutor>,
     routes: Box<[Arc<Route>]>,
     /// The routes' matchers, indexed by host and path prefix.
     index: Arc<RouteIndex>,
