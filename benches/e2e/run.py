@@ -331,21 +331,27 @@ def to_ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def measure(peer, duration, connections, warmup, extra=()):
-    """wrk against a fresh `peer`: warm-up, then the measured window with the proxy's CPU."""
+def measure(peer, warmup, duration, load, started=None):
+    """A fresh `peer` under `load(url, seconds)` (a client run whose result counts `requests`):
+    warm-up, then the measured window with the proxy's CPU per request (None for `direct`).
+    `started(peer)` runs once the peer is up, before the warm-up."""
     peer.start()
     try:
-        wrk(peer.url, warmup, connections, extra)
+        if started:
+            started(peer)
+        load(peer.url, warmup)
         before = peer.ticks()
-        result = wrk(peer.url, duration, connections, extra)
-        if peer.process:
-            ticks = peer.ticks() - before
-            result["cpu_us_per_req"] = ticks / CLK_TCK / max(result["requests"], 1) * 1e6
-        else:
-            result["cpu_us_per_req"] = None
+        result = load(peer.url, duration)
+        result["cpu_us_per_req"] = (
+            (peer.ticks() - before) / CLK_TCK / max(result["requests"], 1) * 1e6 if peer.process else None)
         return result
     finally:
         peer.stop()
+
+
+def wrk_load(connections, extra=()):
+    """`measure`'s load: wrk with `connections` connections."""
+    return lambda url, seconds: wrk(url, seconds, connections, extra)
 
 
 def bench_load(url, rate, duration, connections):
@@ -511,7 +517,8 @@ def scenario_h1(ctx):
     args, peers = ctx.args, ctx.peers["h1"]
     results = interleave(
         ctx, "h1", peers,
-        lambda name: measure(Peer(name, ctx.upstream_h1, ctx.workdir), args.duration, args.connections, args.warmup),
+        lambda name: measure(Peer(name, ctx.upstream_h1, ctx.workdir), args.warmup, args.duration,
+                             wrk_load(args.connections)),
         line_wrk,
     )
     summary = {
@@ -551,19 +558,11 @@ def scenario_rate(ctx):
 
     def run_one(case):
         rate, name = case
-        peer = Peer(name, ctx.upstream_h1, ctx.workdir)
-        peer.start()
-        try:
-            url = f"http://127.0.0.1:{peer.port}/"
-            bench_load(url, rate, args.warmup, args.connections)
-            before = peer.ticks()
-            result = bench_load(url, rate, args.duration, args.connections)
-            result["cpu_us_per_req"] = (
-                (peer.ticks() - before) / CLK_TCK / max(result["requests"], 1) * 1e6
-                if peer.process and not result["behind"] else None)
-            return result
-        finally:
-            peer.stop()
+        result = measure(Peer(name, ctx.upstream_h1, ctx.workdir), args.warmup, args.duration,
+                         lambda url, seconds: bench_load(url, rate, seconds, args.connections))
+        if result["behind"]:
+            result["cpu_us_per_req"] = None
+        return result
 
     results = interleave(ctx, "rate", cases, run_one, lambda c, r: (
         f"{c[0]:>6}/s {c[1]:16} answered {r['requests']}/{r['offered']}  p50 {fmt(r['p50'], '.3f')} ms  "
@@ -608,17 +607,8 @@ def scenario_h2(ctx):
     def run_one(name):
         # direct: h2load straight at the upstream, which then serves h2c itself.
         peer = Peer(name, ctx.upstream_h2c if name == "direct" else ctx.upstream_h1, ctx.workdir, listen="h2c")
-        peer.start()
-        try:
-            url = f"http://127.0.0.1:{peer.port}/"
-            h2load(url, args.warmup, args.connections, args.h2_streams)
-            before = peer.ticks()
-            result = h2load(url, args.duration, args.connections, args.h2_streams)
-            result["cpu_us_per_req"] = (
-                (peer.ticks() - before) / CLK_TCK / max(result["requests"], 1) * 1e6 if peer.process else None)
-            return result
-        finally:
-            peer.stop()
+        return measure(peer, args.warmup, args.duration,
+                       lambda url, seconds: h2load(url, seconds, args.connections, args.h2_streams))
 
     results = interleave(ctx, "h2", peers, run_one, lambda name, r: (
         f"{name:16} {r['rps']:>10.0f} req/s  mean {fmt(r['mean'], '.3f')} ms  cpu {fmt(r['cpu_us_per_req'], '.2f')}"
@@ -662,7 +652,7 @@ def scenario_h2_upstream(ctx):
     def run_one(case):
         name, protocol = case
         peer = Peer(name, ctx.upstream_h2c, ctx.workdir, upstream_protocol=protocol)
-        return measure(peer, args.duration, args.connections, args.warmup)
+        return measure(peer, args.warmup, args.duration, wrk_load(args.connections))
 
     results = interleave(ctx, "h2-upstream", cases, run_one,
                          lambda c, r: line_wrk(f"{c[0]} ({c[1]} upstream)", r))
@@ -729,17 +719,12 @@ def scenario_tls(ctx):
     def run_one(case):
         cert, mode, name = case
         peer = Peer(name, ctx.upstream_h1, ctx.workdir, listen="tls", cert=certs[cert])
-        peer.start()
-        try:
+
+        def started(peer):
             if (cert, name) not in sessions:
                 sessions[(cert, name)] = negotiated(peer.port)
-            wrk(peer.url, args.warmup, args.connections, modes[mode])
-            before = peer.ticks()
-            result = wrk(peer.url, args.duration, args.connections, modes[mode])
-            result["cpu_us_per_req"] = (peer.ticks() - before) / CLK_TCK / max(result["requests"], 1) * 1e6
-            return result
-        finally:
-            peer.stop()
+
+        return measure(peer, args.warmup, args.duration, wrk_load(args.connections, modes[mode]), started)
 
     results = interleave(ctx, "tls", cases, run_one, lambda c, r: line_wrk(f"{c[0]} {c[1]} {c[2]}", r))
     summary = {c: {k: median([r[k] for r in runs]) for k in ("rps", "p50", "p99", "cpu_us_per_req")}
