@@ -98,6 +98,11 @@ pub struct ListenerConfig {
     /// Most concurrent HTTP/2 streams per connection (nginx `http2_max_concurrent_streams`).
     #[serde(default = "ListenerConfig::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Connections the kernel queues, handshaken, until rafael accepts them (`listen(2)`'s
+    /// backlog; the kernel caps it at `net.core.somaxconn`). Past it, a new connection's SYN is
+    /// dropped and the client retries it a second later.
+    #[serde(default = "ListenerConfig::default_backlog")]
+    pub backlog: u32,
 }
 
 /// Downstream protocols a listener serves.
@@ -527,6 +532,12 @@ impl ListenerConfig {
 
     fn default_max_concurrent_streams() -> u32 {
         128
+    }
+
+    /// Envoy's `tcp_backlog_size` default; std's and mio's 128 overflows in a burst of new
+    /// connections, and every dropped SYN costs its client a one-second retransmit.
+    fn default_backlog() -> u32 {
+        1024
     }
 }
 

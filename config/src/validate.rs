@@ -414,6 +414,13 @@ fn listener_checks(listener: &ListenerConfig, path: &str, errors: &mut ConfigErr
         1,
         1024,
     );
+    check_range(
+        errors,
+        &format!("{path}.backlog"),
+        listener.backlog,
+        1,
+        65_535,
+    );
 }
 
 fn upstream_checks(upstream: &UpstreamConfig, path: &str, errors: &mut ConfigErrors) {

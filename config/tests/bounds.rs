@@ -198,3 +198,24 @@ fn the_model_keys_default_and_are_bounded_by_their_paths() {
         ["evolution.max_model_error: must be 0..=10, got NaN"]
     );
 }
+
+#[test]
+fn a_listeners_backlog_defaults_to_1024_and_is_bounded_by_its_path() {
+    let base = every_key("1s", "16KiB");
+    assert_eq!(parse(&base).unwrap().listeners[0].backlog, 1024);
+    let set = |backlog: &str| {
+        base.replace(
+            "bind = \"127.0.0.1:0\"\n",
+            &format!("bind = \"127.0.0.1:0\"\nbacklog = {backlog}\n"),
+        )
+    };
+    assert_eq!(parse(&set("4096")).unwrap().listeners[0].backlog, 4096);
+    assert_eq!(
+        errors_of(&set("0")),
+        ["listeners[0].backlog: must be 1..=65535, got 0"]
+    );
+    assert_eq!(
+        errors_of(&set("70000")),
+        ["listeners[0].backlog: must be 1..=65535, got 70000"]
+    );
+}

@@ -15,7 +15,7 @@ use hyper_util::{
 use metrics::{counter, gauge};
 use rafael_config::{Config, ListenerConfig};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinHandle,
     time::Instant,
@@ -71,7 +71,7 @@ pub enum DrainOutcome {
 pub async fn bind_listeners(config: &Config) -> io::Result<Vec<BoundListener>> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for (index, listener) in config.listeners.iter().enumerate() {
-        let socket = TcpListener::bind(listener.bind).await.map_err(|e| {
+        let socket = bind(listener.bind, listener.backlog).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -87,6 +87,19 @@ pub async fn bind_listeners(config: &Config) -> io::Result<Vec<BoundListener>> {
         });
     }
     Ok(bound)
+}
+
+/// Binds `address` with `SO_REUSEADDR` and listens with `backlog`, which
+/// `TcpListener::bind` fixes at 128.
+fn bind(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(backlog)
 }
 
 impl Server {

@@ -187,3 +187,37 @@ async fn reloading_keeps_an_unchanged_upstreams_pool() {
         "the pooled upstream connection survived 10 reloads"
     );
 }
+
+/// A burst of new connections waits in the listener's `backlog`, not in SYN retransmits. With
+/// nothing accepting, the kernel queues up to `backlog` handshaken connections and drops the
+/// SYNs past it, so 300 connects all complete only if the backlog is above 300: at the 128 that
+/// `TcpListener::bind` sets, the 130th and later would wait out their timeout.
+#[tokio::test]
+async fn a_burst_of_new_connections_fits_in_the_listeners_backlog() {
+    // The kernel caps every backlog at somaxconn (4096 by default since Linux 5.4).
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .map_or(4096, |text| text.trim().parse().unwrap());
+    if somaxconn < 400 {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, below the backlog this test sets");
+        return;
+    }
+    let unused: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = rafael_config::parse(&config_with(unused, "backlog = 400", "", "")).unwrap();
+    let listeners = rafael_proxy::bind_listeners(&config).await.unwrap();
+    let addr = listeners[0].socket.local_addr().unwrap();
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        connects.spawn(tokio::time::timeout(
+            Duration::from_secs(20),
+            TcpStream::connect(addr),
+        ));
+    }
+    let mut open = Vec::new();
+    while let Some(result) = connects.join_next().await {
+        let stream = result
+            .unwrap()
+            .expect("a connect waited out its timeout: the backlog overflowed");
+        open.push(stream.unwrap());
+    }
+    assert_eq!(open.len(), 300);
+}

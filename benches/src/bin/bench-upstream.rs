@@ -37,7 +37,18 @@ fn main() -> std::io::Result<()> {
         .block_on(async move {
             let mut listeners = Vec::with_capacity(addrs.len());
             for addr in &addrs {
-                listeners.push(TcpListener::bind(addr).await?);
+                // A backlog above TcpListener::bind's 128: the memory scenario's 1,000-connection
+                // burst makes a proxy open hundreds of upstream connections at once, and a
+                // dropped SYN there would be charged to the proxy as a connect timeout.
+                let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                listeners.push(socket.listen(4096)?);
             }
             let mut tasks = tokio::task::JoinSet::new();
             for listener in listeners {
