@@ -168,16 +168,22 @@ def wait_listening(port, limit=20.0):
 
 def cpu_ticks(pid):
     """utime + stime of `pid` and its children processes (nginx workers)."""
-    total = 0
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(utime, stime) of `pid` and its children processes, in clock ticks."""
+    user = system = 0
     pids = [pid] + children(pid)
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except FileNotFoundError:
             pass
-    return total
+    return user, system
 
 
 def children(pid):
@@ -300,6 +306,9 @@ class Peer:
     def ticks(self):
         return cpu_ticks(self.process.pid) if self.process else None
 
+    def split(self):
+        return cpu_split(self.process.pid) if self.process else (0, 0)
+
 
 def wrk(url, duration, connections, extra=(), popen=False):
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
@@ -340,10 +349,17 @@ def measure(peer, warmup, duration, load, started=None):
         if started:
             started(peer)
         load(peer.url, warmup)
-        before = peer.ticks()
+        before = peer.split()
         result = load(peer.url, duration)
-        result["cpu_us_per_req"] = (
-            (peer.ticks() - before) / CLK_TCK / max(result["requests"], 1) * 1e6 if peer.process else None)
+        after = peer.split()
+
+        def per_request(ticks):
+            return ticks / CLK_TCK / max(result["requests"], 1) * 1e6 if peer.process else None
+
+        result["cpu_us_per_req"] = per_request(sum(after) - sum(before))
+        # User space is the proxy's own code; system time is the kernel's work on its sockets.
+        result["user_us_per_req"] = per_request(after[0] - before[0])
+        result["sys_us_per_req"] = per_request(after[1] - before[1])
         return result
     finally:
         peer.stop()
@@ -522,15 +538,17 @@ def scenario_h1(ctx):
         line_wrk,
     )
     summary = {
-        name: {key: median([r[key] for r in runs]) for key in ("rps", "p50", "p99", "cpu_us_per_req")}
+        name: {key: median([r[key] for r in runs])
+               for key in ("rps", "p50", "p99", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req")}
         for name, runs in results.items()
     }
     direct = summary.get("direct", {}).get("rps")
     nginx = summary.get("nginx", {})
     rafael = summary.get("rafael", {}).get("rps")
     lines = [
-        f"| peer | req/s | p50 ms | p99 ms | CPU us/req | vs direct | vs rafael req/s | vs nginx req/s | vs nginx CPU/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| peer | req/s | p50 ms | p99 ms | CPU us/req | user / system us/req | vs direct | vs rafael req/s | "
+        f"vs nginx req/s | vs nginx CPU/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in peers:
         s = summary[name]
@@ -541,7 +559,8 @@ def scenario_h1(ctx):
         vs_rafael = s["rps"] / rafael if rafael else None
         lines.append(
             f"| {name} | {s['rps']:.0f} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
-            f"{fmt(s['cpu_us_per_req'], '.2f')} | {fmt(vs_direct, '.2f')} | {fmt(vs_rafael, '.2f')} | "
+            f"{fmt(s['cpu_us_per_req'], '.2f')} | {fmt(s['user_us_per_req'], '.1f')} / "
+            f"{fmt(s['sys_us_per_req'], '.1f')} | {fmt(vs_direct, '.2f')} | {fmt(vs_rafael, '.2f')} | "
             f"{fmt(vs_nginx, '.2f')} | {fmt(cpu_vs, '.2f')} |"
         )
     intro = (f"wrk -t1 -c{args.connections}, closed loop, 13-byte responses, upstream keep-alive; "
