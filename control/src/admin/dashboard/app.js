@@ -665,17 +665,37 @@ async function experimentView(ctx, id) {
   });
 }
 
+/** The audit view's last verification (`{ pending }`, `{ v }` or `{ error }`), kept outside the
+ * view: any event renders the view again, and a verification that answers after that must show
+ * in the new view, not in the one the operator clicked. Cleared when the operator navigates. */
+let auditVerification = null;
+
+function showVerification(node) {
+  if (!node || !auditVerification) return;
+  const { pending, v, error } = auditVerification;
+  if (pending) node.textContent = "verifying…";
+  else if (error) node.replaceChildren(errorBox(error));
+  else node.replaceChildren(v.ok ? pill(`chain holds: ${v.entries} entries`, "ok") : pill(`broken at entry ${v.broken.id}: ${v.broken.reason}`, "bad"));
+}
+
 async function auditView(ctx) {
   const { entries } = await api("/v1/audit?limit=1000");
   const result = el("span", { "data-testid": "verify-result" });
+  showVerification(result);
   const verify = async () => {
-    result.textContent = "verifying…";
+    const mine = (auditVerification = { pending: true });
+    const shown = () => document.querySelector('[data-testid="verify-result"]');
+    showVerification(shown());
+    let outcome;
     try {
-      const v = await api("/v1/audit/verify");
-      result.replaceChildren(v.ok ? pill(`chain holds: ${v.entries} entries`, "ok") : pill(`broken at entry ${v.broken.id}: ${v.broken.reason}`, "bad"));
+      outcome = { v: await api("/v1/audit/verify") };
     } catch (error) {
-      result.replaceChildren(errorBox(error));
+      outcome = { error };
     }
+    // A newer click, or a navigation, has taken over.
+    if (auditVerification !== mine) return;
+    auditVerification = outcome;
+    showVerification(shown());
   };
   const rows = entries
     .slice(-200)
@@ -804,7 +824,10 @@ async function render() {
   }
 }
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => {
+  auditVerification = null;
+  render();
+});
 document.getElementById("logout").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
