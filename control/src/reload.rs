@@ -96,7 +96,7 @@ impl Reloader {
     }
 
     /// Reloads on SIGHUP (always) and on file changes (when `watch`), until aborted.
-    pub fn spawn(mut self, watch: bool) -> JoinHandle<()> {
+    pub fn spawn(self, watch: bool) -> JoinHandle<()> {
         // Installed before returning, not inside the task: until it is, SIGHUP's default action
         // (terminate) applies, and a SIGHUP sent right after start-up would kill rafael.
         let mut hangup = hangup_signal();
@@ -106,6 +106,7 @@ impl Reloader {
         tokio::spawn(async move {
             // Keep the watcher alive as long as the task.
             let _watcher = watcher;
+            let mut reloader = self;
             loop {
                 let hup = async {
                     match hangup.as_mut() {
@@ -124,9 +125,25 @@ impl Reloader {
                 };
                 if forced {
                     // SIGHUP reloads even an unchanged file (TLS material may have rotated).
-                    self.last_text = None;
+                    reloader.last_text = None;
                 }
-                self.apply(if forced { "signal" } else { "file" });
+                let trigger = if forced { "signal" } else { "file" };
+                // Off the runtime's threads: parsing, building the snapshot (tens of
+                // milliseconds at 1,000 routes) and the audit write would hold up every
+                // connection the thread serves, and on one CPU rafael runs the current-thread
+                // scheduler, where `block_in_place` is not available.
+                reloader = match tokio::task::spawn_blocking(move || {
+                    reloader.apply(trigger);
+                    reloader
+                })
+                .await
+                {
+                    Ok(reloader) => reloader,
+                    Err(e) => {
+                        error!("config reload failed: {e}; reloads stop until restart");
+                        return;
+                    }
+                };
             }
         })
     }
