@@ -15,7 +15,7 @@ use tower::Service;
 use crate::{
     ProxyError,
     body::Body,
-    clock,
+    clock, deadline,
     error::{AttemptTimedOut, BreakerOpen},
     layer::request::{Attempt, ResponseFuture, attempt_end, route_timeout},
     policy::{
@@ -95,18 +95,18 @@ where
         };
         let inner = self.inner.call(attempt);
         Box::pin(async move {
-            // One timer per attempt: the earlier of the per-try and the route deadline.
+            // One deadline per attempt: the earlier of the per-try and the route deadline, on
+            // the worker's deadline queue rather than a timer of its own.
             let per_try = per_try_timeout.map(|t| started_at.saturating_add(nanos(t)));
-            let deadline = match (per_try, route_deadline) {
+            let ends_at = match (per_try, route_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let result = match deadline {
+            let result = match ends_at {
                 None => inner.await,
-                Some(at) => tokio::time::timeout_at(clock::instant(at), inner)
-                    .await
-                    .unwrap_or_else(|_| match (per_try_timeout, per_try) {
-                        (Some(timeout), Some(per_try)) if Some(per_try) == deadline => {
+                Some(at) => deadline::within(at, inner).await.unwrap_or_else(|_| {
+                    match (per_try_timeout, per_try) {
+                        (Some(timeout), Some(per_try)) if Some(per_try) == ends_at => {
                             Err(AttemptTimedOut {
                                 attempt: number,
                                 timeout,
@@ -114,7 +114,8 @@ where
                             .into())
                         }
                         _ => Err(route_timeout(&pending.route)),
-                    }),
+                    }
+                }),
             };
             let finished_at = clock::now();
             let latency = Duration::from_nanos(finished_at.saturating_sub(started_at));

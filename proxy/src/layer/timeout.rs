@@ -5,8 +5,9 @@
 //! This layer stamps the deadline on the request, and the layers below keep it: the retry layer
 //! bounds body buffering and backoff by it, and the breaker layer ends each attempt at the
 //! earlier of the deadline and the attempt's `per_try_timeout` (failing with
-//! [`crate::error::AttemptTimedOut`] when the per-try one came first). So a request pays for one timer
-//! whatever its policies (timers are most of what a deadline costs). An attempt cut off by the
+//! [`crate::error::AttemptTimedOut`] when the per-try one came first), on the worker's
+//! [`crate::deadline`] queue rather than a tokio timer per attempt (timers were most of what a
+//! deadline cost). An attempt cut off by the
 //! deadline counts against its endpoint's breaker like any other timeout when it had at least
 //! half the route timeout to answer in.
 
