@@ -20,6 +20,12 @@ pub fn instant(at: Nanos) -> tokio::time::Instant {
     tokio::time::Instant::from_std(origin() + Duration::from_nanos(at))
 }
 
+/// The [`now`] reading of a std instant (the origin, if it is earlier): for deadlines given as
+/// instants, such as hyper's timers.
+pub fn from_std(at: std::time::Instant) -> Nanos {
+    crate::policy::nanos(at.saturating_duration_since(origin()))
+}
+
 fn origin() -> std::time::Instant {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
     *ORIGIN.get_or_init(|| {

@@ -28,9 +28,10 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
-use tokio::{runtime, time::Sleep};
+use tokio::runtime;
 
 use crate::{clock, policy::Nanos};
 
@@ -46,8 +47,7 @@ pub struct Elapsed;
 pub fn within<F: Future + Unpin>(at: Nanos, future: F) -> Within<F> {
     Within {
         future,
-        at,
-        entry: None,
+        sleep: sleep_until(at),
     }
 }
 
@@ -55,9 +55,7 @@ pub fn within<F: Future + Unpin>(at: Nanos, future: F) -> Within<F> {
 #[derive(Debug)]
 pub struct Within<F> {
     future: F,
-    at: Nanos,
-    /// Taken on the first poll that finds the future pending.
-    entry: Option<Entry>,
+    sleep: Sleep,
 }
 
 impl<F: Future + Unpin> Future for Within<F> {
@@ -68,14 +66,62 @@ impl<F: Future + Unpin> Future for Within<F> {
         if let Poll::Ready(output) = Pin::new(&mut this.future).poll(cx) {
             return Poll::Ready(Ok(output));
         }
+        Pin::new(&mut this.sleep).poll(cx).map(|()| Err(Elapsed))
+    }
+}
+
+/// A future that finishes once the [`clock`] instant `at` has passed, waiting on the worker's
+/// queue: takes its slot on the first poll, gives it back when dropped.
+pub fn sleep_until(at: Nanos) -> Sleep {
+    Sleep { at, entry: None }
+}
+
+/// The future [`sleep_until`] returns.
+#[derive(Debug)]
+pub struct Sleep {
+    at: Nanos,
+    entry: Option<Entry>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
         match &this.entry {
             None => {
                 this.entry = Some(Entry::register(this.at, cx.waker()));
                 Poll::Pending
             }
-            Some(entry) if entry.passed(cx.waker()) => Poll::Ready(Err(Elapsed)),
+            Some(entry) if entry.passed(cx.waker()) => Poll::Ready(()),
             Some(_) => Poll::Pending,
         }
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
+
+/// hyper's timer on the worker's deadline queue. hyper's HTTP/1.1 server takes a timer for
+/// `header_read_timeout` at every request head it starts reading and drops it once the head is
+/// in, so on a keep-alive connection every request pays for one; a tokio timer there cost
+/// about 600 instructions per request beyond its allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueTimer;
+
+impl hyper::rt::Timer for QueueTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(sleep_until(
+            clock::now().saturating_add(crate::policy::nanos(duration)),
+        ))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(sleep_until(clock::from_std(deadline)))
+    }
+
+    fn now(&self) -> std::time::Instant {
+        // tokio's clock, so hyper's deadlines follow paused time in tests as rafael's do.
+        tokio::time::Instant::now().into_std()
     }
 }
 
@@ -283,7 +329,7 @@ impl Queue {
 /// The task that wakes a queue's attempts when their deadlines pass.
 struct Driver {
     queue: Arc<Queue>,
-    timer: Pin<Box<Sleep>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// Where `timer` is set, if anywhere.
     timer_at: Option<Nanos>,
     /// Wakers to wake, kept to reuse its allocation.
@@ -462,6 +508,17 @@ mod tests {
         let started = Instant::now();
         assert_eq!(within(clock::now(), never()).await, Err(Elapsed));
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hypers_timer_sleeps_until_its_deadline_on_tokios_clock() {
+        use hyper::rt::Timer;
+        let timer = QueueTimer;
+        let started = timer.now();
+        timer.sleep_until(started + Duration::from_secs(10)).await;
+        assert_eq!(timer.now() - started, Duration::from_secs(10));
+        timer.sleep(Duration::from_millis(250)).await;
+        assert_eq!(timer.now() - started, Duration::from_millis(10_250));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub fn http_builder(listener: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     // so that an oversized head gets a JSON 431 and a metric, not a bare one.
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(crate::deadline::QueueTimer)
         .header_read_timeout(listener.header_read_timeout.get())
         .max_buf_size(max_header.saturating_mul(2).max(16 * 1024))
         .max_headers(1024)

@@ -78,6 +78,60 @@ async fn slowloris_connections_are_closed_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_second_head_on_a_keep_alive_connection_is_cut_at_the_header_read_timeout() {
+    // The first request's deadline counts from accept (rafael's watchdog); later ones are
+    // hyper's timer, which rafael backs with its deadline queue. The idle timeout is far away,
+    // so only the header read timeout can close this connection within the test's limit.
+    let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
+    let proxy = proxy(&listener_config(
+        upstream.addr,
+        "header_read_timeout = \"400ms\"\nidle_timeout = \"60s\"",
+        "",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("the first response comes")
+            .unwrap();
+        assert!(n > 0, "closed before the first response: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if stream.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .unwrap();
+    read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let lived = started.elapsed();
+    // hyper's timer started as the first response went out, a moment before `started`.
+    assert!(
+        lived >= Duration::from_millis(300),
+        "closed too early: {lived:?}"
+    );
+    assert!(lived < Duration::from_secs(5), "closed too late: {lived:?}");
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test]
 async fn oversized_heads_get_431_with_a_json_body() {
     let upstream = upstream(Proto::Http1, None, |_| async { text(200, "ok") }).await;
     let proxy = proxy(&listener_config(
