@@ -35,6 +35,23 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     }
 }
 
+/// Trickles a header byte every 50 ms, never finishing the head, until the proxy closes the
+/// connection; fails the test if it is still open 5 s after the trickle ends.
+async fn trickle_until_closed(stream: &mut TcpStream) {
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if stream.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .unwrap();
+    read_until_closed(stream, Duration::from_secs(5)).await;
+}
+
 fn json_error(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(body)))
@@ -56,18 +73,7 @@ async fn slowloris_connections_are_closed_at_the_header_read_timeout() {
         .await
         .unwrap();
     // Trickle a header byte now and then, never finishing the head.
-    let trickle = async {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if stream.write_all(b"X").await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), trickle)
-        .await
-        .unwrap();
-    read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    trickle_until_closed(&mut stream).await;
     let lived = started.elapsed();
     assert!(
         lived >= Duration::from_millis(300),
@@ -109,18 +115,7 @@ async fn a_slow_second_head_on_a_keep_alive_connection_is_cut_at_the_header_read
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let trickle = async {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if stream.write_all(b"X").await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), trickle)
-        .await
-        .unwrap();
-    read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    trickle_until_closed(&mut stream).await;
     let lived = started.elapsed();
     // hyper's timer started as the first response went out, a moment before `started`.
     assert!(
