@@ -5,7 +5,7 @@
 //! deadline that never fires: the entry's runtime handle, registering in the time driver's wheel
 //! under its lock on the first poll, and taking it out again on drop.
 //!
-//! Here each runtime worker thread keeps one [`Queue`] of deadlines: a slab of slots (one per
+//! Here each runtime worker thread keeps one queue of deadlines: a slab of slots (one per
 //! waiting attempt: its waker, whether its deadline passed) and a min-heap of deadlines. One
 //! driver task per queue holds one tokio timer, set at the earliest deadline that may still be
 //! live. An attempt takes a slot and pushes its deadline (one uncontended lock), and gives the
@@ -14,6 +14,9 @@
 //! nobody waits for any more; it then drops the stale ones from the top and sets its timer at the
 //! first live one. Stale entries are swept out in one pass when they outnumber the live ones, so
 //! the heap stays proportional to the attempts in flight.
+//!
+//! hyper's HTTP/1.1 header-read timer, which every request on a keep-alive connection takes,
+//! runs on the same queue ([`QueueTimer`]).
 //!
 //! A deadline fires when a tokio timer set at it would (the driver's timer is a tokio timer at
 //! that instant), so tests with paused time see the same timings. As with

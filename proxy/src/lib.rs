@@ -8,8 +8,9 @@
 //! The modules form layers, each using only the ones above it in this list (checked by
 //! `tests/layering.rs`), so a reader can start at the top and test each with what it uses:
 //!
-//! 1. leaves: [`clock`], [`deadline`] (attempt deadlines on one timer per worker), [`failure`], [`headers`], [`router`], [`send_timeout`], [`tls`],
-//!    [`listener`], [`histogram`], and the policy engines ([`policy`], a crate of their own);
+//! 1. leaves: [`clock`], [`deadline`] (attempt deadlines on one timer per worker), [`failure`],
+//!    [`headers`], [`router`], [`send_timeout`], [`tls`], [`listener`], [`histogram`], and the
+//!    policy engines ([`policy`], a crate of their own);
 //! 2. [`metrics`], then [`telemetry`], then [`route_policy`] (a route's compiled genome and its
 //!    engine state) and [`faults`] (its compiled fault rules);
 //! 3. [`guard`] (what a request holds until its response ends), [`transport`] (connecting, the

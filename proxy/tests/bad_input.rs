@@ -36,8 +36,8 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
 }
 
 /// Trickles a header byte every 50 ms, never finishing the head, until the proxy closes the
-/// connection; fails the test if it is still open 5 s after the trickle ends.
-async fn trickle_until_closed(stream: &mut TcpStream) {
+/// connection, and checks that it was closed between `at_least` and 5 s after `started`.
+async fn assert_trickle_is_cut(stream: &mut TcpStream, started: Instant, at_least: Duration) {
     let trickle = async {
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -50,6 +50,9 @@ async fn trickle_until_closed(stream: &mut TcpStream) {
         .await
         .unwrap();
     read_until_closed(stream, Duration::from_secs(5)).await;
+    let lived = started.elapsed();
+    assert!(lived >= at_least, "closed too early: {lived:?}");
+    assert!(lived < Duration::from_secs(5), "closed too late: {lived:?}");
 }
 
 fn json_error(body: &[u8]) -> serde_json::Value {
@@ -73,13 +76,7 @@ async fn slowloris_connections_are_closed_at_the_header_read_timeout() {
         .await
         .unwrap();
     // Trickle a header byte now and then, never finishing the head.
-    trickle_until_closed(&mut stream).await;
-    let lived = started.elapsed();
-    assert!(
-        lived >= Duration::from_millis(300),
-        "closed too early: {lived:?}"
-    );
-    assert!(lived < Duration::from_secs(5), "closed too late: {lived:?}");
+    assert_trickle_is_cut(&mut stream, started, Duration::from_millis(300)).await;
     assert_eq!(upstream.requests(), 0);
 }
 
@@ -115,14 +112,8 @@ async fn a_slow_second_head_on_a_keep_alive_connection_is_cut_at_the_header_read
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    trickle_until_closed(&mut stream).await;
-    let lived = started.elapsed();
     // hyper's timer started as the first response went out, a moment before `started`.
-    assert!(
-        lived >= Duration::from_millis(300),
-        "closed too early: {lived:?}"
-    );
-    assert!(lived < Duration::from_secs(5), "closed too late: {lived:?}");
+    assert_trickle_is_cut(&mut stream, started, Duration::from_millis(300)).await;
     assert_eq!(upstream.requests(), 1);
 }
 
